@@ -1,0 +1,144 @@
+"""The Lightning data module for ASR: corpora in, duration-bucketed feature batches out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from speechtrain.data.collate import AsrCollator
+from speechtrain.data.corpora import CorpusSpec, Utterance, read_corpus
+from speechtrain.data.datasets import SpeechDataset
+from speechtrain.data.features import FeatureExtractor
+from speechtrain.data.samplers import DynamicBucketSampler
+
+logger = logging.getLogger(__name__)
+
+
+def split_off(utterances: list[Utterance], fraction: float, seed: int) -> tuple[list[Utterance], list[Utterance]]:
+    """A seeded random `fraction` of `utterances` (at least one) held out: returns (kept, held out), in order."""
+    held_out_count = max(1, round(len(utterances) * fraction))
+    if held_out_count >= len(utterances):
+        raise ValueError(
+            f"val_fraction={fraction} of {len(utterances)} utterances leaves nothing to train on; "
+            "lower val_fraction or give a separate val corpus"
+        )
+    held_out = set(np.random.default_rng(seed).permutation(len(utterances))[:held_out_count].tolist())
+    kept = [u for i, u in enumerate(utterances) if i not in held_out]
+    return kept, [u for i, u in enumerate(utterances) if i in held_out]
+
+
+class AsrDataModule(L.LightningDataModule):
+    """Reads the train (and val) corpora, checks every utterance and serves `AsrCollator` batches.
+
+    `train`/`val` are `CorpusSpec`s or their fields as a dict (as Hydra passes them); relative paths
+    are resolved against the current directory. Without `val`, `val_fraction` > 0 holds out a seeded
+    random part of train. Batches come from `DynamicBucketSampler` as the loader's `batch_sampler`
+    (at most `max_batch_seconds` of padded audio, `max_batch_size` items), sharded across DDP ranks
+    by the sampler itself: create the Trainer with `use_distributed_sampler=False`. Lightning calls
+    the sampler's `set_epoch` at each epoch start, so every epoch has a new batch order.
+
+    Utterances longer than `max_duration` seconds or with more than `max_label_tokens` decoder labels
+    are dropped with one summary warning per split (`strict=True` raises on the first instead).
+    """
+
+    def __init__(
+        self,
+        train: CorpusSpec | Mapping,
+        val: CorpusSpec | Mapping | None,
+        tokenizer: Any,
+        feature_extractor: FeatureExtractor,
+        max_batch_seconds: float,
+        max_duration: float,
+        max_label_tokens: int,
+        num_workers: int = 0,
+        strict: bool = False,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        num_buckets: int = 10,
+        max_batch_size: int | None = None,
+    ):
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if val is not None and val_fraction > 0:
+            raise ValueError(f"give either a val corpus or val_fraction={val_fraction}, not both; set one to null/0")
+        chunk_length = getattr(feature_extractor, "chunk_length", None)
+        if chunk_length is not None and max_duration > chunk_length:
+            raise ValueError(
+                f"max_duration={max_duration} s is longer than the feature extractor's {chunk_length} s chunk; "
+                f"set max_duration <= {chunk_length}"
+            )
+        if max_duration > max_batch_seconds:
+            raise ValueError(
+                f"max_batch_seconds={max_batch_seconds} cannot hold one utterance of max_duration={max_duration} s; "
+                "raise max_batch_seconds or lower max_duration"
+            )
+        self.train_spec = CorpusSpec.coerce(train)
+        self.val_spec = None if val is None else CorpusSpec.coerce(val)
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.max_batch_seconds = max_batch_seconds
+        self.max_duration = max_duration
+        self.max_label_tokens = max_label_tokens
+        self.num_workers = num_workers
+        self.strict = strict
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.num_buckets = num_buckets
+        self.max_batch_size = max_batch_size
+        self.collator = AsrCollator(feature_extractor, tokenizer)
+        self.train_dataset: SpeechDataset | None = None
+        self.val_dataset: SpeechDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Reads and checks the corpora once (every rank does the same, deterministically)."""
+        if self.train_dataset is not None:
+            return
+        train = read_corpus(self.train_spec)
+        val = read_corpus(self.val_spec) if self.val_spec is not None else []
+        if self.val_fraction > 0:
+            train, val = split_off(train, self.val_fraction, self.seed)
+        self.train_dataset = self._dataset(train, "train")
+        if len(self.train_dataset) == 0:
+            raise ValueError(
+                f"no usable training utterances in {self.train_spec.path} ({len(train)} read, all skipped; "
+                "the warning above says why)"
+            )
+        self.val_dataset = self._dataset(val, "val") if val else None
+        logger.info(
+            "train: %d utterances, %.1f h; val: %d utterances", len(self.train_dataset),
+            sum(self.train_dataset.durations) / 3600, len(self.val_dataset) if self.val_dataset else 0,
+        )
+
+    def _dataset(self, utterances: list[Utterance], name: str) -> SpeechDataset:
+        return SpeechDataset(
+            utterances, self.feature_extractor.sampling_rate, self.tokenizer, self.max_duration,
+            self.max_label_tokens, strict=self.strict, name=name,
+        )
+
+    def _loader(self, dataset: SpeechDataset, shuffle: bool) -> DataLoader:
+        sampler = DynamicBucketSampler(
+            dataset.durations, self.max_batch_seconds, num_buckets=self.num_buckets, shuffle=shuffle,
+            seed=self.seed, max_batch_size=self.max_batch_size,
+        )
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before train_dataloader()")
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation loader in a fixed order, or an empty list (no validation) without a val split."""
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before val_dataloader()")
+        return [] if self.val_dataset is None else self._loader(self.val_dataset, shuffle=False)

@@ -1,0 +1,158 @@
+"""A checked speech-text dataset: bad utterances are found before training, not in the middle of it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch.distributed as dist
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from speechtrain.data.audio import AudioError, audio_info, load_audio
+from speechtrain.data.corpora import Utterance
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_MIN_ITEMS = 1000  # show a progress bar when checking at least this many utterances
+CHECK_CHUNK = 4096  # utterances handed to the thread pool at once, to bound pending futures
+
+
+class TextTokenizer(Protocol):
+    """The part of the ASR tokenizer (docs/design.md) that a dataset needs."""
+
+    prefix_ids: Sequence[int]
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+def _is_first_rank() -> bool:
+    """True outside distributed runs and on rank 0: progress bars and summaries are shown once, not per rank."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def _chunked_map(function: Callable, items: Iterable, workers: int) -> Iterator:
+    """`map` over a thread pool (header reads wait on the disk), in order, a chunk at a time."""
+    items = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        while chunk := list(islice(items, CHECK_CHUNK)):
+            yield from pool.map(function, chunk)
+
+
+class SpeechDataset(Dataset):
+    """Utterances checked once at construction, loaded at `sample_rate` on access.
+
+    Construction drops (and counts by reason in `skipped`) every utterance with a missing or
+    unreadable audio file, an empty transcript, audio longer than `max_duration` seconds, or more
+    than `max_label_tokens` decoder labels (`len(prefix_ids) + len(text ids) + 1` for the end
+    token); one warning summarises what was dropped. With `strict=True` the first bad utterance
+    raises a `ValueError` naming its file instead.
+
+    `dataset[i]` is a dict:
+        id:        str
+        audio:     float32 Tensor [samples], mono at `sample_rate` (channels averaged, resampled)
+        text:      str, the transcript stripped of surrounding whitespace
+        token_ids: list[int], `tokenizer.encode(text)` (no prefix, no end token; the collator adds them)
+    or None when the audio cannot be loaded any more (deleted or corrupted after the check, or longer
+    than stated): that is logged, counted in `skipped_at_load` (per worker process) and the collator
+    drops it, so one bad file never stops an epoch. With `strict=True` it raises instead.
+
+    `durations[i]` is utterance i's length in seconds, for `DynamicBucketSampler`.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        sample_rate: int,
+        tokenizer: TextTokenizer,
+        max_duration: float,
+        max_label_tokens: int,
+        strict: bool = False,
+        name: str = "dataset",
+        num_threads: int = 8,
+    ):
+        self.sample_rate = sample_rate
+        self.tokenizer = tokenizer
+        self.max_duration = max_duration
+        self.max_label_tokens = max_label_tokens
+        self.strict = strict
+        self.name = name
+        self.max_samples = math.ceil(max_duration * sample_rate)
+        self.skipped_at_load = 0
+        self.skipped: dict[str, int] = {}
+        self.utterances: list[Utterance] = []
+        self.durations: list[float] = []
+
+        examples: dict[str, str] = {}
+        checks = _chunked_map(self._check, utterances, num_threads)
+        progress = tqdm(
+            checks, total=len(utterances), desc=f"checking {name}", unit="utt",
+            disable=len(utterances) < PROGRESS_MIN_ITEMS or not _is_first_rank(),
+        )
+        for (duration, problem), utterance in zip(progress, utterances):
+            if problem is None:
+                self.utterances.append(utterance)
+                self.durations.append(duration)
+                continue
+            reason, detail = problem
+            if strict:
+                raise ValueError(f"{utterance.audio_path}: {reason} ({detail}) in {name}; fix or remove it, "
+                                 "or set strict=False to skip bad utterances")
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+            examples.setdefault(reason, f"{utterance.audio_path}: {detail}")
+        if self.skipped and _is_first_rank():
+            summary = ", ".join(f"{reason}: {n} (e.g. {examples[reason]})" for reason, n in self.skipped.items())
+            logger.warning("%s: skipped %d of %d utterances: %s", name, sum(self.skipped.values()),
+                           len(utterances), summary)
+
+    def _check(self, utterance: Utterance) -> tuple[float, tuple[str, str] | None]:
+        """(duration, None) for a usable utterance, else (nan, (reason, detail)); cheapest checks first."""
+        if not utterance.text.strip():
+            return math.nan, ("empty transcript", f"id {utterance.id}")
+        num_labels = len(self.tokenizer.prefix_ids) + len(self.tokenizer.encode(utterance.text.strip())) + 1
+        if num_labels > self.max_label_tokens:
+            return math.nan, (f"more than {self.max_label_tokens} label tokens", f"{num_labels} tokens")
+        duration = utterance.duration
+        if utterance.audio_bytes is None and not Path(utterance.audio_path).is_file():
+            return math.nan, ("missing file", "file not found")
+        if duration is None:
+            try:
+                duration = audio_info(self._source(utterance), name=utterance.audio_path).duration
+            except AudioError as err:
+                return math.nan, ("unreadable audio", err.reason)
+        if duration <= 0:
+            return math.nan, ("empty audio", f"stated duration {duration} s")
+        if duration > self.max_duration:
+            return math.nan, (f"longer than {self.max_duration} s", f"{duration:.2f} s")
+        return duration, None
+
+    @staticmethod
+    def _source(utterance: Utterance) -> str | bytes:
+        return utterance.audio_bytes if utterance.audio_bytes is not None else utterance.audio_path
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        utterance = self.utterances[index]
+        try:
+            audio = load_audio(self._source(utterance), self.sample_rate, name=utterance.audio_path)
+            if audio.numel() > self.max_samples:
+                raise AudioError(utterance.audio_path, f"{audio.numel() / self.sample_rate:.2f} s once loaded, "
+                                 f"longer than max_duration={self.max_duration} s (the corpus stated otherwise)")
+        except AudioError as err:
+            if self.strict:
+                raise
+            self.skipped_at_load += 1
+            logger.warning("%s: skipping an utterance that no longer loads: %s", self.name, err)
+            return None
+        text = utterance.text.strip()
+        return {"id": utterance.id, "audio": audio, "text": text, "token_ids": self.tokenizer.encode(text)}
