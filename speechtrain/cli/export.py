@@ -1,0 +1,86 @@
+"""`speechtrain-export CHECKPOINT OUT_DIR`: a Lightning checkpoint to a Hugging Face-format folder.
+
+The checkpoint carries config.json, tokenizer and preprocessor files (see tasks/checkpointing.py), so
+no Hydra config is needed; the run's resolved config and metrics, when found beside the checkpoint, go
+into a short model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from speechtrain.hub import load_processors, model_from_folder_config, save_bundle
+from speechtrain.tasks.checkpointing import PRETRAINED_FILES_KEY, model_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
+    """Write the checkpoint's model, tokenizer and feature extractor as a Hugging Face-format folder."""
+    checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
+    if not checkpoint_path.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint_path} not found")
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    files = checkpoint.get(PRETRAINED_FILES_KEY)
+    if not files:
+        raise ValueError(
+            f"{checkpoint_path} has no '{PRETRAINED_FILES_KEY}': it was not written by a speechtrain task"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (out_dir / name).write_bytes(content)
+    model = model_from_folder_config(out_dir)
+    missing, unexpected = model.load_state_dict(model_state_dict(checkpoint), strict=False)
+    tied = {name for name in missing if name.endswith("proj_out.weight")}
+    if set(missing) - tied or unexpected:
+        raise ValueError(
+            f"{checkpoint_path}: weights do not fit config.json (missing {missing}, unexpected {unexpected})"
+        )
+    tokenizer, feature_extractor = load_processors(out_dir)
+    save_bundle(out_dir, model, tokenizer, feature_extractor)
+    write_model_card(out_dir, checkpoint_path, checkpoint)
+    return out_dir
+
+
+def write_model_card(out_dir: Path, checkpoint_path: Path, checkpoint: dict) -> None:
+    """README.md recording where the model came from: recipe, config, step and metrics."""
+    run_dir = checkpoint_path.parent.parent
+    config_file = checkpoint_path.parent / "config.yaml"
+    metrics_file = run_dir / "metrics.json"
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [speechtrain, automatic-speech-recognition]",
+        "---",
+        f"# {json.loads((out_dir / 'config.json').read_text()).get('model_type', 'model')} trained with speechtrain",
+        "",
+        f"Exported from `{checkpoint_path}` (epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')}).",
+    ]
+    if metrics_file.is_file():
+        lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(json.loads(metrics_file.read_text()).items())]
+    if config_file.is_file():
+        lines += ["", "## Training config (resolved)", "", "```yaml", config_file.read_text().rstrip(), "```"]
+    (out_dir / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a .ckpt written by python train.py (outputs/.../checkpoints/last.ckpt)")
+    parser.add_argument("out_dir", help="folder to write (config.json, model.safetensors, tokenizer, ...)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        out = export_checkpoint(args.checkpoint, args.out_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.exit(1, f"speechtrain-export: error: {exc}\n")
+    print(f"exported {args.checkpoint} to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The training entry point: `train(cfg)` builds every object from the Hydra config and runs Lightning.
+
+`python train.py recipe=NAME key=value ...` goes through `main`, which turns the usual configuration
+mistakes (unknown key, missing data folder, bad value) into one paragraph instead of a stack trace and
+returns the metric a sweep optimises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from speechtrain.hub import save_bundle
+
+log = logging.getLogger(__name__)
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT_DIR / "conf"
+
+
+def _model_config_value(folder: str, key: str) -> Any:
+    config_path = Path(folder) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"model.pretrained={folder}: no config.json there (expected a Hugging Face-format folder)"
+        )
+    config = json.loads(config_path.read_text())
+    if key not in config:
+        raise KeyError(f"{config_path} has no {key!r}")
+    return config[key]
+
+
+def register_resolvers() -> None:
+    """Resolvers the configs use; registered once, also when tests compose configs without main()."""
+    resolvers = {
+        "speechtrain_root": lambda: str(ROOT_DIR),
+        # Whisper's encoder sees 2 * max_source_positions frames of 10 ms (hop 160 at 16 kHz).
+        "whisper_chunk_seconds": lambda positions: int(positions) * 2 * 160 // 16000,
+        "model_config_value": _model_config_value,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+register_resolvers()
+
+
+def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (and export) as `cfg` says; returns the final logged metrics as floats."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+
+    tokenizer = hydra.utils.instantiate(cfg.tokenizer)
+    feature_extractor = hydra.utils.instantiate(cfg.features)
+    model = hydra.utils.instantiate(cfg.model, tokenizer=tokenizer)
+    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    task = hydra.utils.instantiate(cfg.task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    # The data module's bucketing sampler shards across ranks itself.
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                      use_distributed_sampler=False)
+
+    checkpoint_dir = output_dir / "checkpoints"
+    checkpoint_dir.mkdir(exist_ok=True)
+    (checkpoint_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("model: %s, %.2f M parameters", type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6)
+
+    trainer.fit(task, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg, output_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+    if cfg.export and trainer.is_global_zero:
+        export_dir = output_dir / "exported"
+        save_bundle(export_dir, task.model, tokenizer, feature_extractor)
+        log.info("exported a Hugging Face-format model to %s", export_dir)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+_USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError, OmegaConfBaseException)
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The configuration or data mistake behind `exc`, if that is what it is (Hydra wraps them)."""
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc if isinstance(exc, _USER_ERRORS + (InstantiationException,)) else None
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except Exception as exc:
+        cause = _user_error(exc)
+        if cause is None or os.environ.get("SPEECHTRAIN_DEBUG"):
+            raise
+        message = str(cause).strip().strip('"')
+        print(
+            f"speechtrain: error: {message} ({type(cause).__name__}). Check the recipe and the overrides on the "
+            "command line; set SPEECHTRAIN_DEBUG=1 for the full traceback.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    return metrics.get(cfg.optimized_metric)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

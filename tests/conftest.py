@@ -1,0 +1,75 @@
+"""Shared fixtures. Tests run on the CPU; `gpu` tests are skipped without CUDA."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
+
+from speechtrain.train import CONFIG_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def compose() -> Callable[..., DictConfig]:
+    """The real root config with overrides, forced onto the CPU and into `output_dir`."""
+
+    def _compose(*overrides: str, output_dir: Path) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(
+                config_name="train",
+                overrides=[*overrides, f"paths.output_dir={output_dir}", "trainer.accelerator=cpu",
+                           "+trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+                           "+trainer.enable_model_summary=false"],
+            )
+
+    return _compose
+
+
+class FakeTokenizer:
+    """A character tokenizer with the ASR tokenizer interface of docs/design.md (no files needed)."""
+
+    pad_id, eos_id, unk_id = 0, 1, 2
+    prefix_ids = (3, 4, 5, 6)  # start, language, task, no-timestamps
+    alphabet = "abcdefghijklmnopqrstuvwxyz '.,?!"
+
+    def encode(self, text: str) -> list[int]:
+        return [7 + self.alphabet.index(c) if c in self.alphabet else self.unk_id for c in text.lower()]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.alphabet[i - 7] for i in ids if 7 <= i < len(self))
+
+    def __len__(self) -> int:
+        return 7 + len(self.alphabet)
+
+
+@pytest.fixture
+def fake_tokenizer() -> FakeTokenizer:
+    return FakeTokenizer()
+
+
+@pytest.fixture
+def make_wav() -> Callable[..., Path]:
+    """Writes a sine (one frequency per channel) with soundfile: make_wav(path, seconds, ...) -> path."""
+    def _make_wav(path: Path, seconds: float, sample_rate: int = 16000, frequencies: tuple[float, ...] = (440.0,),
+                  subtype: str = "FLOAT") -> Path:
+        t = np.arange(round(seconds * sample_rate)) / sample_rate
+        channels = np.stack([0.5 * np.sin(2 * np.pi * f * t) for f in frequencies], axis=1).astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, channels, sample_rate, subtype=subtype)
+        return path
+
+    return _make_wav
