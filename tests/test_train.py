@@ -153,3 +153,24 @@ def test_training_skips_and_counts_bad_items_or_stops_when_strict(compose, tmp_p
 
     with pytest.raises(Exception, match="missing.wav|garbage.wav|mini_0002|long.wav|mini_0003"):
         train(compose("recipe=whisper_mini", *FAST, *data, "data.strict=true", output_dir=tmp_path / "strict"))
+
+
+def test_finetune_recipe_starts_from_a_hugging_face_folder(compose, tmp_path):
+    """Train briefly, export, then fine-tune from the export with the whisper_finetune recipe."""
+    from safetensors.torch import load_file
+
+    train(compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path / "base"))
+    pretrained = tmp_path / "base" / "exported"
+    data = [f"data.train.path={ROOT_DIR / 'data' / 'mini'}", "data.max_duration=3.0", "data.max_batch_seconds=40"]
+    cfg = compose("recipe=whisper_finetune", f"model.pretrained={pretrained}", *data, *FAST[1:],
+                  "trainer.max_epochs=1", "task.optimizer.lr=1e-3", output_dir=tmp_path / "tuned")
+    assert cfg.data.max_label_tokens == 96  # read from the folder's config.json
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    before = load_file(pretrained / "model.safetensors")
+    after = load_file(tmp_path / "tuned" / "exported" / "model.safetensors")
+    assert before.keys() == after.keys()
+    name = "model.decoder.embed_tokens.weight"
+    assert before[name].shape == after[name].shape and not torch.equal(before[name], after[name])
+    for file in ("tokenizer.json", "generation_config.json", "preprocessor_config.json"):
+        assert (tmp_path / "tuned" / "exported" / file).read_text() == (pretrained / file).read_text(), file

@@ -1,0 +1,63 @@
+"""LibriSpeech for `recipe=whisper_librispeech` (and later s2t_librispeech).
+
+    python recipes/librispeech/prepare.py --root data --parts train-clean-100 dev-clean test-clean
+    python recipes/librispeech/prepare.py --root data --no-download   # already unpacked by hand
+
+Downloads the parts from openslr.org (resumable), unpacks them into `<root>/LibriSpeech/<part>`, and
+writes a NeMo-style manifest per part (`<root>/LibriSpeech/<part>.jsonl`, with durations read from the
+flac headers) so that training starts without scanning the folders again:
+`data.train.format=manifest data.train.path=data/LibriSpeech/train-clean-100.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from download import download, extract  # noqa: E402
+
+from speechtrain.data.audio import AudioError, audio_info  # noqa: E402
+from speechtrain.data.corpora import read_librispeech, write_manifest  # noqa: E402
+
+URL = "https://www.openslr.org/resources/12/{part}.tar.gz"
+PARTS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360", "train-other-500")
+
+
+def prepare_librispeech(root: Path, parts: list[str], fetch: bool = True) -> list[Path]:
+    """Download (optionally), unpack and write one manifest per part; returns the manifest paths."""
+    manifests = []
+    for part in parts:
+        if fetch:
+            extract(download(URL.format(part=part), root / "downloads" / f"{part}.tar.gz"), root)
+        utterances = read_librispeech(root / "LibriSpeech" / part)
+        with_durations, unreadable = [], 0
+        for utterance in tqdm(utterances, desc=f"{part}: reading durations", unit="file"):
+            try:
+                with_durations.append(replace(utterance, duration=audio_info(utterance.audio_path).duration))
+            except AudioError as error:
+                unreadable += 1
+                print(f"skipped: {error}", file=sys.stderr)
+        manifest = root / "LibriSpeech" / f"{part}.jsonl"
+        write_manifest(with_durations, manifest)
+        hours = sum(u.duration for u in with_durations) / 3600
+        print(f"{manifest}: {len(with_durations)} utterances, {hours:.1f} h ({unreadable} unreadable skipped)")
+        manifests.append(manifest)
+    return manifests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("data"))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=["train-clean-100", "dev-clean", "test-clean"])
+    parser.add_argument("--no-download", action="store_true", help="the parts are already unpacked under --root")
+    args = parser.parse_args()
+    prepare_librispeech(args.root, args.parts, fetch=not args.no_download)
+
+
+if __name__ == "__main__":
+    main()
