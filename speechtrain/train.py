@@ -64,17 +64,24 @@ def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
+def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
+    tokenizer = hydra.utils.instantiate(cfg.tokenizer)
+    feature_extractor = hydra.utils.instantiate(cfg.features)
+    model = hydra.utils.instantiate(cfg.model, tokenizer=tokenizer)
+    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    task = hydra.utils.instantiate(cfg.task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    return task, datamodule
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and export) as `cfg` says; returns the final logged metrics as floats."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    tokenizer = hydra.utils.instantiate(cfg.tokenizer)
-    feature_extractor = hydra.utils.instantiate(cfg.features)
-    model = hydra.utils.instantiate(cfg.model, tokenizer=tokenizer)
-    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, feature_extractor=feature_extractor)
-    task = hydra.utils.instantiate(cfg.task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    task, datamodule = build(cfg)
+    model = task.model
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
     # The data module's bucketing sampler shards across ranks itself.
@@ -91,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.export and trainer.is_global_zero:
         export_dir = output_dir / "exported"
-        save_bundle(export_dir, task.model, tokenizer, feature_extractor)
+        save_bundle(export_dir, model, task.tokenizer, task.feature_extractor)
         log.info("exported a Hugging Face-format model to %s", export_dir)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     log.info("metrics: %s", metrics)
