@@ -1,0 +1,115 @@
+"""Hugging Face-format VITS folders (MMS-style `config.json` + `model.safetensors`) in and out.
+
+Weight-norm naming: transformers stores the WaveNet convolutions as `parametrizations.weight.original0/1`
+(older checkpoints, e.g. `facebook/mms-tts-*`, as `weight_g/weight_v`) and the HiFi-GAN convolutions as plain
+`weight`. Our decoder trains with weight norm, so its convolutions are folded into `weight` on the way out and
+split into (norm, direction) on the way in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.nn.utils import parametrize
+
+from speechtrain.models.vits.config import VitsConfig
+from speechtrain.models.vits.modeling import VitsModel
+
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+PYTORCH_NAME = "pytorch_model.bin"
+NORM, DIRECTION = "parametrizations.weight.original0", "parametrizations.weight.original1"
+LEGACY_NAMES = {".weight_g": "." + NORM, ".weight_v": "." + DIRECTION}
+
+
+def _weight_normed_decoder_modules(model: VitsModel) -> dict[str, torch.nn.Module]:
+    return {f"decoder.{name}.": module for name, module in model.decoder.named_modules()
+            if parametrize.is_parametrized(module, "weight")}
+
+
+def state_dict_to_hf(model: VitsModel) -> dict[str, torch.Tensor]:
+    """Our state dict with the decoder's weight norm folded in: exactly transformers' `VitsModel` keys."""
+    state = {key: value.detach() for key, value in model.state_dict().items()}
+    for prefix, module in _weight_normed_decoder_modules(model).items():
+        del state[prefix + NORM], state[prefix + DIRECTION]
+        state[prefix + "weight"] = module.weight.detach()
+    return state
+
+
+def state_dict_from_hf(model: VitsModel, hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers `VitsModel` state dict (either weight-norm naming) renamed to ours; keys are not checked."""
+    state = {}
+    for key, value in hf_state.items():
+        for legacy, current in LEGACY_NAMES.items():
+            if key.endswith(legacy):
+                key = key[: -len(legacy)] + current
+        state[key] = value
+    for prefix in _weight_normed_decoder_modules(model):
+        if prefix + "weight" in state:
+            weight = state.pop(prefix + "weight")
+            state[prefix + NORM] = torch.norm_except_dim(weight, 2, 0)  # what weight_norm's right_inverse does
+            state[prefix + DIRECTION] = weight
+    return state
+
+
+def load_hf_state_dict(model: VitsModel, hf_state: Mapping[str, torch.Tensor], where: str = "state dict") -> None:
+    """Loads transformers-named weights into `model`; every key must match by name and shape."""
+    state = state_dict_from_hf(model, hf_state)
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong_shape = [f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key])}"
+                   for key in sorted(set(state) & set(expected)) if state[key].shape != expected[key]]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(f"{where}: weights do not fit VitsModel built from its config: missing keys {missing}, "
+                         f"unexpected keys {unexpected}, shape mismatches {wrong_shape}")
+    model.load_state_dict(state, strict=True)
+
+
+def model_from_hf_config(hf_config: Mapping[str, Any]) -> VitsModel:
+    """A randomly initialised model of the architecture in a transformers `config.json` dict."""
+    return VitsModel(VitsConfig.from_hf_dict(dict(hf_config)))
+
+
+def load_pretrained(path: str | Path, config_overrides: Mapping[str, Any] | None = None) -> VitsModel:
+    """Loads a transformers-format VITS folder as a float32 model (in training mode, like any new module).
+
+    `config_overrides` replace `config.json` values before building (e.g. dropouts or layerdrop for
+    fine-tuning); they must be VitsConfig fields.
+    """
+    folder = Path(path)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: not found; expected a Hugging Face-format VITS folder")
+    hf_config = json.loads(config_path.read_text())
+    if config_overrides:
+        unknown = sorted(set(config_overrides) - set(VitsConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"overrides for {config_path}: unknown VitsConfig keys {unknown}")
+        hf_config.update(config_overrides)
+    try:
+        config = VitsConfig.from_hf_dict(hf_config)
+    except ValueError as error:
+        raise ValueError(f"{config_path}: {error}") from error
+    if (folder / SAFETENSORS_NAME).is_file():
+        state = load_file(folder / SAFETENSORS_NAME)
+    elif (folder / PYTORCH_NAME).is_file():
+        state = torch.load(folder / PYTORCH_NAME, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{folder}: no weights found; expected {SAFETENSORS_NAME} or {PYTORCH_NAME}")
+    model = VitsModel(config)
+    load_hf_state_dict(model, {key: value.float() for key, value in state.items()}, where=str(folder))
+    return model
+
+
+def save_pretrained(model: VitsModel, path: str | Path) -> None:
+    """Writes `config.json` and `model.safetensors` that transformers' `VitsModel.from_pretrained` loads."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
+    state = {key: value.cpu().contiguous() for key, value in state_dict_to_hf(model).items()}
+    save_file(state, folder / SAFETENSORS_NAME, metadata={"format": "pt"})
