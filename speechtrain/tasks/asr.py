@@ -8,7 +8,6 @@ that the data layer emptied or that produce a non-finite loss.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,17 +20,12 @@ from torch import nn
 from speechtrain.decoding import decode_to_text
 from speechtrain.layers.specaugment import SpecAugment
 from speechtrain.tasks.checkpointing import attach_pretrained_files
+from speechtrain.tasks.guards import NonFiniteGuard
 from speechtrain.tasks.metrics import error_counts
 from speechtrain.tasks.sample_logging import log_text_table
 from speechtrain.tasks.schedules import warmup_decay_schedule
 
-log = logging.getLogger(__name__)
-
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised after too many consecutive steps with a NaN or infinite loss."""
 
 
 class Seq2SeqASRTask(L.LightningModule):
@@ -67,8 +61,7 @@ class Seq2SeqASRTask(L.LightningModule):
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.num_logged_predictions = num_logged_predictions
-        self.max_consecutive_nonfinite = max_consecutive_nonfinite
-        self.consecutive_nonfinite = 0
+        self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
         self.skipped_batches = 0
         if freeze_encoder:
             self.model.get_encoder().requires_grad_(False)
@@ -98,27 +91,13 @@ class Seq2SeqASRTask(L.LightningModule):
             self.skipped_batches += 1
             return None
         loss = self.model_step(batch)
-        if not torch.isfinite(loss):
-            return self._skip_nonfinite(loss, batch)
-        self.consecutive_nonfinite = 0
+        if not self.nonfinite.check(loss, self.global_step, batch["ids"]):
+            self.skipped_batches += 1
+            return None
         batch_size = len(batch["ids"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/skipped_items", float(batch.get("num_skipped", 0)), reduce_fx="sum", batch_size=batch_size)
         return loss
-
-    def _skip_nonfinite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
-        self.consecutive_nonfinite += 1
-        self.skipped_batches += 1
-        log.warning(
-            "skipping step %d: loss is %s (batch ids %s); %d in a row",
-            self.global_step, loss.item(), ", ".join(batch["ids"][:4]), self.consecutive_nonfinite,
-        )
-        if self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
-            raise NonFiniteLossError(
-                f"{self.consecutive_nonfinite} consecutive steps had a non-finite loss; lower the learning "
-                "rate, check the data, or raise task.max_consecutive_nonfinite"
-            )
-        return None
 
     # --- validation -----------------------------------------------------------------------------
 

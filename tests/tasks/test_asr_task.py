@@ -4,7 +4,7 @@ import lightning as L
 import pytest
 import torch
 
-from speechtrain.tasks.asr import NonFiniteLossError
+from speechtrain.tasks.guards import NonFiniteLossError
 from speechtrain.train import build
 
 
@@ -64,7 +64,7 @@ def test_empty_and_non_finite_batches_are_skipped_then_the_run_stops(pieces, cap
     assert task.training_step(None, 0) is None and task.skipped_batches == 1
 
     task.model_step = lambda batch: torch.tensor(float("nan"))
-    task.max_consecutive_nonfinite = 3
+    task.nonfinite.max_consecutive = 3
     assert task.training_step(batch, 1) is None and task.training_step(batch, 2) is None
     assert "loss is nan" in caplog.text and batch["ids"][0] in caplog.text
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
