@@ -1,9 +1,9 @@
-"""The Lightning data module for ASR: corpora in, duration-bucketed feature batches out."""
+"""Lightning data modules: corpora in, duration-bucketed batches out (ASR here; TTS in `speechtrain.data.tts`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from speechtrain.data.collate import AsrCollator
 from speechtrain.data.corpora import CorpusSpec, Utterance, read_corpus
-from speechtrain.data.datasets import SpeechDataset
+from speechtrain.data.datasets import CheckedDataset, SpeechDataset
 from speechtrain.data.features import FeatureExtractor
 from speechtrain.data.samplers import DynamicBucketSampler
 
@@ -33,8 +33,8 @@ def split_off(utterances: list[Utterance], fraction: float, seed: int) -> tuple[
     return kept, [u for i, u in enumerate(utterances) if i in held_out]
 
 
-class AsrDataModule(L.LightningDataModule):
-    """Reads the train (and val) corpora, checks every utterance and serves `AsrCollator` batches.
+class SpeechDataModule(L.LightningDataModule):
+    """What the ASR and TTS data modules share: corpora in, checked datasets, duration-bucketed batches out.
 
     `train`/`val` are `CorpusSpec`s or their fields as a dict (as Hydra passes them); relative paths
     are resolved against the current directory. Without `val`, `val_fraction` > 0 holds out a seeded
@@ -43,19 +43,16 @@ class AsrDataModule(L.LightningDataModule):
     by the sampler itself: create the Trainer with `use_distributed_sampler=False`. Lightning calls
     the sampler's `set_epoch` at each epoch start, so every epoch has a new batch order.
 
-    Utterances longer than `max_duration` seconds or with more than `max_label_tokens` decoder labels
-    are dropped with one summary warning per split (`strict=True` raises on the first instead).
+    Subclasses set `self.collator` and build a split's dataset in `_dataset`; `_prepare` sees the
+    training utterances first (the TTS module maps its speakers there).
     """
 
     def __init__(
         self,
         train: CorpusSpec | Mapping,
         val: CorpusSpec | Mapping | None,
-        tokenizer: Any,
-        feature_extractor: FeatureExtractor,
         max_batch_seconds: float,
         max_duration: float,
-        max_label_tokens: int,
         num_workers: int = 0,
         strict: bool = False,
         val_fraction: float = 0.0,
@@ -68,12 +65,6 @@ class AsrDataModule(L.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if val is not None and val_fraction > 0:
             raise ValueError(f"give either a val corpus or val_fraction={val_fraction}, not both; set one to null/0")
-        chunk_length = getattr(feature_extractor, "chunk_length", None)
-        if chunk_length is not None and max_duration > chunk_length:
-            raise ValueError(
-                f"max_duration={max_duration} s is longer than the feature extractor's {chunk_length} s chunk; "
-                f"set max_duration <= {chunk_length}"
-            )
         if max_duration > max_batch_seconds:
             raise ValueError(
                 f"max_batch_seconds={max_batch_seconds} cannot hold one utterance of max_duration={max_duration} s; "
@@ -81,20 +72,17 @@ class AsrDataModule(L.LightningDataModule):
             )
         self.train_spec = CorpusSpec.coerce(train)
         self.val_spec = None if val is None else CorpusSpec.coerce(val)
-        self.tokenizer = tokenizer
-        self.feature_extractor = feature_extractor
         self.max_batch_seconds = max_batch_seconds
         self.max_duration = max_duration
-        self.max_label_tokens = max_label_tokens
         self.num_workers = num_workers
         self.strict = strict
         self.val_fraction = val_fraction
         self.seed = seed
         self.num_buckets = num_buckets
         self.max_batch_size = max_batch_size
-        self.collator = AsrCollator(feature_extractor, tokenizer)
-        self.train_dataset: SpeechDataset | None = None
-        self.val_dataset: SpeechDataset | None = None
+        self.collator: Callable | None = None
+        self.train_dataset: CheckedDataset | None = None
+        self.val_dataset: CheckedDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Reads and checks the corpora once (every rank does the same, deterministically)."""
@@ -104,6 +92,7 @@ class AsrDataModule(L.LightningDataModule):
         val = read_corpus(self.val_spec) if self.val_spec is not None else []
         if self.val_fraction > 0:
             train, val = split_off(train, self.val_fraction, self.seed)
+        self._prepare(train)
         self.train_dataset = self._dataset(train, "train")
         if len(self.train_dataset) == 0:
             raise ValueError(
@@ -116,13 +105,13 @@ class AsrDataModule(L.LightningDataModule):
             sum(self.train_dataset.durations) / 3600, len(self.val_dataset) if self.val_dataset else 0,
         )
 
-    def _dataset(self, utterances: list[Utterance], name: str) -> SpeechDataset:
-        return SpeechDataset(
-            utterances, self.feature_extractor.sampling_rate, self.tokenizer, self.max_duration,
-            self.max_label_tokens, strict=self.strict, name=name,
-        )
+    def _prepare(self, train: list[Utterance]) -> None:
+        """Runs once on the training utterances before any dataset is built."""
 
-    def _loader(self, dataset: SpeechDataset, shuffle: bool) -> DataLoader:
+    def _dataset(self, utterances: list[Utterance], name: str) -> CheckedDataset:
+        raise NotImplementedError
+
+    def _loader(self, dataset: CheckedDataset, shuffle: bool) -> DataLoader:
         sampler = DynamicBucketSampler(
             dataset.durations, self.max_batch_seconds, num_buckets=self.num_buckets, shuffle=shuffle,
             seed=self.seed, max_batch_size=self.max_batch_size,
@@ -142,3 +131,49 @@ class AsrDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             raise RuntimeError("call setup() before val_dataloader()")
         return [] if self.val_dataset is None else self._loader(self.val_dataset, shuffle=False)
+
+
+class AsrDataModule(SpeechDataModule):
+    """Reads the train (and val) corpora, checks every utterance and serves `AsrCollator` batches.
+
+    Corpora, validation split and batching are `SpeechDataModule`'s. Utterances longer than
+    `max_duration` seconds or with more than `max_label_tokens` decoder labels are dropped with one
+    summary warning per split (`strict=True` raises on the first instead).
+    """
+
+    def __init__(
+        self,
+        train: CorpusSpec | Mapping,
+        val: CorpusSpec | Mapping | None,
+        tokenizer: Any,
+        feature_extractor: FeatureExtractor,
+        max_batch_seconds: float,
+        max_duration: float,
+        max_label_tokens: int,
+        num_workers: int = 0,
+        strict: bool = False,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        num_buckets: int = 10,
+        max_batch_size: int | None = None,
+    ):
+        super().__init__(
+            train, val, max_batch_seconds, max_duration, num_workers=num_workers, strict=strict,
+            val_fraction=val_fraction, seed=seed, num_buckets=num_buckets, max_batch_size=max_batch_size,
+        )
+        chunk_length = getattr(feature_extractor, "chunk_length", None)
+        if chunk_length is not None and max_duration > chunk_length:
+            raise ValueError(
+                f"max_duration={max_duration} s is longer than the feature extractor's {chunk_length} s chunk; "
+                f"set max_duration <= {chunk_length}"
+            )
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.max_label_tokens = max_label_tokens
+        self.collator = AsrCollator(feature_extractor, tokenizer)
+
+    def _dataset(self, utterances: list[Utterance], name: str) -> SpeechDataset:
+        return SpeechDataset(
+            utterances, self.feature_extractor.sampling_rate, self.tokenizer, self.max_duration,
+            self.max_label_tokens, strict=self.strict, name=name,
+        )

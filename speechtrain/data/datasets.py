@@ -11,6 +11,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -47,8 +49,121 @@ def _chunked_map(function: Callable, items: Iterable, workers: int) -> Iterator:
             yield from pool.map(function, chunk)
 
 
-class SpeechDataset(Dataset):
-    """Utterances checked once at construction, loaded at `sample_rate` on access.
+Problem = tuple[str, str]  # (reason, detail): a reason counts skipped utterances, the detail names one example
+
+
+class CheckedDataset(Dataset):
+    """Utterances checked once at construction (in a thread pool), loaded at `sample_rate` on access.
+
+    Subclasses say what makes an utterance usable (`_check`, which may use `_check_audio`) and what an
+    item holds (`__getitem__`, which loads through `_load_audio`). Construction keeps the usable
+    utterances with their durations and the token ids the check computed (in one int32 array, so
+    they are neither recomputed per access nor copied per item into DataLoader workers), counts the
+    others by reason in `skipped` and logs one summary warning; with `strict=True` the first bad
+    utterance raises a `ValueError` naming its file instead.
+
+    `durations[i]` is utterance i's length in seconds, for `DynamicBucketSampler`.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        sample_rate: int,
+        max_duration: float,
+        strict: bool = False,
+        name: str = "dataset",
+        num_threads: int = 8,
+    ):
+        self.sample_rate = sample_rate
+        self.max_duration = max_duration
+        self.strict = strict
+        self.name = name
+        self.max_samples = math.ceil(max_duration * sample_rate)
+        self.skipped_at_load = 0
+        self.skipped: dict[str, int] = {}
+        self.utterances: list[Utterance] = []
+        self.durations: list[float] = []
+
+        examples: dict[str, str] = {}
+        kept_token_ids: list[np.ndarray] = []
+        checks = _chunked_map(self._check, utterances, num_threads)
+        progress = tqdm(
+            checks, total=len(utterances), desc=f"checking {name}", unit="utt",
+            disable=len(utterances) < PROGRESS_MIN_ITEMS or not _is_first_rank(),
+        )
+        for (duration, problem, token_ids), utterance in zip(progress, utterances):
+            if problem is None:
+                self.utterances.append(utterance)
+                self.durations.append(duration)
+                kept_token_ids.append(np.asarray(token_ids, dtype=np.int32))
+                continue
+            reason, detail = problem
+            if strict:
+                raise ValueError(f"{utterance.audio_path}: {reason} ({detail}) in {name}; fix or remove it, "
+                                 "or set strict=False to skip bad utterances")
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+            examples.setdefault(reason, f"{utterance.audio_path}: {detail}")
+        self._token_ids = np.concatenate(kept_token_ids) if kept_token_ids else np.zeros(0, dtype=np.int32)
+        self._token_offsets = np.cumsum([0] + [len(ids) for ids in kept_token_ids])
+        if self.skipped and _is_first_rank():
+            summary = ", ".join(f"{reason}: {n} (e.g. {examples[reason]})" for reason, n in self.skipped.items())
+            logger.warning("%s: skipped %d of %d utterances: %s", name, sum(self.skipped.values()),
+                           len(utterances), summary)
+
+    def _check(self, utterance: Utterance) -> tuple[float, Problem | None, list[int]]:
+        """(duration, None, token ids) for a usable utterance, else (nan, problem, []); runs in worker threads."""
+        raise NotImplementedError
+
+    def _check_audio(self, utterance: Utterance) -> tuple[float, Problem | None]:
+        """(duration, None) when the audio file is present, readable, not empty and at most `max_duration` long."""
+        duration = utterance.duration
+        if utterance.audio_bytes is None and not Path(utterance.audio_path).is_file():
+            return math.nan, ("missing file", "file not found")
+        if duration is None:
+            try:
+                duration = audio_info(self._source(utterance), name=utterance.audio_path).duration
+            except AudioError as err:
+                return math.nan, ("unreadable audio", err.reason)
+        if duration <= 0:
+            return math.nan, ("empty audio", f"stated duration {duration} s")
+        if duration > self.max_duration:
+            return math.nan, (f"longer than {self.max_duration} s", f"{duration:.2f} s")
+        return duration, None
+
+    @staticmethod
+    def _source(utterance: Utterance) -> str | bytes:
+        return utterance.audio_bytes if utterance.audio_bytes is not None else utterance.audio_path
+
+    def token_ids(self, index: int) -> list[int]:
+        """The token ids the check computed for utterance `index`."""
+        return self._token_ids[self._token_offsets[index] : self._token_offsets[index + 1]].tolist()
+
+    def _load_audio(self, index: int, min_samples: int = 1) -> torch.Tensor | None:
+        """Utterance `index`'s audio [samples], or None (logged, counted in `skipped_at_load` per worker process)
+        when it no longer loads or its length contradicts what the check was told; `strict` raises instead."""
+        utterance = self.utterances[index]
+        try:
+            audio = load_audio(self._source(utterance), self.sample_rate, name=utterance.audio_path)
+            if audio.numel() > self.max_samples:
+                raise AudioError(utterance.audio_path, f"{audio.numel() / self.sample_rate:.2f} s once loaded, "
+                                 f"longer than max_duration={self.max_duration} s (the corpus stated otherwise)")
+            if audio.numel() < min_samples:
+                raise AudioError(utterance.audio_path, f"{audio.numel()} samples once loaded, fewer than the "
+                                 f"{min_samples} this utterance needs (the corpus stated a longer duration)")
+        except AudioError as err:
+            if self.strict:
+                raise
+            self.skipped_at_load += 1
+            logger.warning("%s: skipping an utterance that no longer loads: %s", self.name, err)
+            return None
+        return audio
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+
+class SpeechDataset(CheckedDataset):
+    """Transcribed speech for ASR, checked once at construction.
 
     Construction drops (and counts by reason in `skipped`) every utterance with a missing or
     unreadable audio file, an empty transcript, audio longer than `max_duration` seconds, or more
@@ -79,80 +194,24 @@ class SpeechDataset(Dataset):
         name: str = "dataset",
         num_threads: int = 8,
     ):
-        self.sample_rate = sample_rate
         self.tokenizer = tokenizer
-        self.max_duration = max_duration
         self.max_label_tokens = max_label_tokens
-        self.strict = strict
-        self.name = name
-        self.max_samples = math.ceil(max_duration * sample_rate)
-        self.skipped_at_load = 0
-        self.skipped: dict[str, int] = {}
-        self.utterances: list[Utterance] = []
-        self.durations: list[float] = []
+        super().__init__(utterances, sample_rate, max_duration, strict=strict, name=name, num_threads=num_threads)
 
-        examples: dict[str, str] = {}
-        checks = _chunked_map(self._check, utterances, num_threads)
-        progress = tqdm(
-            checks, total=len(utterances), desc=f"checking {name}", unit="utt",
-            disable=len(utterances) < PROGRESS_MIN_ITEMS or not _is_first_rank(),
-        )
-        for (duration, problem), utterance in zip(progress, utterances):
-            if problem is None:
-                self.utterances.append(utterance)
-                self.durations.append(duration)
-                continue
-            reason, detail = problem
-            if strict:
-                raise ValueError(f"{utterance.audio_path}: {reason} ({detail}) in {name}; fix or remove it, "
-                                 "or set strict=False to skip bad utterances")
-            self.skipped[reason] = self.skipped.get(reason, 0) + 1
-            examples.setdefault(reason, f"{utterance.audio_path}: {detail}")
-        if self.skipped and _is_first_rank():
-            summary = ", ".join(f"{reason}: {n} (e.g. {examples[reason]})" for reason, n in self.skipped.items())
-            logger.warning("%s: skipped %d of %d utterances: %s", name, sum(self.skipped.values()),
-                           len(utterances), summary)
-
-    def _check(self, utterance: Utterance) -> tuple[float, tuple[str, str] | None]:
-        """(duration, None) for a usable utterance, else (nan, (reason, detail)); cheapest checks first."""
+    def _check(self, utterance: Utterance) -> tuple[float, Problem | None, list[int]]:
+        """Cheapest checks first: the transcript, then the audio header."""
         if not utterance.text.strip():
-            return math.nan, ("empty transcript", f"id {utterance.id}")
-        num_labels = len(self.tokenizer.prefix_ids) + len(self.tokenizer.encode(utterance.text.strip())) + 1
+            return math.nan, ("empty transcript", f"id {utterance.id}"), []
+        token_ids = self.tokenizer.encode(utterance.text.strip())
+        num_labels = len(self.tokenizer.prefix_ids) + len(token_ids) + 1
         if num_labels > self.max_label_tokens:
-            return math.nan, (f"more than {self.max_label_tokens} label tokens", f"{num_labels} tokens")
-        duration = utterance.duration
-        if utterance.audio_bytes is None and not Path(utterance.audio_path).is_file():
-            return math.nan, ("missing file", "file not found")
-        if duration is None:
-            try:
-                duration = audio_info(self._source(utterance), name=utterance.audio_path).duration
-            except AudioError as err:
-                return math.nan, ("unreadable audio", err.reason)
-        if duration <= 0:
-            return math.nan, ("empty audio", f"stated duration {duration} s")
-        if duration > self.max_duration:
-            return math.nan, (f"longer than {self.max_duration} s", f"{duration:.2f} s")
-        return duration, None
-
-    @staticmethod
-    def _source(utterance: Utterance) -> str | bytes:
-        return utterance.audio_bytes if utterance.audio_bytes is not None else utterance.audio_path
-
-    def __len__(self) -> int:
-        return len(self.utterances)
+            return math.nan, (f"more than {self.max_label_tokens} label tokens", f"{num_labels} tokens"), []
+        duration, problem = self._check_audio(utterance)
+        return duration, problem, token_ids
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        utterance = self.utterances[index]
-        try:
-            audio = load_audio(self._source(utterance), self.sample_rate, name=utterance.audio_path)
-            if audio.numel() > self.max_samples:
-                raise AudioError(utterance.audio_path, f"{audio.numel() / self.sample_rate:.2f} s once loaded, "
-                                 f"longer than max_duration={self.max_duration} s (the corpus stated otherwise)")
-        except AudioError as err:
-            if self.strict:
-                raise
-            self.skipped_at_load += 1
-            logger.warning("%s: skipping an utterance that no longer loads: %s", self.name, err)
+        audio = self._load_audio(index)
+        if audio is None:
             return None
-        text = utterance.text.strip()
-        return {"id": utterance.id, "audio": audio, "text": text, "token_ids": self.tokenizer.encode(text)}
+        utterance = self.utterances[index]
+        return {"id": utterance.id, "audio": audio, "text": utterance.text.strip(), "token_ids": self.token_ids(index)}
