@@ -21,7 +21,7 @@ class Family:
 
     model_hub: str  # module with load_pretrained(path), save_pretrained(model, path), model_from_hf_config(dict)
     tokenizer: str  # class with from_pretrained(path) and save_pretrained(path)
-    feature_extractor: str  # class with from_pretrained(path) and save_pretrained(path)
+    feature_extractor: str | None = None  # the same, for families that have one (ASR)
 
 
 FAMILIES: dict[str, Family] = {
@@ -30,6 +30,12 @@ FAMILIES: dict[str, Family] = {
         tokenizer="speechtrain.data.tokenizers:WhisperTokenizer",
         feature_extractor="speechtrain.data.features:WhisperFeatureExtractor",
     ),
+    "speech_to_text": Family(
+        model_hub="speechtrain.models.speech2text.hub",
+        tokenizer="speechtrain.data.tokenizers:Speech2TextTokenizer",
+        feature_extractor="speechtrain.data.features:Speech2TextFeatureExtractor",
+    ),
+    "vits": Family(model_hub="speechtrain.models.vits.hub", tokenizer="speechtrain.data.text:VitsTextTokenizer"),
 }
 
 
@@ -61,28 +67,31 @@ def load_processors(folder: str | Path, **tokenizer_kwargs: Any) -> tuple[Any, A
     """(tokenizer, feature_extractor) from a Hugging Face-format folder."""
     family = family_of(read_model_type(folder))
     tokenizer = _resolve(family.tokenizer).from_pretrained(str(folder), **tokenizer_kwargs)
+    if family.feature_extractor is None:
+        return tokenizer, None
     return tokenizer, _resolve(family.feature_extractor).from_pretrained(str(folder))
 
 
 def load_bundle(
     folder: str | Path, tokenizer_kwargs: dict[str, Any] | None = None, **model_kwargs: Any
 ) -> tuple[nn.Module, Any, Any]:
-    """(model, tokenizer, feature_extractor) from a Hugging Face-format folder."""
+    """(model, tokenizer, feature_extractor or None) from a Hugging Face-format folder."""
     family = family_of(read_model_type(folder))
     model = _resolve(family.model_hub).load_pretrained(str(folder), **model_kwargs)
     return (model, *load_processors(folder, **(tokenizer_kwargs or {})))
 
 
-def save_support_files(folder: str | Path, model: nn.Module, tokenizer: Any, feature_extractor: Any) -> None:
+def save_support_files(folder: str | Path, model: nn.Module, tokenizer: Any, feature_extractor: Any = None) -> None:
     """Everything of the folder except the weights: config.json, tokenizer and preprocessor files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(str(folder))
-    feature_extractor.save_pretrained(str(folder))
+    if feature_extractor is not None:
+        feature_extractor.save_pretrained(str(folder))
 
 
-def save_bundle(folder: str | Path, model: nn.Module, tokenizer: Any, feature_extractor: Any) -> None:
+def save_bundle(folder: str | Path, model: nn.Module, tokenizer: Any, feature_extractor: Any = None) -> None:
     """A complete Hugging Face-format folder that transformers loads."""
     save_support_files(folder, model, tokenizer, feature_extractor)
     family = family_of(model.config.to_hf_dict()["model_type"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,19 @@ def _model_config_value(folder: str, key: str) -> Any:
     return config[key]
 
 
+def _eval_int(expression: str) -> int:
+    if not re.fullmatch(r"[\d\s+\-*/()]+", str(expression)):
+        raise ValueError(f"eval_int accepts integer arithmetic only, got {expression!r}")
+    return int(eval(str(expression), {"__builtins__": {}}))  # noqa: S307 - digits and operators only
+
+
 def register_resolvers() -> None:
     """Resolvers the configs use; registered once, also when tests compose configs without main()."""
     resolvers = {
         "speechtrain_root": lambda: str(ROOT_DIR),
-        # Whisper's encoder sees 2 * max_source_positions frames of 10 ms (hop 160 at 16 kHz).
-        "whisper_chunk_seconds": lambda positions: int(positions) * 2 * 160 // 16000,
         "model_config_value": _model_config_value,
+        # Integer arithmetic on config values, e.g. ${eval_int:${audio.n_fft} // 2 + 1}; digits and + - * // ( ) only.
+        "eval_int": _eval_int,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -67,9 +74,11 @@ def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
     tokenizer = hydra.utils.instantiate(cfg.tokenizer)
-    feature_extractor = hydra.utils.instantiate(cfg.features)
+    # ASR recipes have a feature extractor; TTS recipes compute spectrograms in their data module and task.
+    feature_extractor = hydra.utils.instantiate(cfg.features) if cfg.get("features") else None
     model = hydra.utils.instantiate(cfg.model, tokenizer=tokenizer)
-    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    features = {} if feature_extractor is None else {"feature_extractor": feature_extractor}
+    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, **features)
     task = hydra.utils.instantiate(cfg.task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
     return task, datamodule
 

@@ -2,6 +2,7 @@
 
 from speechtrain.models.vits.config import VitsConfig
 from speechtrain.models.vits.hub import (
+    build_vits,
     load_hf_state_dict,
     load_pretrained,
     model_from_hf_config,
@@ -12,6 +13,7 @@ from speechtrain.models.vits.hub import (
 from speechtrain.models.vits.modeling import VitsModel, slice_segments
 
 __all__ = [
+    "build_vits",
     "VitsConfig",
     "VitsModel",
     "load_hf_state_dict",

@@ -113,3 +113,20 @@ def save_pretrained(model: VitsModel, path: str | Path) -> None:
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
     state = {key: value.cpu().contiguous() for key, value in state_dict_to_hf(model).items()}
     save_file(state, folder / SAFETENSORS_NAME, metadata={"format": "pt"})
+
+
+def build_vits(
+    tokenizer: Any, config: Mapping[str, Any] | None = None, pretrained: str | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+) -> VitsModel:
+    """The builder Hydra configs point at: from scratch (vocabulary size and pad id from the tokenizer)
+    or from a Hugging Face-format folder (`pretrained`) whose vocabulary the tokenizer must fit."""
+    if pretrained is not None:
+        model = load_pretrained(pretrained, config_overrides)
+        if len(tokenizer) > model.config.vocab_size:
+            raise ValueError(f"{pretrained}: the tokenizer has {len(tokenizer)} symbols but the model's vocab_size is "
+                             f"{model.config.vocab_size}; use the folder's own vocab.json")
+        return model
+    values = {**(config or {}), **(config_overrides or {}), "vocab_size": len(tokenizer),
+              "pad_token_id": tokenizer.pad_id}
+    return VitsModel(VitsConfig(**values))
