@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def compose() -> Callable[..., DictConfig]:
     """The real root config with overrides, forced onto the CPU and into `output_dir`."""
 

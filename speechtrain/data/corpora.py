@@ -261,7 +261,8 @@ class CorpusSpec:
     """Where a corpus lives and how to read it; Hydra configs give the same fields as a dict.
 
     `split`, `audio_column` and `text_column` apply to `format="hf"`; `limit` keeps the first N
-    utterances (quick experiments).
+    utterances (quick experiments); `download_hint` is added to the error when the corpus is missing
+    (recipes say there how to get their corpus).
     """
 
     format: str
@@ -270,6 +271,7 @@ class CorpusSpec:
     audio_column: str = "audio"
     text_column: str = "text"
     limit: int | None = None
+    download_hint: str | None = None
 
     @classmethod
     def coerce(cls, spec: CorpusSpec | Mapping) -> CorpusSpec:
@@ -297,6 +299,8 @@ def read_corpus(spec: CorpusSpec | Mapping) -> list[Utterance]:
     if spec.split is not None and spec.format != "hf":
         raise ValueError(f"split={spec.split!r} only applies to format 'hf'; point path at the split for {spec.format}")
     path = Path(spec.path).expanduser().resolve()
+    if spec.download_hint and not path.exists():
+        raise FileNotFoundError(f"{path} not found ({spec.format} corpus): {spec.download_hint}")
     if spec.format == "ljspeech":
         utterances = read_ljspeech(path)
     elif spec.format == "librispeech":
