@@ -28,16 +28,19 @@ class Transcriber:
         self.device, self.num_beams = device, num_beams
 
     @property
-    def window_samples(self) -> int:
-        return int(self.features.chunk_length * self.features.sampling_rate)
+    def window_samples(self) -> int | None:
+        """Samples per window, or None for models without a fixed window (Speech2Text takes any length)."""
+        chunk_length = getattr(self.features, "chunk_length", None)
+        return None if chunk_length is None else int(chunk_length * self.features.sampling_rate)
 
     @torch.no_grad()
     def transcribe_waveforms(self, waveforms: Sequence[torch.Tensor]) -> list[str]:
         """One transcript per waveform (1-D, at the feature extractor's sampling rate)."""
         windows, owners = [], []
         for index, waveform in enumerate(waveforms):
-            for start in range(0, max(len(waveform), 1), self.window_samples):
-                windows.append(waveform[start : start + self.window_samples])
+            window = self.window_samples or max(len(waveform), 1)
+            for start in range(0, max(len(waveform), 1), window):
+                windows.append(waveform[start : start + window])
                 owners.append(index)
         features, frame_mask = self.features(windows)
         decoded = decode_to_text(self.model, self.tokenizer, features.to(self.device), frame_mask.to(self.device),

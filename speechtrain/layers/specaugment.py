@@ -8,6 +8,7 @@ same spans as transformers does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -132,3 +133,95 @@ class SpecAugment:
         """`[batch, n]` mask -> a view broadcastable over `features`, with n on axis `dim`."""
         mask = torch.from_numpy(mask).to(features.device)
         return mask[:, :, None] if dim == 1 else mask[:, None, :]
+
+
+@dataclass
+class FilterbankSpecAugment:
+    """fairseq's `SpecAugmentTransform` (without time warping) for frames-first filterbanks `[batch, frames, bins]`,
+    applied by the task during training only, with the same call protocol as `SpecAugment`.
+
+    Per utterance: `freq_mask_n` bands of width `f ~ U{0, .., freq_mask_f - 1}` starting at
+    `U{0, .., bins - f - 1}`, then `time_mask_n` spans of width `t ~ U{0, .., T' - 1}` starting at
+    `U{0, .., length - t - 1}`, where `T' = min(time_mask_t, floor(length * time_mask_p))` (no time masks when
+    `T' < 1`) and `length` is the utterance's own frame count. Masked values become `mask_value`, or the
+    utterance's mean over its real frames when it is None (fairseq's default for its LB/LD policies). Padded
+    frames are never touched. One difference: a band is clipped to the bins (fairseq skips masking altogether
+    when there are fewer bins than `freq_mask_f`). Random draws come from torch's global generator, so
+    `torch.manual_seed` makes them repeat.
+    """
+
+    freq_mask_n: int = 0
+    freq_mask_f: int = 0
+    time_mask_n: int = 0
+    time_mask_t: int = 0
+    time_mask_p: float = 0.0
+    mask_value: float | None = None
+
+    # fairseq examples/speech_to_text/data_utils.py: LibriSpeech basic/double, SwitchBoard mild/strong
+    POLICIES: ClassVar[dict[str, dict[str, float]]] = {
+        "lb": dict(freq_mask_n=1, freq_mask_f=27, time_mask_n=1, time_mask_t=100, time_mask_p=1.0),
+        "ld": dict(freq_mask_n=2, freq_mask_f=27, time_mask_n=2, time_mask_t=100, time_mask_p=1.0),
+        "sm": dict(freq_mask_n=2, freq_mask_f=15, time_mask_n=2, time_mask_t=70, time_mask_p=0.2),
+        "ss": dict(freq_mask_n=2, freq_mask_f=27, time_mask_n=2, time_mask_t=70, time_mask_p=0.2),
+        "none": dict(freq_mask_n=0, freq_mask_f=0, time_mask_n=0, time_mask_t=0, time_mask_p=0.0),
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("freq_mask_n", "freq_mask_f", "time_mask_n", "time_mask_t"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"FilterbankSpecAugment.{name} must be a non-negative integer, got "
+                                 f"{getattr(self, name)!r}")
+        if not 0.0 <= self.time_mask_p <= 1.0:
+            raise ValueError(f"FilterbankSpecAugment.time_mask_p must lie in [0, 1], got {self.time_mask_p}")
+
+    @classmethod
+    def from_policy(cls, policy: str, **overrides: Any) -> FilterbankSpecAugment:
+        """A named fairseq policy ("lb", "ld", "sm", "ss" or "none"), with any field overridden."""
+        if policy not in cls.POLICIES:
+            raise ValueError(f"SpecAugment policy {policy!r} is unknown; use one of {sorted(cls.POLICIES)}")
+        return cls(**{**cls.POLICIES[policy], **overrides})
+
+    @property
+    def enabled(self) -> bool:
+        return (self.freq_mask_n > 0 and self.freq_mask_f > 1) or (
+            self.time_mask_n > 0 and self.time_mask_t > 1 and self.time_mask_p > 0
+        )
+
+    @staticmethod
+    def _spans(count: int, max_width: torch.Tensor, extent: torch.Tensor, size: int) -> torch.Tensor:
+        """`count` random spans per row -> `[batch, size]` bool. Row b draws widths in [0, max_width[b]) and
+        starts in [0, extent[b] - width); rows with max_width < 1 get none."""
+        batch = max_width.shape[0]
+        draws = torch.rand(2, batch, count, dtype=torch.float64, device=max_width.device)  # float64: no rounding up
+        widths = (draws[0] * max_width.clamp(min=0)[:, None]).floor().long()  # [B, N]
+        starts = (draws[1] * (extent[:, None] - widths)).floor().long()  # [B, N]
+        position = torch.arange(size, device=max_width.device)
+        inside = (position >= starts[..., None]) & (position < (starts + widths)[..., None])  # [B, N, size]
+        return inside.any(dim=1)
+
+    def __call__(self, features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """A masked copy of `features` `[batch, frames, bins]`; `frame_mask` `[batch, frames]` marks real frames."""
+        if features.dim() != 3:
+            raise ValueError(f"FilterbankSpecAugment expects [batch, frames, bins] features, got "
+                             f"{tuple(features.shape)}")
+        batch, frames, bins = features.shape
+        device = features.device
+        real = torch.ones(batch, frames, dtype=torch.bool, device=device) if frame_mask is None else frame_mask.bool()
+        lengths = real.sum(dim=1)  # [B]
+        masked = torch.zeros(batch, frames, bins, dtype=torch.bool, device=device)
+        if self.freq_mask_n > 0:
+            max_width = torch.full((batch,), min(self.freq_mask_f, bins + 1), device=device)
+            band = self._spans(self.freq_mask_n, max_width, torch.full_like(max_width, bins), bins)  # [B, bins]
+            masked |= band[:, None, :]
+        if self.time_mask_n > 0:
+            max_width = torch.minimum(torch.full_like(lengths, self.time_mask_t),
+                                      (lengths * self.time_mask_p).floor().long())
+            span = self._spans(self.time_mask_n, max_width, lengths, frames)  # [B, frames]
+            masked |= span[:, :, None]
+        masked &= real[:, :, None]
+        if self.mask_value is None:  # each utterance's mean over its real frames
+            value = (features * real[:, :, None]).sum(dim=(1, 2)) / (lengths * bins).clamp(min=1)
+            value = value[:, None, None].to(features.dtype)
+        else:
+            value = torch.tensor(self.mask_value, dtype=features.dtype, device=device)
+        return torch.where(masked, value, features)

@@ -1,0 +1,96 @@
+"""Speech2Text end to end: compose the S2T recipes, train on the mini corpus, export, load in transformers."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speechtrain.cli.export import export_checkpoint
+from speechtrain.train import ROOT_DIR, train
+
+FAST = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "logger=csv", "trainer.log_every_n_steps=1",
+        "task.max_new_tokens=8"]
+MINI = ROOT_DIR / "data" / "mini"
+
+
+@pytest.mark.slow
+def test_tiny_speech2text_overfits_the_mini_corpus(compose, tmp_path):
+    """The s2t_mini recipe's own settings; training-set CER must fall below 0.05 (it starts near 1.0)."""
+    metrics = train(compose("recipe=s2t_mini", "logger=csv", output_dir=tmp_path))
+    assert metrics["val/cer"] < 0.05, metrics
+
+
+def test_exported_checkpoint_loads_in_transformers_with_same_logits(compose, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from speechtrain.hub import load_bundle
+
+    cfg = compose("recipe=s2t_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path / "run")
+    train(cfg)
+    out = export_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
+    assert "speech_to_text" in (out / "README.md").read_text()
+
+    ours, tokenizer, features = load_bundle(out, attn_implementation="eager")
+    theirs = transformers.Speech2TextForConditionalGeneration.from_pretrained(out).eval()
+    hf_features = transformers.Speech2TextFeatureExtractor.from_pretrained(out)
+    hf_tokenizer = transformers.Speech2TextTokenizer.from_pretrained(out)
+
+    generator = torch.Generator().manual_seed(0)
+    waveforms = [torch.randn(16000, generator=generator) * 0.1, torch.randn(9000, generator=generator) * 0.1]
+    input_features, frame_mask = features(waveforms)
+    reference = hf_features([w.numpy() for w in waveforms], sampling_rate=16000, padding=True, return_tensors="pt")
+    assert (input_features - reference.input_features).abs().max() < 1e-3
+    assert torch.equal(frame_mask, reference.attention_mask.bool())
+
+    text = "The cat sleeps by the warm window."
+    text_ids = tokenizer.encode(text)
+    assert hf_tokenizer.encode(text, add_special_tokens=False) == text_ids
+    decoder_input_ids = torch.tensor([tokenizer.prefix_ids + text_ids] * 2)
+    with torch.no_grad():
+        expected = theirs(input_features=input_features, attention_mask=frame_mask.long(),
+                          decoder_input_ids=decoder_input_ids).logits
+        actual = ours(input_features, frame_mask, decoder_input_ids, None)
+    difference = (actual - expected).abs().max().item()
+    print(f"exported Speech2Text: ours vs transformers logits max abs diff {difference:.2e}")
+    assert difference < 1e-4
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    torch.testing.assert_close(theirs.model.encoder.conv.conv_layers[0].weight,
+                               state["state_dict"]["model.model.encoder.conv.conv_layers.0.weight"])
+
+
+def test_finetune_recipe_starts_from_a_hugging_face_folder_and_transcribes(compose, tmp_path, capsys):
+    from speechtrain.cli.transcribe import main as transcribe
+
+    train(compose("recipe=s2t_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path / "base"))
+    pretrained = tmp_path / "base" / "exported"
+    cfg = compose("recipe=s2t_finetune", f"model.pretrained={pretrained}", f"data.train.path={MINI}", *FAST,
+                  "trainer.max_epochs=1", "task.optimizer.lr=1e-3", output_dir=tmp_path / "tuned")
+    assert cfg.data.max_label_tokens == 128  # read from the folder's config.json
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    before = load_file(pretrained / "model.safetensors")
+    after = load_file(tmp_path / "tuned" / "exported" / "model.safetensors")
+    assert before.keys() == after.keys()
+    name = "model.encoder.conv.conv_layers.0.weight"
+    assert before[name].shape == after[name].shape and not torch.equal(before[name], after[name])
+    for file in ("sentencepiece.bpe.model", "vocab.json", "tokenizer_config.json", "preprocessor_config.json"):
+        assert (tmp_path / "tuned" / "exported" / file).read_bytes() == (pretrained / file).read_bytes(), file
+
+    wav = MINI / "wavs" / "mini_0001.wav"
+    with pytest.raises(SystemExit) as exit_info:  # no fixed window: the whole file goes in at once
+        transcribe([str(tmp_path / "tuned" / "exported"), str(wav), "--beams", "2"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"{wav}\t")
+
+
+def test_librispeech_recipe_composes_to_fairseq_s2t_transformer_s(compose, tmp_path, fake_tokenizer):
+    import hydra
+
+    cfg = compose("recipe=s2t_librispeech", "+model.config.vocab_size=10000", output_dir=tmp_path)
+    assert cfg.tokenizer.vocab_size == 10000 and cfg.tokenizer.lowercase
+    assert cfg.task.lr_decay == "inverse_sqrt" and cfg.task.warmup_steps == 10000
+    augment = hydra.utils.instantiate(cfg.task.spec_augment)
+    assert (augment.freq_mask_n, augment.freq_mask_f, augment.time_mask_n, augment.time_mask_t) == (2, 27, 2, 100)
+    features = hydra.utils.instantiate(cfg.features)
+    assert features.num_mel_bins == 80
+    model = hydra.utils.instantiate(cfg.model, tokenizer=fake_tokenizer)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert 29 < millions < 31, millions  # fairseq reports 30 M for s2t_transformer_s on LibriSpeech
