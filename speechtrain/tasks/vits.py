@@ -73,6 +73,17 @@ class VitsTask(L.LightningModule):
         self.validation_sentences = list(validation_sentences)
         self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
 
+    def setup(self, stage: str) -> None:
+        """Refuse a corpus with more speakers than the model has embeddings for (it would ignore them)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        corpus_speakers = getattr(datamodule, "num_speakers", 1) if datamodule is not None else 1
+        if corpus_speakers > self.model.config.num_speakers:
+            raise ValueError(
+                f"the training corpus has {corpus_speakers} speakers but model.config.num_speakers="
+                f"{self.model.config.num_speakers}; set model.config.num_speakers={corpus_speakers} and "
+                "model.config.speaker_embedding_size (256 in the original multi-speaker VITS)"
+            )
+
     def generator_pass(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """The generator's training pass, the real waveform segment it must match, and the reconstruction losses."""
         spectrogram_mask = lengths_to_mask(batch["spectrogram_lengths"], batch["spectrogram"].shape[-1])

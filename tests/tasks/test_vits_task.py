@@ -48,3 +48,13 @@ def test_a_few_steps_update_both_networks_with_finite_losses_and_the_mel_loss_fa
     assert len(mel) == 40 and task.nonfinite.skipped == 0
     assert changed(task.model, generator) > 0.5 and changed(task.discriminator, discriminator) > 0.9
     assert sum(mel[-5:]) / 5 < 0.8 * sum(mel[:5]) / 5, mel
+
+
+def test_a_multi_speaker_corpus_needs_a_multi_speaker_model(vits):
+    from types import SimpleNamespace
+
+    task, datamodule = vits
+    datamodule.speaker_ids = {"anna": 0, "ben": 1, "carl": 2}
+    task.trainer = SimpleNamespace(datamodule=datamodule)
+    with pytest.raises(ValueError, match="3 speakers but model.config.num_speakers=1"):
+        task.setup("fit")
