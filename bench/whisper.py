@@ -11,13 +11,10 @@ neither gets a warmer machine. Prints a markdown table (paste into docs/benchmar
 from __future__ import annotations
 
 import argparse
-import platform
-import time
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 import transformers
+from common import add_common_arguments, best_rates, machine_line, torch_dtype, training_step_fn
 
 from speechtrain.data.features import WhisperFeatureExtractor
 from speechtrain.models.whisper import WhisperConfig, WhisperForConditionalGeneration
@@ -41,48 +38,13 @@ def make_configs(size: str, vocab_size: int) -> tuple[WhisperConfig, transformer
     return WhisperConfig(**kwargs), transformers.WhisperConfig(**kwargs)
 
 
-def time_steps(step: Callable[[], None], steps: int, device: str) -> float:
-    """Seconds per step over `steps` steps, after one untimed warm-up step."""
-    step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
-
-
-def training_step_fn(model: torch.nn.Module, batch: dict, hf: bool, dtype: torch.dtype, device: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
-            if hf:
-                logits = model(input_features=batch["features"], decoder_input_ids=batch["decoder_input_ids"]).logits
-            else:
-                logits = model(batch["features"], None, batch["decoder_input_ids"], None)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=64, help="decoder tokens per example")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per model")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    add_common_arguments(parser, steps=5)
     parser.add_argument("--feature-batch", type=int, default=16, help="30 s waveforms per feature batch")
     args = parser.parse_args()
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    dtype = torch_dtype(args.dtype)
     torch.manual_seed(0)
 
     ours_config, hf_config = make_configs(args.size, vocab_size=51865)
@@ -93,45 +55,36 @@ def main() -> None:
     ours.to(args.device).train()
     theirs.to(args.device).train()
 
-    batch = {
-        "features": torch.randn(args.batch_size, 80, 3000, device=args.device),
-        "decoder_input_ids": torch.randint(0, 51800, (args.batch_size, args.tokens), device=args.device),
-        "labels": torch.randint(0, 51800, (args.batch_size, args.tokens), device=args.device),
-    }
-    steps = {
-        "speechtrain": training_step_fn(ours, batch, False, dtype, args.device),
-        "transformers": training_step_fn(theirs, batch, True, dtype, args.device),
-    }
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            seconds[name].append(time_steps(step, args.steps, args.device))
-    train_rate = {name: 1.0 / min(values) for name, values in seconds.items()}
+    features = torch.randn(args.batch_size, 80, 3000, device=args.device)
+    decoder_input_ids = torch.randint(0, 51800, (args.batch_size, args.tokens), device=args.device)
+    labels = torch.randint(0, 51800, (args.batch_size, args.tokens), device=args.device)
+    train_rate = best_rates({
+        "speechtrain": training_step_fn(ours, lambda: ours(features, None, decoder_input_ids, None), labels,
+                                        dtype, args.device),
+        "transformers": training_step_fn(
+            theirs, lambda: theirs(input_features=features, decoder_input_ids=decoder_input_ids).logits, labels,
+            dtype, args.device),
+    }, args.steps, args.rounds, args.device)
 
     waveforms = [torch.randn(16000 * 30) * 0.1 for _ in range(args.feature_batch)]
     ours_fe = WhisperFeatureExtractor(feature_size=80)
     hf_fe = transformers.WhisperFeatureExtractor(feature_size=80)
     numpy_waves = [w.numpy() for w in waveforms]
-    feature_seconds = {
-        "speechtrain": min(time_steps(lambda: ours_fe(waveforms), 3, "cpu") for _ in range(args.rounds)),
-        "transformers": min(
-            time_steps(lambda: hf_fe(numpy_waves, sampling_rate=16000, return_tensors="pt"), 3, "cpu")
-            for _ in range(args.rounds)
-        ),
-    }
+    feature_rate = best_rates({
+        "speechtrain": lambda: ours_fe(waveforms),
+        "transformers": lambda: hf_fe(numpy_waves, sampling_rate=16000, return_tensors="pt"),
+    }, 3, args.rounds, "cpu")
     audio = 30.0 * args.feature_batch
 
     print(f"\nWhisper-{args.size}, batch {args.batch_size} x 30 s, {args.tokens} tokens, {args.dtype}, "
-          f"{args.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"torch {torch.__version__}, transformers {transformers.__version__}\n")
+          f"{machine_line(args.device)}\n")
     print("| measure | speechtrain | transformers | ratio (ours / theirs) |")
     print("|---|---|---|---|")
     print(f"| training steps/s | {train_rate['speechtrain']:.3f} | {train_rate['transformers']:.3f} | "
           f"{train_rate['speechtrain'] / train_rate['transformers']:.2f} |")
-    ours_rt, hf_rt = audio / feature_seconds["speechtrain"], audio / feature_seconds["transformers"]
+    ours_rt, hf_rt = audio * feature_rate["speechtrain"], audio * feature_rate["transformers"]
     print(f"| log-mel features, s of audio per s (CPU, batch {args.feature_batch}) | {ours_rt:.0f} | {hf_rt:.0f} | "
           f"{ours_rt / hf_rt:.2f} |")
-
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
-from speechtrain.train import CONFIG_DIR
+from speechtrain.train import CONFIG_DIR, train
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,6 +37,23 @@ def compose() -> Callable[..., DictConfig]:
             )
 
     return _compose
+
+
+@pytest.fixture
+def train_and_export(compose, tmp_path) -> Callable[..., tuple]:
+    """Trains a recipe for one epoch, exports its last checkpoint and returns `(folder, (model, tokenizer,
+    feature_extractor) loaded back with eager attention, the checkpoint's state dict)` for parity tests."""
+    from speechtrain.cli.export import export_checkpoint
+    from speechtrain.hub import load_bundle
+
+    def _train_and_export(recipe: str, *overrides: str) -> tuple:
+        train(compose(f"recipe={recipe}", *overrides, "trainer.max_epochs=1", output_dir=tmp_path / "run"))
+        checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        folder = export_checkpoint(checkpoint, tmp_path / "hf")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        return folder, load_bundle(folder, attn_implementation="eager"), state
+
+    return _train_and_export
 
 
 class FakeTokenizer:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechtrain.cli.export import export_checkpoint
 from speechtrain.train import ROOT_DIR, train
 
 FAST = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "logger=csv", "trainer.log_every_n_steps=1"]
@@ -36,16 +35,12 @@ def test_default_recipe_trains_checkpoints_and_exports(compose, tmp_path):
         assert (tmp_path / "exported" / name).is_file(), name
 
 
-def test_exported_checkpoint_loads_in_transformers_with_same_logits(compose, tmp_path):
+def test_exported_checkpoint_loads_in_transformers_with_same_logits(train_and_export):
     transformers = pytest.importorskip("transformers")
-    from speechtrain.hub import load_bundle
 
-    cfg = compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path / "run")
-    train(cfg)
-    out = export_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
+    out, (ours, tokenizer, features), state = train_and_export("whisper_mini", *FAST)
     assert "whisper" in (out / "README.md").read_text()
 
-    ours, tokenizer, features = load_bundle(out, attn_implementation="eager")
     theirs = transformers.WhisperForConditionalGeneration.from_pretrained(out).eval()
     hf_features = transformers.WhisperFeatureExtractor.from_pretrained(out)
     hf_tokenizer = transformers.WhisperTokenizerFast.from_pretrained(out)
@@ -64,9 +59,8 @@ def test_exported_checkpoint_loads_in_transformers_with_same_logits(compose, tmp
     difference = (actual - expected).abs().max().item()
     assert difference < 1e-4, difference
     # the checkpoint's weights, not a fresh initialisation
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     torch.testing.assert_close(theirs.model.decoder.embed_tokens.weight,
-                               state["state_dict"]["model.model.decoder.embed_tokens.weight"])
+                               state["model.model.decoder.embed_tokens.weight"])
 
 
 def test_resume_from_last_continues_the_run(compose, tmp_path):

@@ -4,7 +4,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from speechtrain.cli.export import export_checkpoint
 from speechtrain.train import ROOT_DIR, train
 
 FAST = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "logger=csv", "trainer.log_every_n_steps=1",
@@ -19,16 +18,12 @@ def test_tiny_speech2text_overfits_the_mini_corpus(compose, tmp_path):
     assert metrics["val/cer"] < 0.05, metrics
 
 
-def test_exported_checkpoint_loads_in_transformers_with_same_logits(compose, tmp_path):
+def test_exported_checkpoint_loads_in_transformers_with_same_logits(train_and_export):
     transformers = pytest.importorskip("transformers")
-    from speechtrain.hub import load_bundle
 
-    cfg = compose("recipe=s2t_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path / "run")
-    train(cfg)
-    out = export_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "hf")
+    out, (ours, tokenizer, features), state = train_and_export("s2t_mini", *FAST)
     assert "speech_to_text" in (out / "README.md").read_text()
 
-    ours, tokenizer, features = load_bundle(out, attn_implementation="eager")
     theirs = transformers.Speech2TextForConditionalGeneration.from_pretrained(out).eval()
     hf_features = transformers.Speech2TextFeatureExtractor.from_pretrained(out)
     hf_tokenizer = transformers.Speech2TextTokenizer.from_pretrained(out)
@@ -51,9 +46,8 @@ def test_exported_checkpoint_loads_in_transformers_with_same_logits(compose, tmp
     difference = (actual - expected).abs().max().item()
     print(f"exported Speech2Text: ours vs transformers logits max abs diff {difference:.2e}")
     assert difference < 1e-4
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     torch.testing.assert_close(theirs.model.encoder.conv.conv_layers[0].weight,
-                               state["state_dict"]["model.model.encoder.conv.conv_layers.0.weight"])
+                               state["model.model.encoder.conv.conv_layers.0.weight"])
 
 
 def test_finetune_recipe_starts_from_a_hugging_face_folder_and_transcribes(compose, tmp_path, capsys):

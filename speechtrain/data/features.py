@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,7 +63,37 @@ def slaney_mel_filters(n_freqs: int, n_mels: int, sample_rate: int, f_min: float
     return torch.from_numpy(filters.T.astype(np.float32)).contiguous()
 
 
-class WhisperFeatureExtractor:
+class PretrainedFeatureExtractor:
+    """`save_pretrained`/`from_pretrained` through `preprocessor_config.json`: a subclass is named after
+    transformers' class (its `feature_extractor_type`), writes the file with `to_dict` and is rebuilt from the
+    file's values that are its constructor's arguments."""
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> PretrainedFeatureExtractor:
+        """The extractor of a folder's `preprocessor_config.json`, which must be of this class (or say none)."""
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; expected a Hugging Face-format model folder")
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: invalid JSON ({err})") from err
+        kind = config.get("feature_extractor_type", cls.__name__)
+        if kind != cls.__name__:
+            raise ValueError(f"{path}: feature_extractor_type is {kind!r}, expected {cls.__name__!r}")
+        names = inspect.signature(cls).parameters
+        return cls(**{name: value for name, value in config.items() if name in names})
+
+
+class WhisperFeatureExtractor(PretrainedFeatureExtractor):
     """Whisper's log-mel spectrogram, equal to transformers' `WhisperFeatureExtractor` (torch path).
 
     Every waveform is padded with `padding_value` to `chunk_length` seconds, so features always have
@@ -139,43 +170,8 @@ class WhisperFeatureExtractor:
             "sampling_rate": self.sampling_rate,
         }
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> WhisperFeatureExtractor:
-        path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; expected a Hugging Face-format model folder")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON ({err})") from err
-        kind = config.get("feature_extractor_type", "WhisperFeatureExtractor")
-        if kind != "WhisperFeatureExtractor":
-            raise ValueError(f"{path}: feature_extractor_type is {kind!r}, expected 'WhisperFeatureExtractor'")
-        names = ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft", "padding_value", "dither")
-        return cls(**{name: config[name] for name in names if name in config})
-
-
-def _read_preprocessor_config(directory: str | Path, feature_extractor_type: str) -> dict:
-    """The `preprocessor_config.json` dict of a folder, checked to be of `feature_extractor_type`."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; expected a Hugging Face-format model folder")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from err
-    kind = config.get("feature_extractor_type", feature_extractor_type)
-    if kind != feature_extractor_type:
-        raise ValueError(f"{path}: feature_extractor_type is {kind!r}, expected {feature_extractor_type!r}")
-    return config
-
-
-class Speech2TextFeatureExtractor:
+class Speech2TextFeatureExtractor(PretrainedFeatureExtractor):
     """Kaldi-compatible log-mel filterbanks with utterance-level mean and variance normalisation, equal (within
     float32 rounding) to transformers' `Speech2TextFeatureExtractor` and fairseq's S2T features.
 
@@ -263,15 +259,3 @@ class Speech2TextFeatureExtractor:
             "return_attention_mask": True,
             "sampling_rate": self.sampling_rate,
         }
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> Speech2TextFeatureExtractor:
-        config = _read_preprocessor_config(directory, "Speech2TextFeatureExtractor")
-        names = ("feature_size", "sampling_rate", "num_mel_bins", "padding_value", "dither", "do_ceptral_normalize",
-                 "normalize_means", "normalize_vars")
-        return cls(**{name: config[name] for name in names if name in config})

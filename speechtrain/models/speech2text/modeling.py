@@ -5,8 +5,9 @@ Input is `[batch, frames, n_mels]` Kaldi filterbanks with a `[batch, frames]` fr
 subsample time (4x with two layers); the model maps the frame mask onto the subsampled axis itself, in `encode`
 and again in `decode`, because `speechtrain.decoding` hands both the same frame-level mask.
 
-The decoder's KV cache is a plain list returned to the caller, one `(self_k, self_v, cross_k, cross_v)` tuple per
-layer, each `[batch, heads, time, head_dim]`, as in the Whisper model; beam search reorders it with `index_select`.
+The attention, the layers and the layer loops (with the decoder's KV cache) are the shared ones of
+`speechtrain.layers.transformer`; this file holds what is Speech2Text's own: the convolutional subsampler, fairseq's
+sinusoidal positions with their padding offset, the embedding scale and the frame-mask mapping.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechtrain.layers.attention import attend, check_implementation, padding_to_attention_mask
+from speechtrain.layers.attention import check_implementation
+from speechtrain.layers.transformer import (
+    Attention,
+    DecoderLayer,
+    EncoderLayer,
+    LayerCache,
+    TransformerDecoder,
+    TransformerEncoder,
+    init_weights,
+)
 from speechtrain.models.speech2text.config import Speech2TextConfig
-from speechtrain.models.whisper.modeling import ACTIVATION_FUNCTIONS
-
-LayerCache = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def sinusoidal_positions(num_positions: int, channels: int, padding_idx: int) -> torch.Tensor:
@@ -103,114 +110,23 @@ class Conv1dSubsampler(nn.Module):
         return x.transpose(1, 2)  # [B, S, d]
 
 
-class Speech2TextAttention(nn.Module):
+class Speech2TextAttention(Attention):
     """Multi-head attention for both self- and cross-attention, every projection with a bias."""
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float, attn_implementation: str,
-                 is_causal: bool = False):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, d_model // num_heads
-        self.dropout, self.is_causal = dropout, is_causal
-        self.attn_implementation = check_implementation(attn_implementation)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, time, _ = x.shape
-        return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key_value_states: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """`hidden_states` `[B, T, d]` attends to itself, or to `key_value_states` `[B, S, d]` (cross-attention).
-
-        `mask` is a boolean key mask broadcastable to `[B, H, T, keys]`. `past` holds earlier K/V: self-attention
-        appends the new ones, cross-attention reuses them as they are. Returns `[B, T, d]` and the K/V to cache.
-        """
-        q = self._heads(self.q_proj(hidden_states))
-        if key_value_states is not None and past is not None:
-            k, v = past
-        else:
-            source = hidden_states if key_value_states is None else key_value_states
-            k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
-            if past is not None:
-                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = attend(
-            q, k, v, mask=mask, is_causal=self.is_causal,
-            dropout_p=self.dropout if self.training else 0.0, implementation=self.attn_implementation,
-        )
-        batch, _, time, _ = out.shape
-        out = out.transpose(1, 2).reshape(batch, time, -1)  # [B, T, H*Dh]
-        return self.out_proj(out), (k, v)
-
-
-class Speech2TextEncoderLayer(nn.Module):
+class Speech2TextEncoderLayer(EncoderLayer):
     """Pre-norm self-attention + feed-forward block."""
 
-    def __init__(self, config: Speech2TextConfig, attn_implementation: str, num_heads: int, ffn_dim: int,
-                 is_causal: bool = False):
-        super().__init__()
-        self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
-        self.self_attn = Speech2TextAttention(config.d_model, num_heads, config.attention_dropout,
-                                              attn_implementation, is_causal=is_causal)
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
-        self.activation_fn = ACTIVATION_FUNCTIONS[config.activation_function]()
-        self.fc1 = nn.Linear(config.d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, config.d_model)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
-
-    def _residual(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        return x + F.dropout(update, p=self.dropout, training=self.training)
-
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.activation_fn(self.fc1(self.final_layer_norm(x)))
-        h = F.dropout(h, p=self.activation_dropout, training=self.training)
-        return self._residual(x, self.fc2(h))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`[B, S, d]` -> `[B, S, d]`; `mask` `[B, 1, 1, S]` hides padded frames from every query."""
-        h, _ = self.self_attn(self.self_attn_layer_norm(x), mask=mask)
-        x = self._feed_forward(self._residual(x, h))
-        if x.dtype == torch.float16:  # as transformers: keep fp16 activations finite
-            limit = torch.finfo(x.dtype).max - 1000
-            x = x.clamp(min=-limit, max=limit)
-        return x
+    attention_class = Speech2TextAttention
 
 
-class Speech2TextDecoderLayer(Speech2TextEncoderLayer):
+class Speech2TextDecoderLayer(DecoderLayer):
     """Causal self-attention, cross-attention to the encoder, feed-forward."""
 
-    def __init__(self, config: Speech2TextConfig, attn_implementation: str):
-        super().__init__(config, attn_implementation, config.decoder_attention_heads, config.decoder_ffn_dim,
-                         is_causal=True)
-        self.encoder_attn = Speech2TextAttention(config.d_model, config.decoder_attention_heads,
-                                                 config.attention_dropout, attn_implementation)
-        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        encoder_mask: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
-    ) -> tuple[torch.Tensor, LayerCache]:
-        """`x` `[B, T, d]` -> `[B, T, d]` and this layer's updated cache."""
-        h, self_kv = self.self_attn(self.self_attn_layer_norm(x), mask=mask,
-                                    past=None if cache is None else cache[:2])
-        x = self._residual(x, h)
-        h, cross_kv = self.encoder_attn(self.encoder_attn_layer_norm(x), key_value_states=encoder_hidden_states,
-                                        mask=encoder_mask, past=None if cache is None else cache[2:])
-        return self._feed_forward(self._residual(x, h)), (*self_kv, *cross_kv)
+    attention_class = Speech2TextAttention
 
 
-class Speech2TextEncoder(nn.Module):
+class Speech2TextEncoder(TransformerEncoder):
     """Convolutional subsampler, scaled embeddings + sinusoidal positions, transformer layers."""
 
     def __init__(self, config: Speech2TextConfig, attn_implementation: str):
@@ -238,15 +154,10 @@ class Speech2TextEncoder(nn.Module):
         positions = make_positions(padded, self.config.pad_token_id)
         x = x + self.embed_positions(positions, self.config.pad_token_id + time)
         x = F.dropout(x, p=self.config.dropout, training=self.training)
-        attention_mask = None if mask is None else padding_to_attention_mask(mask)
-        layerdrop = self.config.encoder_layerdrop if self.training else 0.0
-        for layer in self.layers:
-            if not (layerdrop > 0 and torch.rand(()) < layerdrop):
-                x = layer(x, attention_mask)
-        return self.layer_norm(x)
+        return self.run_layers(x, mask)
 
 
-class Speech2TextDecoder(nn.Module):
+class Speech2TextDecoder(TransformerDecoder):
     """Scaled token embeddings + sinusoidal positions, causal transformer layers with cross-attention."""
 
     def __init__(self, config: Speech2TextConfig, attn_implementation: str):
@@ -277,28 +188,14 @@ class Speech2TextDecoder(nn.Module):
         and padding (0) over cached and new positions. Tokens equal to `pad_token_id` get the zero position, as
         in fairseq. Layers are dropped (`decoder_layerdrop`) only in training calls without `use_cache`.
         """
-        past_length = 0 if cache is None else cache[0][0].shape[2]
+        past_length = self.past_length(cache)
         batch, time = input_ids.shape
-        if attention_mask is not None and attention_mask.shape != (batch, past_length + time):
-            raise ValueError(
-                f"decoder attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                f"{(batch, past_length + time)} (batch, cached + new tokens)"
-            )
+        self.check_attention_mask(attention_mask, batch, past_length, time)
         positions = make_positions(input_ids, self.config.pad_token_id, past_length)
         x = self.embed_scale * self.embed_tokens(input_ids)
         x = x + self.embed_positions(positions, self.config.pad_token_id + past_length + time)
         x = F.dropout(x, p=self.config.dropout, training=self.training)
-        mask = None if attention_mask is None else padding_to_attention_mask(attention_mask)
-        cross_mask = None if encoder_mask is None else padding_to_attention_mask(encoder_mask)
-        layerdrop = self.config.decoder_layerdrop if self.training and not use_cache else 0.0
-        new_cache = []
-        for index, layer in enumerate(self.layers):
-            if layerdrop > 0 and torch.rand(()) < layerdrop:
-                continue
-            x, layer_cache = layer(x, encoder_hidden_states, mask, cross_mask,
-                                   None if cache is None else cache[index])
-            new_cache.append(layer_cache)
-        return self.layer_norm(x), new_cache if use_cache else []
+        return self.run_layers(x, encoder_hidden_states, attention_mask, encoder_mask, cache, use_cache)
 
 
 class Speech2TextModel(nn.Module):
@@ -322,17 +219,9 @@ class Speech2TextForConditionalGeneration(nn.Module):
         self.apply(self._init_weights)
         self.tie_weights()
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' initialisation: normal(0, init_std) weights, zero biases, zero padding embedding."""
-        if isinstance(module, nn.Linear | nn.Conv1d):
-            nn.init.normal_(module.weight, std=self.config.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=self.config.init_std)
-            if module.padding_idx is not None:
-                nn.init.zeros_(module.weight[module.padding_idx])
+        init_weights(module, self.config.init_std)
 
     def tie_weights(self) -> None:
         """Shares `lm_head.weight` with `model.decoder.embed_tokens.weight` when `tie_word_embeddings`."""

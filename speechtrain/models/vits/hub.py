@@ -8,21 +8,17 @@ split into (norm, direction) on the way in.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 
+from speechtrain.hub import check_state_dict, check_tokenizer_fits, load_config, read_state_dict, write_model_folder
 from speechtrain.models.vits.config import VitsConfig
 from speechtrain.models.vits.modeling import VitsModel
 
-CONFIG_NAME = "config.json"
-SAFETENSORS_NAME = "model.safetensors"
-PYTORCH_NAME = "pytorch_model.bin"
 NORM, DIRECTION = "parametrizations.weight.original0", "parametrizations.weight.original1"
 LEGACY_NAMES = {".weight_g": "." + NORM, ".weight_v": "." + DIRECTION}
 
@@ -60,13 +56,7 @@ def state_dict_from_hf(model: VitsModel, hf_state: Mapping[str, torch.Tensor]) -
 def load_hf_state_dict(model: VitsModel, hf_state: Mapping[str, torch.Tensor], where: str = "state dict") -> None:
     """Loads transformers-named weights into `model`; every key must match by name and shape."""
     state = state_dict_from_hf(model, hf_state)
-    expected = {key: value.shape for key, value in model.state_dict().items()}
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong_shape = [f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key])}"
-                   for key in sorted(set(state) & set(expected)) if state[key].shape != expected[key]]
-    if missing or unexpected or wrong_shape:
-        raise ValueError(f"{where}: weights do not fit VitsModel built from its config: missing keys {missing}, "
-                         f"unexpected keys {unexpected}, shape mismatches {wrong_shape}")
+    check_state_dict(model, state, where)
     model.load_state_dict(state, strict=True)
 
 
@@ -81,38 +71,15 @@ def load_pretrained(path: str | Path, config_overrides: Mapping[str, Any] | None
     `config_overrides` replace `config.json` values before building (e.g. dropouts or layerdrop for
     fine-tuning); they must be VitsConfig fields.
     """
-    folder = Path(path)
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: not found; expected a Hugging Face-format VITS folder")
-    hf_config = json.loads(config_path.read_text())
-    if config_overrides:
-        unknown = sorted(set(config_overrides) - set(VitsConfig.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"overrides for {config_path}: unknown VitsConfig keys {unknown}")
-        hf_config.update(config_overrides)
-    try:
-        config = VitsConfig.from_hf_dict(hf_config)
-    except ValueError as error:
-        raise ValueError(f"{config_path}: {error}") from error
-    if (folder / SAFETENSORS_NAME).is_file():
-        state = load_file(folder / SAFETENSORS_NAME)
-    elif (folder / PYTORCH_NAME).is_file():
-        state = torch.load(folder / PYTORCH_NAME, map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{folder}: no weights found; expected {SAFETENSORS_NAME} or {PYTORCH_NAME}")
-    model = VitsModel(config)
-    load_hf_state_dict(model, {key: value.float() for key, value in state.items()}, where=str(folder))
+    model = VitsModel(load_config(path, VitsConfig, config_overrides))
+    state = read_state_dict(path)
+    load_hf_state_dict(model, {key: value.float() for key, value in state.items()}, where=str(path))
     return model
 
 
 def save_pretrained(model: VitsModel, path: str | Path) -> None:
     """Writes `config.json` and `model.safetensors` that transformers' `VitsModel.from_pretrained` loads."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
-    state = {key: value.cpu().contiguous() for key, value in state_dict_to_hf(model).items()}
-    save_file(state, folder / SAFETENSORS_NAME, metadata={"format": "pt"})
+    write_model_folder(path, model.config.to_hf_dict(), state_dict_to_hf(model))
 
 
 def build_vits(
@@ -123,9 +90,7 @@ def build_vits(
     or from a Hugging Face-format folder (`pretrained`) whose vocabulary the tokenizer must fit."""
     if pretrained is not None:
         model = load_pretrained(pretrained, config_overrides)
-        if len(tokenizer) > model.config.vocab_size:
-            raise ValueError(f"{pretrained}: the tokenizer has {len(tokenizer)} symbols but the model's vocab_size is "
-                             f"{model.config.vocab_size}; use the folder's own vocab.json")
+        check_tokenizer_fits(len(tokenizer), model.config.vocab_size, str(pretrained))
         return model
     values = {**(config or {}), **(config_overrides or {}), "vocab_size": len(tokenizer),
               "pad_token_id": tokenizer.pad_id}

@@ -1,9 +1,7 @@
 """Whisper (Radford et al. 2022) as plain torch modules whose parameter names equal transformers', so a
-Hugging Face state dict loads without renaming. Leaf modules first, root last.
-
-The decoder's KV cache is a plain list returned to the caller, one `(self_k, self_v, cross_k, cross_v)`
-tuple per layer, each `[batch, heads, time, head_dim]`: self-attention K/V grow by one step per call,
-cross-attention K/V are computed from the encoder states once. Beam search reorders it with `index_select`.
+Hugging Face state dict loads without renaming. Leaf modules first, root last. The attention, the layers and the
+layer loops (with the decoder's KV cache) are the shared ones of `speechtrain.layers.transformer`; this file holds
+what is Whisper's own: the convolutional front end, the sinusoidal encoder positions and the learned decoder ones.
 """
 
 from __future__ import annotations
@@ -14,19 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechtrain.layers.attention import attend, check_implementation, padding_to_attention_mask
+from speechtrain.layers.attention import check_implementation
+from speechtrain.layers.transformer import (
+    Attention,
+    DecoderLayer,
+    EncoderLayer,
+    LayerCache,
+    TransformerDecoder,
+    TransformerEncoder,
+    init_weights,
+)
 from speechtrain.models.whisper.config import WhisperConfig
-
-LayerCache = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
-ACTIVATION_FUNCTIONS = {
-    "gelu": nn.GELU,
-    "gelu_new": lambda: nn.GELU(approximate="tanh"),
-    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
-    "relu": nn.ReLU,
-    "silu": nn.SiLU,
-    "swish": nn.SiLU,
-}
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
@@ -37,111 +33,27 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> tor
     return torch.cat([scaled_time.sin(), scaled_time.cos()], dim=1)
 
 
-class WhisperAttention(nn.Module):
-    """Multi-head attention for both self- and cross-attention; `k_proj` has no bias, as in openai/whisper."""
+class WhisperAttention(Attention):
+    """`k_proj` has no bias, as in openai/whisper; q is scaled before the product, in transformers' order, for
+    bit-closer parity."""
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float, attn_implementation: str,
-                 is_causal: bool = False):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, d_model // num_heads
-        self.scaling = self.head_dim**-0.5
-        self.dropout, self.is_causal = dropout, is_causal
-        self.attn_implementation = check_implementation(attn_implementation)
-        self.k_proj = nn.Linear(d_model, d_model, bias=False)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, time, _ = x.shape
-        return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        key_value_states: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """`hidden_states` `[B, T, d]` attends to itself, or to `key_value_states` `[B, S, d]` (cross-attention).
-
-        `past` holds earlier K/V: self-attention appends the new ones, cross-attention reuses them as they are.
-        Returns the output `[B, T, d]` and the K/V to cache.
-        """
-        # q is scaled before the product (scale=1.0 below), in transformers' order, for bit-closer parity
-        q = self._heads(self.q_proj(hidden_states) * self.scaling)
-        if key_value_states is not None and past is not None:
-            k, v = past
-        else:
-            source = hidden_states if key_value_states is None else key_value_states
-            k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
-            if past is not None:
-                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = attend(
-            q, k, v, mask=mask, is_causal=self.is_causal, scale=1.0,
-            dropout_p=self.dropout if self.training else 0.0, implementation=self.attn_implementation,
-        )
-        batch, _, time, _ = out.shape
-        out = out.transpose(1, 2).reshape(batch, time, -1)  # [B, T, H*Dh]
-        return self.out_proj(out), (k, v)
+    key_bias = False
+    scale_query_first = True
 
 
-class WhisperEncoderLayer(nn.Module):
+class WhisperEncoderLayer(EncoderLayer):
     """Pre-norm self-attention + feed-forward block."""
 
-    def __init__(self, config: WhisperConfig, attn_implementation: str, num_heads: int, ffn_dim: int,
-                 is_causal: bool = False):
-        super().__init__()
-        self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
-        self.self_attn = WhisperAttention(config.d_model, num_heads, config.attention_dropout,
-                                          attn_implementation, is_causal=is_causal)
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
-        self.activation_fn = ACTIVATION_FUNCTIONS[config.activation_function]()
-        self.fc1 = nn.Linear(config.d_model, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, config.d_model)
-        self.final_layer_norm = nn.LayerNorm(config.d_model)
-
-    def _residual(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        return x + F.dropout(update, p=self.dropout, training=self.training)
-
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.activation_fn(self.fc1(self.final_layer_norm(x)))
-        h = F.dropout(h, p=self.activation_dropout, training=self.training)
-        return self._residual(x, self.fc2(h))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, S, d]` -> `[B, S, d]`; Whisper's encoder attends over all frames (no mask)."""
-        h, _ = self.self_attn(self.self_attn_layer_norm(x))
-        return self._feed_forward(self._residual(x, h))
+    attention_class = WhisperAttention
 
 
-class WhisperDecoderLayer(WhisperEncoderLayer):
+class WhisperDecoderLayer(DecoderLayer):
     """Causal self-attention, cross-attention to the encoder, feed-forward."""
 
-    def __init__(self, config: WhisperConfig, attn_implementation: str):
-        super().__init__(config, attn_implementation, config.decoder_attention_heads, config.decoder_ffn_dim,
-                         is_causal=True)
-        self.encoder_attn = WhisperAttention(config.d_model, config.decoder_attention_heads,
-                                             config.attention_dropout, attn_implementation)
-        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
-    ) -> tuple[torch.Tensor, LayerCache]:
-        """`x` `[B, T, d]` -> `[B, T, d]` and this layer's updated cache."""
-        h, self_kv = self.self_attn(self.self_attn_layer_norm(x), mask=mask,
-                                    past=None if cache is None else cache[:2])
-        x = self._residual(x, h)
-        h, cross_kv = self.encoder_attn(self.encoder_attn_layer_norm(x), key_value_states=encoder_hidden_states,
-                                        past=None if cache is None else cache[2:])
-        return self._feed_forward(self._residual(x, h)), (*self_kv, *cross_kv)
+    attention_class = WhisperAttention
 
 
-class WhisperEncoder(nn.Module):
+class WhisperEncoder(TransformerEncoder):
     """Two convolutions (the second halves the frame rate), sinusoidal positions, transformer layers."""
 
     def __init__(self, config: WhisperConfig, attn_implementation: str):
@@ -169,14 +81,10 @@ class WhisperEncoder(nn.Module):
         x = F.gelu(self.conv1(input_features))
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # [B, S, d]
         x = F.dropout(x + self.embed_positions.weight, p=self.config.dropout, training=self.training)
-        layerdrop = self.config.encoder_layerdrop if self.training else 0.0
-        for layer in self.layers:
-            if not (layerdrop > 0 and torch.rand(()) < layerdrop):
-                x = layer(x)
-        return self.layer_norm(x)
+        return self.run_layers(x)
 
 
-class WhisperDecoder(nn.Module):
+class WhisperDecoder(TransformerDecoder):
     """Token + learned position embeddings, causal transformer layers with cross-attention."""
 
     def __init__(self, config: WhisperConfig, attn_implementation: str):
@@ -202,29 +110,17 @@ class WhisperDecoder(nn.Module):
         `attention_mask` `[B, past + T]` marks real tokens (1) and padding (0) over cached and new positions.
         Layers are dropped (`decoder_layerdrop`) only in training calls without `use_cache`.
         """
-        past_length = 0 if cache is None else cache[0][0].shape[2]
-        time = input_ids.shape[1]
+        past_length = self.past_length(cache)
+        batch, time = input_ids.shape
         if past_length + time > self.config.max_target_positions:
             raise ValueError(
                 f"decoder positions {past_length}+{time} exceed max_target_positions="
                 f"{self.config.max_target_positions}; shorten the labels or the number of decoding steps"
             )
-        if attention_mask is not None and attention_mask.shape != (input_ids.shape[0], past_length + time):
-            raise ValueError(
-                f"decoder attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                f"{(input_ids.shape[0], past_length + time)} (batch, cached + new tokens)"
-            )
+        self.check_attention_mask(attention_mask, batch, past_length, time)
         positions = self.embed_positions.weight[past_length : past_length + time]
         x = F.dropout(self.embed_tokens(input_ids) + positions, p=self.config.dropout, training=self.training)
-        mask = None if attention_mask is None else padding_to_attention_mask(attention_mask)
-        layerdrop = self.config.decoder_layerdrop if self.training and not use_cache else 0.0
-        new_cache = []
-        for index, layer in enumerate(self.layers):
-            if layerdrop > 0 and torch.rand(()) < layerdrop:
-                continue
-            x, layer_cache = layer(x, encoder_hidden_states, mask, None if cache is None else cache[index])
-            new_cache.append(layer_cache)
-        return self.layer_norm(x), new_cache if use_cache else []
+        return self.run_layers(x, encoder_hidden_states, attention_mask, None, cache, use_cache)
 
 
 class WhisperModel(nn.Module):
@@ -250,16 +146,9 @@ class WhisperForConditionalGeneration(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """transformers' initialisation: normal(0, init_std) weights, zero biases, sinusoidal encoder positions."""
-        if isinstance(module, nn.Linear | nn.Conv1d):
-            nn.init.normal_(module.weight, std=self.config.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=self.config.init_std)
-            if module.padding_idx is not None:
-                nn.init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, WhisperEncoder):
+        """transformers' initialisation (`init_weights`) plus the sinusoidal encoder positions."""
+        init_weights(module, self.config.init_std)
+        if isinstance(module, WhisperEncoder):
             module.embed_positions.weight.copy_(sinusoids(*module.embed_positions.weight.shape))
 
     def tie_weights(self) -> None:
