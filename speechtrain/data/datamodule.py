@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,7 +34,7 @@ def split_off(utterances: list[Utterance], fraction: float, seed: int) -> tuple[
     return kept, [u for i, u in enumerate(utterances) if i in held_out]
 
 
-class SpeechDataModule(L.LightningDataModule):
+class SpeechDataModule(L.LightningDataModule, ABC):
     """What the ASR and TTS data modules share: corpora in, checked datasets, duration-bucketed batches out.
 
     `train`/`val` are `CorpusSpec`s or their fields as a dict (as Hydra passes them); relative paths
@@ -108,8 +109,9 @@ class SpeechDataModule(L.LightningDataModule):
     def _prepare(self, train: list[Utterance]) -> None:
         """Runs once on the training utterances before any dataset is built."""
 
+    @abstractmethod
     def _dataset(self, utterances: list[Utterance], name: str) -> CheckedDataset:
-        raise NotImplementedError
+        """The task's dataset over `utterances` (checked at construction)."""
 
     def _loader(self, dataset: CheckedDataset, shuffle: bool) -> DataLoader:
         sampler = DynamicBucketSampler(

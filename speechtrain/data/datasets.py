@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -52,7 +53,7 @@ def _chunked_map(function: Callable, items: Iterable, workers: int) -> Iterator:
 Problem = tuple[str, str]  # (reason, detail): a reason counts skipped utterances, the detail names one example
 
 
-class CheckedDataset(Dataset):
+class CheckedDataset(Dataset, ABC):
     """Utterances checked once at construction (in a thread pool), loaded at `sample_rate` on access.
 
     Subclasses say what makes an utterance usable (`_check`, which may use `_check_audio`) and what an
@@ -110,9 +111,9 @@ class CheckedDataset(Dataset):
             logger.warning("%s: skipped %d of %d utterances: %s", name, sum(self.skipped.values()),
                            len(utterances), summary)
 
+    @abstractmethod
     def _check(self, utterance: Utterance) -> tuple[float, Problem | None, list[int]]:
         """(duration, None, token ids) for a usable utterance, else (nan, problem, []); runs in worker threads."""
-        raise NotImplementedError
 
     def _check_audio(self, utterance: Utterance) -> tuple[float, Problem | None]:
         """(duration, None) when the audio file is present, readable, not empty and at most `max_duration` long."""

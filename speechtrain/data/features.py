@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -63,13 +64,14 @@ def slaney_mel_filters(n_freqs: int, n_mels: int, sample_rate: int, f_min: float
     return torch.from_numpy(filters.T.astype(np.float32)).contiguous()
 
 
-class PretrainedFeatureExtractor:
+class PretrainedFeatureExtractor(ABC):
     """`save_pretrained`/`from_pretrained` through `preprocessor_config.json`: a subclass is named after
     transformers' class (its `feature_extractor_type`), writes the file with `to_dict` and is rebuilt from the
     file's values that are its constructor's arguments."""
 
+    @abstractmethod
     def to_dict(self) -> dict:
-        raise NotImplementedError
+        """The constructor's arguments, as `preprocessor_config.json` stores them."""
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
