@@ -40,7 +40,7 @@ class Family:
     """Where a family's pieces live, as `module:attribute` strings so that importing one loads one."""
 
     model_hub: str  # module with load_pretrained(path), save_pretrained(model, path), model_from_hf_config(dict)
-    tokenizer: str  # class with from_pretrained(path) and save_pretrained(path)
+    tokenizer: str | None  # class with from_pretrained(path) and save_pretrained(path); None for token-only models
     feature_extractor: str | None = None  # the same, for families that have one (ASR)
 
 
@@ -56,6 +56,12 @@ FAMILIES: dict[str, Family] = {
         feature_extractor="speechtrain.data.features:Speech2TextFeatureExtractor",
     ),
     "vits": Family(model_hub="speechtrain.models.vits.hub", tokenizer="speechtrain.data.text:VitsTextTokenizer"),
+    # Codec-token models: SoundStorm reads and writes token ids only; Bark's semantic model reads text.
+    "soundstorm": Family(model_hub="speechtrain.models.soundstorm.hub", tokenizer=None),
+    "semantic": Family(model_hub="speechtrain.models.bark.hub",
+                       tokenizer="speechtrain.data.bark_text:BarkTextTokenizer"),
+    "coarse_acoustics": Family(model_hub="speechtrain.models.bark.hub", tokenizer=None),
+    "fine_acoustics": Family(model_hub="speechtrain.models.bark.hub", tokenizer=None),
 }
 
 
@@ -86,7 +92,8 @@ def family_of(model_type: str) -> Family:
 def load_processors(folder: str | Path, **tokenizer_kwargs: Any) -> tuple[Any, Any]:
     """(tokenizer, feature_extractor) from a Hugging Face-format folder."""
     family = family_of(read_model_type(folder))
-    tokenizer = _resolve(family.tokenizer).from_pretrained(str(folder), **tokenizer_kwargs)
+    tokenizer = None if family.tokenizer is None else _resolve(family.tokenizer).from_pretrained(
+        str(folder), **tokenizer_kwargs)
     if family.feature_extractor is None:
         return tokenizer, None
     return tokenizer, _resolve(family.feature_extractor).from_pretrained(str(folder))
@@ -106,7 +113,8 @@ def save_support_files(folder: str | Path, model: nn.Module, tokenizer: Any, fea
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
-    tokenizer.save_pretrained(str(folder))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
     if feature_extractor is not None:
         feature_extractor.save_pretrained(str(folder))
 
