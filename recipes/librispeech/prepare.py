@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
-
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from download import download, extract  # noqa: E402
 
-from speechtrain.data.audio import AudioError, audio_info  # noqa: E402
-from speechtrain.data.corpora import read_librispeech, write_manifest  # noqa: E402
+from speechtrain.data.corpora import read_librispeech, write_manifest_with_durations  # noqa: E402
 
 URL = "https://www.openslr.org/resources/12/{part}.tar.gz"
 PARTS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360", "train-other-500")
@@ -35,17 +31,8 @@ def prepare_librispeech(root: Path, parts: list[str], fetch: bool = True) -> lis
         if fetch:
             extract(download(URL.format(part=part), root / "downloads" / f"{part}.tar.gz"), root)
         utterances = read_librispeech(root / "LibriSpeech" / part)
-        with_durations, unreadable = [], 0
-        for utterance in tqdm(utterances, desc=f"{part}: reading durations", unit="file"):
-            try:
-                with_durations.append(replace(utterance, duration=audio_info(utterance.audio_path).duration))
-            except AudioError as error:
-                unreadable += 1
-                print(f"skipped: {error}", file=sys.stderr)
         manifest = root / "LibriSpeech" / f"{part}.jsonl"
-        write_manifest(with_durations, manifest)
-        hours = sum(u.duration for u in with_durations) / 3600
-        print(f"{manifest}: {len(with_durations)} utterances, {hours:.1f} h ({unreadable} unreadable skipped)")
+        write_manifest_with_durations(utterances, manifest, part)
         manifests.append(manifest)
     return manifests
 

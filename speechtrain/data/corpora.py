@@ -9,19 +9,25 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from speechtrain.data.audio import AudioError, audio_info
+
 LJSPEECH_LAYOUT = "expected metadata.csv and wavs/ (LJSpeech layout)"
 LIBRISPEECH_LAYOUT = "expected <speaker>/<chapter>/*.trans.txt files with <id>.flac beside them (LibriSpeech layout)"
+LIBRITTS_LAYOUT = (
+    "expected <speaker>/<chapter>/<utterance>.wav files with <utterance>.normalized.txt beside them (LibriTTS layout)"
+)
 HF_LAYOUT = (
     "expected a dataset saved with datasets' save_to_disk (dataset_info.json or dataset_dict.json) "
     "or an audiofolder (metadata.csv or metadata.jsonl with a file_name column, optionally in <split>/)"
 )
-FORMATS = ("ljspeech", "librispeech", "manifest", "hf")
+FORMATS = ("ljspeech", "librispeech", "libritts", "manifest", "hf")
 
 
 @dataclass
@@ -77,6 +83,23 @@ def read_librispeech(root: str | Path) -> list[Utterance]:
                 utterance_id, _, text = line.strip().partition(" ")
                 audio_path = transcript.parent / f"{utterance_id}.flac"
                 utterances.append(Utterance(utterance_id, str(audio_path), text.strip(), speaker=speaker))
+    return utterances
+
+
+def read_libritts(root: str | Path) -> list[Utterance]:
+    """Every `<utterance>.wav` below `root` with its `<utterance>.normalized.txt` transcript beside it
+    (LibriTTS and LibriTTS-R); the speaker is the grandparent folder name (`<speaker>/<chapter>/`).
+    A wav without a transcript is left out (LibriTTS-R removed some)."""
+    root = Path(root)
+    transcripts = sorted(root.rglob("*.normalized.txt")) if root.is_dir() else []
+    if not transcripts:
+        raise FileNotFoundError(f"{LIBRITTS_LAYOUT} in {root}")
+    utterances = []
+    for transcript in tqdm(transcripts, desc=f"reading {root.name}", unit="utt", disable=len(transcripts) < 10_000):
+        utterance_id = transcript.name.removesuffix(".normalized.txt")
+        audio_path = transcript.with_name(f"{utterance_id}.wav")
+        text = transcript.read_text(encoding="utf-8").strip()
+        utterances.append(Utterance(utterance_id, str(audio_path), text, speaker=transcript.parent.parent.name))
     return utterances
 
 
@@ -138,6 +161,22 @@ def write_manifest(utterances: Iterable[Utterance], path: str | Path) -> None:
             if utterance.speaker is not None:
                 entry["speaker"] = utterance.speaker
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def write_manifest_with_durations(utterances: Iterable[Utterance], path: str | Path, desc: str) -> list[Utterance]:
+    """Reads every file's duration from its header (progress bar `desc`), writes the NeMo manifest and says
+    how much it holds; unreadable files are skipped and named. Returns the utterances written."""
+    kept, unreadable = [], 0
+    for utterance in tqdm(list(utterances), desc=f"{desc}: reading durations", unit="file"):
+        try:
+            kept.append(replace(utterance, duration=audio_info(utterance.audio_path).duration))
+        except AudioError as error:
+            unreadable += 1
+            print(f"skipped: {error}", file=sys.stderr)
+    write_manifest(kept, path)
+    hours = sum(u.duration for u in kept) / 3600
+    print(f"{path}: {len(kept)} utterances, {hours:.1f} h ({unreadable} unreadable skipped)")
+    return kept
 
 
 def read_hf_dataset(
@@ -262,7 +301,8 @@ class CorpusSpec:
 
     `split`, `audio_column` and `text_column` apply to `format="hf"`; `limit` keeps the first N
     utterances (quick experiments); `download_hint` is added to the error when the corpus is missing
-    (recipes say there how to get their corpus).
+    (recipes say there how to get their corpus). `format` is one of `FORMATS`: ljspeech,
+    librispeech, libritts (a subset folder such as `LibriTTS/train-clean-100`), manifest or hf.
     """
 
     format: str
@@ -305,6 +345,8 @@ def read_corpus(spec: CorpusSpec | Mapping) -> list[Utterance]:
         utterances = read_ljspeech(path)
     elif spec.format == "librispeech":
         utterances = read_librispeech(path)
+    elif spec.format == "libritts":
+        utterances = read_libritts(path)
     elif spec.format == "manifest":
         utterances = read_manifest(path)
     else:

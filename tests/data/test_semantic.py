@@ -1,0 +1,73 @@
+import pytest
+import torch
+from tiny_tokenizers import one_torch_thread, tiny_hubert  # noqa: F401 (an autouse fixture)
+
+from speechtrain.data.semantic import HubertSemanticTokenizer, KMeans
+
+
+def separated_clusters(points_per_cluster: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four clusters 10 apart with spread 0.1, shuffled: (features [160, 8], labels [160], centers [4, 8])."""
+    generator = torch.Generator().manual_seed(1)
+    centers = 10.0 * torch.eye(4, 8)
+    labels = torch.arange(4).repeat_interleave(points_per_cluster)
+    features = centers[labels] + 0.1 * torch.randn(len(labels), 8, generator=generator)
+    order = torch.randperm(len(labels), generator=generator)
+    return features[order], labels[order], centers
+
+
+def test_kmeans_recovers_separated_clusters():
+    features, labels, centers = separated_clusters()
+    kmeans = KMeans(4, iterations=20, seed=0).fit(features)
+    predicted = kmeans.predict(features)
+    mapping = {}
+    for true, found in zip(labels.tolist(), predicted.tolist()):
+        assert mapping.setdefault(found, true) == true  # each found cluster holds one true cluster
+    assert len(mapping) == 4
+    for found, true in mapping.items():
+        assert (kmeans.centroids[found] - centers[true]).abs().max() < 0.1
+
+
+def test_kmeans_is_deterministic_per_seed_and_round_trips(tmp_path):
+    features = torch.randn(300, 6, generator=torch.Generator().manual_seed(2))  # no clear clusters: the seed matters
+    first, second = KMeans(7, seed=0).fit(features), KMeans(7, seed=0).fit(features)
+    assert torch.equal(first.centroids, second.centroids)
+    assert not torch.equal(first.centroids, KMeans(7, seed=1).fit(features).centroids)
+    first.save(tmp_path / "km.safetensors")
+    loaded = KMeans.load(tmp_path / "km.safetensors")
+    assert loaded.num_clusters == 7 and loaded.source == "km.safetensors"
+    assert torch.equal(loaded.predict(features), first.predict(features))
+    with pytest.raises(ValueError, match="needs features"):
+        KMeans(400).fit(features)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        KMeans.load(tmp_path / "bad.safetensors")
+
+
+def test_semantic_ids_are_50_hz_cluster_ids():
+    tokenizer = tiny_hubert()
+    waveform = torch.randn(22050) * 0.1  # 1 s at 22.05 kHz -> 16000 samples -> (16000 - 400) // 320 + 1 frames
+    features = tokenizer.features(waveform, 22050)
+    assert features.shape == (49, 32) and tokenizer.frame_rate == 50
+    tokenizer.kmeans = KMeans(5, seed=0).fit(features)
+    ids = tokenizer.encode(waveform, 22050)
+    assert ids.dtype == torch.long and ids.shape == (49,) and ids.min() >= 0 and ids.max() < 5
+    assert tokenizer.encode(torch.randn(100), 16000).shape == (1,)  # shorter than one frame: padded to one
+    assert tokenizer.settings() == {"name": "custom", "sample_rate": 16000, "frame_rate": 50.0, "layer": 2,
+                                    "num_clusters": 5, "checkpoint": None, "kmeans": None}
+
+
+def test_random_hubert_base_frames_and_width():
+    tokenizer = HubertSemanticTokenizer(layer=6)
+    assert tokenizer.features(torch.randn(8000) * 0.1, 16000).shape == (24, 768)
+
+
+def test_bad_layer_and_checkpoints(tmp_path):
+    with pytest.raises(ValueError, match="layer=3: this HuBERT has transformer layers 1 to 2"):
+        HubertSemanticTokenizer(layer=3, model=tiny_hubert().model)
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        HubertSemanticTokenizer(checkpoint=tmp_path / "nothing.pth")
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth is not a torchaudio-format HuBERT"):
+        HubertSemanticTokenizer(checkpoint=tmp_path / "other.pth")
+    with pytest.raises(RuntimeError, match="fitted k-means"):
+        tiny_hubert().encode(torch.randn(1000), 16000)

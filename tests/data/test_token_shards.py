@@ -1,0 +1,192 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tiny_tokenizers import one_torch_thread, tiny_codec, tiny_hubert  # noqa: F401 (an autouse fixture)
+
+from speechtrain.data import token_shards
+from speechtrain.data.audio import load_audio
+from speechtrain.data.semantic import KMeans
+from speechtrain.data.token_shards import read_token_info, read_token_shards, tokenize_corpus
+
+MINI = Path(__file__).resolve().parents[2] / "data" / "mini"
+SPEC = {"format": "ljspeech", "path": str(MINI), "limit": 4}
+KMEANS = dict(kmeans_clusters=8, kmeans_utterances=2, kmeans_iterations=10)
+
+
+def tokenize(out: Path, spec=SPEC, codec=None, semantic=None, **kwargs) -> Path:
+    return tokenize_corpus(spec, out, codec or tiny_codec(), semantic or tiny_hubert(), shard_size=2,
+                           **{**KMEANS, **kwargs})
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """Four mini utterances in two shards, written once for the tests that only read."""
+    return tokenize(tmp_path_factory.mktemp("tokens") / "reference")
+
+
+def test_writing_twice_gives_identical_files(reference, tmp_path):
+    files = folder_bytes(reference)
+    assert sorted(files) == ["kmeans.safetensors", "shard-00000.jsonl", "shard-00000.safetensors",
+                             "shard-00001.jsonl", "shard-00001.safetensors", "tokens.json"]
+    assert folder_bytes(tokenize(tmp_path / "again")) == files
+    info = read_token_info(reference)
+    assert [s["utterances"] for s in info["shards"]] == [2, 2] and info["skipped"] == []
+    assert info["codec"]["num_levels"] == 8 and info["semantic"]["num_clusters"] == 8
+    assert info["corpus"]["path"] == str(MINI) and info["corpus"]["limit"] == 4
+
+
+def test_reader_returns_what_the_encoders_give(reference):
+    codec, semantic = tiny_codec(), tiny_hubert()
+    semantic.kmeans = KMeans.load(reference / "kmeans.safetensors")
+    utterances = read_token_shards(reference)
+    assert [u.id for u in utterances] == [f"mini_000{i}" for i in range(1, 5)]
+    first_line = (MINI / "metadata.csv").read_text().splitlines()[0].split("|")
+    assert utterances[0].text == first_line[2]
+    for utterance in utterances:
+        waveform = load_audio(MINI / "wavs" / f"{utterance.id}.wav", 22050)
+        assert utterance.duration == pytest.approx(len(waveform) / 22050, abs=1e-6)
+        assert torch.equal(utterance.acoustic, codec.encode(waveform, 22050))
+        assert torch.equal(utterance.semantic, semantic.encode(waveform, 22050))
+        assert utterance.acoustic.dtype == utterance.semantic.dtype == torch.long
+        assert len(utterance.semantic) == (round(utterance.duration * 16000) - 400) // 320 + 1
+
+
+def test_interrupted_run_resumes_to_the_same_files(reference, tmp_path, monkeypatch):
+    write_shard = token_shards._write_shard
+    calls = []
+
+    def fail_on_second_shard(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write_shard(*args, **kwargs)
+
+    monkeypatch.setattr(token_shards, "_write_shard", fail_on_second_shard)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        tokenize(out)
+    monkeypatch.setattr(token_shards, "_write_shard", write_shard)
+    assert (out / "shard-00000.jsonl").is_file() and not (out / "shard-00001.jsonl").exists()
+    with pytest.raises(FileNotFoundError, match="did not finish.*resume"):
+        read_token_info(out)
+    finished = (out / "shard-00000.safetensors").stat().st_mtime_ns
+
+    codec = tiny_codec()
+    encoded = []
+    encode = codec.encode
+    codec.encode = lambda waveform, rate: encoded.append(1) or encode(waveform, rate)
+    tokenize(out, codec=codec)
+    assert len(encoded) == 2  # shard 1 only
+    assert (out / "shard-00000.safetensors").stat().st_mtime_ns == finished
+    assert folder_bytes(out) == folder_bytes(reference)
+
+
+def test_other_settings_are_refused(reference, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    with pytest.raises(ValueError, match="shard_size is 2 there but 3 now"):
+        tokenize_corpus(SPEC, out, tiny_codec(), tiny_hubert(), shard_size=3, **KMEANS)
+    codec = tiny_codec()
+    codec.model.set_target_bandwidth(3.0)
+    codec.bandwidth = 3.0
+    with pytest.raises(ValueError, match="codec.bandwidth is 6.0 there but 3.0 now"):
+        tokenize(out, codec=codec)
+    with pytest.raises(ValueError, match="corpus.limit is 4 there but 3 now"):
+        tokenize(out, spec={**SPEC, "limit": 3})
+    with pytest.raises(ValueError, match="semantic.layer is 2 there but 1 now"):
+        tokenize(out, semantic=tiny_hubert(layer=1))
+    assert folder_bytes(out) == folder_bytes(reference)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "shard-00000.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no tokens.json"):
+        tokenize(stray)
+
+
+@pytest.fixture
+def corpus_with_bad_audio(tmp_path, make_wav) -> Path:
+    """A manifest of three good mini clips (about 2 s), an empty file, a non-audio file, a 3 s clip and a
+    3 s clip whose manifest says 0.5 s (only loading finds it too long)."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "garbage.wav").write_bytes(b"this is not audio" * 10)
+    make_wav(bad / "long.wav", 3.0)
+    make_wav(bad / "lies.wav", 3.0)
+    entries = [(MINI / "wavs" / "mini_0001.wav", None), (MINI / "wavs" / "mini_0002.wav", None),
+               (bad / "empty.wav", None), (bad / "garbage.wav", None), (bad / "long.wav", None),
+               (bad / "lies.wav", 0.5), (MINI / "wavs" / "mini_0003.wav", None)]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"audio_filepath": str(path), "text": "x", "duration": duration}) + "\n"
+                                for path, duration in entries))
+    return manifest
+
+
+def test_bad_audio_is_skipped_recorded_and_resumed(corpus_with_bad_audio, tmp_path, caplog):
+    spec = {"format": "manifest", "path": str(corpus_with_bad_audio)}
+    out = tokenize(tmp_path / "tokens", spec=spec, max_duration=2.5)
+    info = read_token_info(out)
+    reasons = {entry["id"]: entry["reason"] for entry in info["skipped"]}
+    assert list(reasons) == ["empty", "garbage", "long", "lies"]
+    assert "file is empty" in reasons["empty"] and "cannot decode" in reasons["garbage"]
+    assert reasons["long"] == "longer than 2.5 s (3.00 s)" and reasons["lies"].startswith("longer than 2.5 s (3.00 s")
+    assert [u.id for u in read_token_shards(out)] == ["mini_0001", "mini_0002", "mini_0003"]
+    assert [s["utterances"] for s in info["shards"]] == [2, 1]  # shard 1 was to hold lies and mini_0003
+    assert any("failed to load" in r.message for r in caplog.records)
+
+    tokens_json = (out / "tokens.json").read_bytes()
+    tokenize(out, spec=spec, max_duration=2.5)  # every shard complete, the load-time skip included
+    assert (out / "tokens.json").read_bytes() == tokens_json
+
+    with pytest.raises(ValueError, match="empty.wav"):
+        tokenize(tmp_path / "strict", spec=spec, strict=True, max_duration=2.5)
+
+
+def test_corrupt_shards_are_named(reference, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    shard = out / "shard-00001.safetensors"
+    with safe_open(str(shard), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(shard))
+    tensors["acoustic_lengths"] = tensors["acoustic_lengths"] + 1
+    save_file(tensors, str(shard), metadata=metadata)
+    with pytest.raises(ValueError, match="shard-00001.safetensors: corrupt shard: acoustic_lengths"):
+        read_token_shards(out)
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match="shard-00001.safetensors: corrupt shard"):
+        read_token_shards(out)
+    (out / "shard-00000.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="shard-00000.jsonl is listed in .*tokens.json but missing"):
+        token_shards._read_shard(out, {"name": "shard-00000", "utterances": 2}, read_token_info(out))
+    with pytest.raises(FileNotFoundError, match="nowhere not found; run speechtrain-tokenize"):
+        read_token_info(tmp_path / "nowhere")
+
+
+def test_cli_warns_about_random_weights_and_writes_tokens(tmp_path, monkeypatch, capsys):
+    from speechtrain.cli import tokenize as cli
+
+    built = {}
+    monkeypatch.setattr(cli, "EncodecCodec", lambda bandwidth, checkpoint: built.setdefault("codec", tiny_codec()))
+    monkeypatch.setattr(cli, "HubertSemanticTokenizer",
+                        lambda checkpoint, layer, kmeans: built.setdefault("hubert", tiny_hubert(layer)))
+    cli.main(["--corpus-format", "ljspeech", "--corpus-path", str(MINI), "--limit", "2", "--out",
+              str(tmp_path / "cli"), "--hubert-layer", "1", "--clusters", "4", "--kmeans-utterances", "1",
+              "--shard-size", "1", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert "RANDOM EnCodec weights" in captured.err and "RANDOM HuBERT weights" in captured.err
+    assert "2 utterances in 2 shards, 0 skipped" in captured.out
+    info = read_token_info(tmp_path / "cli")
+    assert info["semantic"]["layer"] == 1 and info["semantic"]["num_clusters"] == 4 and info["shard_size"] == 1
+    with pytest.raises(SystemExit, match="speechtrain-tokenize: error: .*nowhere"):
+        cli.main(["--corpus-format", "ljspeech", "--corpus-path", str(tmp_path / "nowhere"), "--out",
+                  str(tmp_path / "x"), "--hubert-layer", "1"])
