@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from speechtrain.data.collate import AsrCollator
@@ -32,6 +34,75 @@ def split_off(utterances: list[Utterance], fraction: float, seed: int) -> tuple[
     held_out = set(np.random.default_rng(seed).permutation(len(utterances))[:held_out_count].tolist())
     kept = [u for i, u in enumerate(utterances) if i not in held_out]
     return kept, [u for i, u in enumerate(utterances) if i in held_out]
+
+
+def _random_states() -> dict[str, Any]:
+    """The generators' states in types that Lightning's `weights_only` checkpoint loading accepts."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_random_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader (over a `DynamicBucketSampler`) that a run killed mid-epoch resumes exactly.
+
+    Lightning saves a loader's `state_dict` in each checkpoint and, resuming, calls `load_state_dict`
+    before iterating; a plain DataLoader would restart the epoch from its first batch while Lightning's
+    counters say it is half done. The state is the epoch, the number of batches handed to the training
+    loop so far (Lightning does not prefetch from a loader with a length, so that is the number trained
+    on) and every rank's random number generator states at that point, restored when the first resumed
+    batch is drawn, so dropout, noise and random segments continue as in the uninterrupted run.
+    """
+
+    batch_sampler: DynamicBucketSampler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_done = 0
+        self._random_states_to_restore: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        """Batches of the sampler's current epoch; the generator body runs at the first `next()`, after Lightning's
+        `set_epoch`, and the DataLoader's own iterator (which draws a worker seed) is created after a restore."""
+        sampler = self.batch_sampler
+        resume = sampler._resume_at
+        self.batches_done = resume[1] if resume is not None and resume[0] == sampler.epoch else 0
+        if self._random_states_to_restore is not None:
+            _set_random_states(self._random_states_to_restore)
+            self._random_states_to_restore = None
+        for batch in super().__iter__():
+            self.batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Called on every rank when a checkpoint is saved (rank 0's is written): all ranks' random states."""
+        states = _random_states()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, states)
+        else:
+            gathered = [states]
+        return {"epoch": self.batch_sampler.epoch, "batches_done": self.batches_done, "random_states": gathered}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        random_states = state["random_states"]
+        if len(random_states) != self.batch_sampler.num_replicas:
+            logger.warning("the checkpoint holds random states of %d ranks, this run has %d: dropout and noise "
+                           "will not continue as before", len(random_states), self.batch_sampler.num_replicas)
+        self._random_states_to_restore = random_states[rank % len(random_states)]
+        if state["batches_done"] < len(self.batch_sampler):
+            self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 class SpeechDataModule(L.LightningDataModule, ABC):
@@ -84,6 +155,8 @@ class SpeechDataModule(L.LightningDataModule, ABC):
         self.collator: Callable | None = None
         self.train_dataset: CheckedDataset | None = None
         self.val_dataset: CheckedDataset | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict[str, Any] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Reads and checks the corpora once (every rank does the same, deterministically)."""
@@ -118,7 +191,8 @@ class SpeechDataModule(L.LightningDataModule, ABC):
             dataset.durations, self.max_batch_seconds, num_buckets=self.num_buckets, shuffle=shuffle,
             seed=self.seed, max_batch_size=self.max_batch_size,
         )
-        return DataLoader(
+        loader_class = ResumableDataLoader if shuffle else DataLoader  # only training resumes mid-epoch
+        return loader_class(
             dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
         )
@@ -126,7 +200,22 @@ class SpeechDataModule(L.LightningDataModule, ABC):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise RuntimeError("call setup() before train_dataloader()")
-        return self._loader(self.train_dataset, shuffle=True)
+        self._train_loader = self._loader(self.train_dataset, shuffle=True)
+        if self._train_loader_state is not None:
+            self._train_loader.load_state_dict(self._train_loader_state)
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position and random states. Lightning saves a stateful loader's state itself
+        but restores it only into a loader built after the restore; a task that reads
+        `trainer.estimated_stepping_batches` (the ASR schedule) makes Lightning build it before, so the data
+        module carries the state too and hands it to whichever loader it builds or has built."""
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._train_loader_state = state.get("train_loader")
+        if self._train_loader is not None and self._train_loader_state is not None:
+            self._train_loader.load_state_dict(self._train_loader_state)
 
     def val_dataloader(self) -> DataLoader | list:
         """The validation loader in a fixed order, or an empty list (no validation) without a val split."""

@@ -69,6 +69,7 @@ class DynamicBucketSampler(Sampler[list[int]]):
         self.rank = rank
         self.max_batch_size = max_batch_size
         self.epoch = 0
+        self._resume_at: tuple[int, int] | None = None
         self.batches = self._pack(durations)
         if not drop_last:
             self.batches = self._balance_across_ranks(self.batches, durations)
@@ -117,6 +118,14 @@ class DynamicBucketSampler(Sampler[list[int]]):
         """Selects the batch order of `epoch` (call before iterating, as with DistributedSampler)."""
         self.epoch = epoch
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Makes the next pass over `epoch` skip its first `batches_done` batches (of this rank), as a run
+        resumed mid-epoch needs; a pass over any other epoch is whole. Selects `epoch` too."""
+        if not 0 <= batches_done <= len(self):
+            raise ValueError(f"batches_done={batches_done} is outside [0, {len(self)}] for this sampler")
+        self.epoch = epoch
+        self._resume_at = (epoch, batches_done)
+
     def __len__(self) -> int:
         return len(self.batches) // self.num_replicas
 
@@ -126,5 +135,7 @@ class DynamicBucketSampler(Sampler[list[int]]):
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(len(self.batches), generator=generator).tolist()
         usable = len(self) * self.num_replicas  # drops the remainder when drop_last left one
-        for position in range(self.rank, usable, self.num_replicas):
+        skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == self.epoch else 0
+        self._resume_at = None
+        for position in range(self.rank + skip * self.num_replicas, usable, self.num_replicas):
             yield self.batches[order[position]]

@@ -1,0 +1,134 @@
+"""Multi-process training on the CPU (two gloo processes, Lightning's own launcher through `python train.py`):
+DDP for the ASR task and the VITS GAN, FSDP2 for the ASR task; plus the sampler's rank shards."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from speechtrain.data.samplers import DynamicBucketSampler
+from speechtrain.distributed import block_classes
+from speechtrain.train import ROOT_DIR
+
+TESTS_DIR = Path(__file__).resolve().parent
+TINY = ["+trainer.limit_val_batches=0", "logger=none", "~callbacks.learning_rate_monitor", "export=false",
+        "+trainer.enable_progress_bar=false", "~callbacks.progress_bar", "+trainer.enable_model_summary=false"]
+VITS_TINY = ["data.max_batch_seconds=6", "data.max_duration=5"]
+
+
+class RecordRank(L.Callback):
+    """Saves, per rank, the full weights before and after training and the ids of every batch it trained on."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.ids, self.initial = Path(folder), [], None
+
+    @staticmethod
+    def weights(module: L.LightningModule) -> dict[str, torch.Tensor]:
+        state = module.state_dict()
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
+
+    def on_train_start(self, trainer, module) -> None:
+        self.initial = self.weights(module)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.ids += list(batch["ids"])
+
+    def on_train_end(self, trainer, module) -> None:
+        torch.save({"world_size": trainer.world_size, "ids": self.ids, "initial": self.initial,
+                    "final": self.weights(module)}, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def train_two_processes(tmp_path: Path, *overrides: str) -> list[dict]:
+    """`python train.py trainer=ddp_cpu ...` (two processes); returns each rank's record."""
+    command = [sys.executable, str(ROOT_DIR / "train.py"), "trainer=ddp_cpu", *TINY, *overrides,
+               "+callbacks.record._target_=test_distributed.RecordRank", f"+callbacks.record.folder={tmp_path}",
+               f"hydra.run.dir={tmp_path / 'run'}"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+def assert_trained_in_sync(records: list[dict]) -> None:
+    first, second = records
+    assert first["world_size"] == second["world_size"] == 2
+    assert first["final"].keys() == second["final"].keys()
+    for name in first["final"]:  # identical after every all-reduce
+        torch.testing.assert_close(first["final"][name], second["final"][name], atol=0, rtol=0, msg=name)
+    assert any(not torch.equal(first["initial"][k], first["final"][k]) for k in first["final"])
+    assert first["ids"] and len(first["ids"]) + len(second["ids"]) == len(set(first["ids"]) | set(second["ids"]))
+
+
+def test_ddp_trains_the_asr_task_identically_on_two_ranks(tmp_path):
+    assert_trained_in_sync(train_two_processes(tmp_path, "recipe=whisper_mini", "trainer.max_steps=1"))
+
+
+def test_ddp_trains_the_vits_gan_identically_on_two_ranks(tmp_path):
+    """Manual optimisation: discriminator then generator step, both clipped; `ddp` finds unused parameters."""
+    records = train_two_processes(tmp_path, "recipe=vits_mini", *VITS_TINY, "trainer.max_steps=2",
+                                  "task.gradient_clip_val=1.0")
+    assert_trained_in_sync(records)
+    assert any(k.startswith("discriminator.") and not torch.equal(records[0]["initial"][k], records[0]["final"][k])
+               for k in records[0]["final"])
+
+
+def test_fsdp_on_cpu_matches_ddp(tmp_path):
+    """FSDP2 shards every Whisper layer over two gloo processes and ends where DDP ends (same data, same seed)."""
+    common = ["recipe=whisper_mini", "trainer.max_steps=2", "trainer.precision=32-true"]
+    ddp = train_two_processes(tmp_path / "ddp", *common)
+    fsdp = train_two_processes(tmp_path / "fsdp", *common, "trainer=fsdp", "trainer.accelerator=cpu",
+                               "trainer.devices=2")
+    assert_trained_in_sync(fsdp)
+    assert (tmp_path / "fsdp" / "run" / "checkpoints" / "last.ckpt").is_dir()  # one shard file per rank
+    for name, expected in ddp[0]["final"].items():
+        torch.testing.assert_close(fsdp[0]["final"][name], expected, atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sampler_shards_are_disjoint_equal_and_cover_the_data(drop_last):
+    durations = torch.rand(53, generator=torch.Generator().manual_seed(0)).mul(9).add(1).tolist()
+    for replicas in (2, 3):
+        shards = [DynamicBucketSampler(durations, 12.0, num_buckets=3, seed=5, drop_last=drop_last,
+                                       num_replicas=replicas, rank=rank) for rank in range(replicas)]
+        for epoch in (0, 1):
+            for shard in shards:
+                shard.set_epoch(epoch)
+            batches = [list(shard) for shard in shards]
+            assert len({len(b) for b in batches}) == 1 and len(batches[0]) == len(shards[0])  # equal step counts
+            items = [i for rank_batches in batches for batch in rank_batches for i in batch]
+            assert len(items) == len(set(items))  # no item on two ranks
+            if not drop_last:
+                assert set(items) == set(range(len(durations)))
+
+
+def test_sampler_resumes_after_the_batches_already_done():
+    sampler = DynamicBucketSampler([1.0 + i % 5 for i in range(30)], 10.0, seed=1, num_replicas=2, rank=1)
+    sampler.set_epoch(3)
+    whole = list(sampler)
+    sampler.resume_at(3, 2)
+    assert list(sampler) == whole[2:]
+    assert list(sampler) == whole  # only the next pass is shortened
+    sampler.resume_at(3, 2)
+    sampler.set_epoch(4)
+    assert len(list(sampler)) == len(sampler)  # a pass over another epoch is whole
+    with pytest.raises(ValueError, match="batches_done=99"):
+        sampler.resume_at(3, 99)
+
+
+def test_block_classes_name_the_repeated_layers(compose, tmp_path):
+    from speechtrain.train import build
+
+    whisper, _ = build(compose("recipe=whisper_mini", output_dir=tmp_path))
+    assert {cls.__name__ for cls in block_classes(whisper)} == {"WhisperEncoderLayer", "WhisperDecoderLayer"}
+    vits, _ = build(compose("recipe=vits_mini", output_dir=tmp_path))
+    assert {cls.__name__ for cls in block_classes(vits)} == {
+        "VitsEncoderLayer", "VitsResidualCouplingLayer", "HifiGanResidualBlock", "PeriodDiscriminator",
+        "ScaleDiscriminator"}
+    soundstorm, _ = build(compose("recipe=soundstorm_mini", output_dir=tmp_path))
+    assert {cls.__name__ for cls in block_classes(soundstorm)} == {"ConformerBlock"}
+    with pytest.raises(ValueError, match="block_classes"):
+        block_classes(torch.nn.Linear(2, 2))
