@@ -13,6 +13,23 @@ import torch.nn.functional as F
 import transformers
 
 
+def time_rounds(steps: dict[str, Callable[[], None]], rounds: int, device: str) -> dict[str, list[float]]:
+    """Seconds of each timed step; rounds alternate which runs first, the first round is a warm-up."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(rounds + 1):
+        order = list(steps) if round_index % 2 == 0 else list(reversed(steps))
+        for name in order:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            steps[name]()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def time_steps(step: Callable[[], object], steps: int, device: str) -> float:
     """Seconds per step over `steps` steps, after one untimed warm-up step."""
     step()

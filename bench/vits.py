@@ -29,11 +29,11 @@ import functools
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from common import time_rounds
 from torch import nn
 from TTS.tts.configs.vits_config import VitsArgs
 from TTS.tts.configs.vits_config import VitsConfig as CoquiVitsConfig
@@ -160,23 +160,6 @@ def coqui_step_fn(model: CoquiVits, batch: dict[str, Any]) -> Callable[[], None]
 
 def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def time_rounds(steps: dict[str, Callable[[], None]], rounds: int, device: str) -> dict[str, list[float]]:
-    """Seconds of each timed step; rounds alternate which runs first, the first round is a warm-up."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index in range(rounds + 1):
-        order = list(steps) if round_index % 2 == 0 else list(reversed(steps))
-        for name in order:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            steps[name]()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if round_index:
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:

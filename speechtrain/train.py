@@ -19,9 +19,11 @@ import hydra
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from speechtrain.distributed import build_strategy
 from speechtrain.hub import save_bundle
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,19 @@ def _model_config_value(folder: str, key: str) -> Any:
     return config[key]
 
 
+def _token_info(folder: str, key: str) -> Any:
+    """A value of a tokens folder's tokens.json by dotted key (`codec.codebook_size`), so that model and data
+    configs follow the tokenization instead of repeating it."""
+    from speechtrain.data.token_shards import read_token_info
+
+    value: Any = read_token_info(folder)
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"{folder}/tokens.json has no {key!r}")
+        value = value[part]
+    return value
+
+
 def _eval_int(expression: str) -> int:
     if not re.fullmatch(r"[\d\s+\-*/()]+", str(expression)):
         raise ValueError(f"eval_int accepts integer arithmetic only, got {expression!r}")
@@ -53,6 +68,7 @@ def register_resolvers() -> None:
     resolvers = {
         "speechtrain_root": lambda: str(ROOT_DIR),
         "model_config_value": _model_config_value,
+        "token_info": _token_info,
         # Integer arithmetic on config values, e.g. ${eval_int:${audio.n_fft} // 2 + 1}; digits and + - * // ( ) only.
         "eval_int": _eval_int,
     }
@@ -67,18 +83,21 @@ register_resolvers()
 def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     if cfg.ckpt_path != "last":
         return cfg.ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+    last = output_dir / "checkpoints" / "last.ckpt"  # a folder of shards under trainer=fsdp
+    return str(last) if last.exists() else None
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
-    tokenizer = hydra.utils.instantiate(cfg.tokenizer)
+    tokenizer = hydra.utils.instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
     # ASR recipes have a feature extractor; TTS recipes compute spectrograms in their data module and task.
     feature_extractor = hydra.utils.instantiate(cfg.features) if cfg.get("features") else None
     model = hydra.utils.instantiate(cfg.model, tokenizer=tokenizer)
-    features = {} if feature_extractor is None else {"feature_extractor": feature_extractor}
-    datamodule = hydra.utils.instantiate(cfg.data, tokenizer=tokenizer, **features)
+    # Token-only recipes (SoundStorm, Bark's coarse and fine models) have neither tokenizer nor features.
+    data_inputs = {"tokenizer": tokenizer} if tokenizer is not None else {}
+    if feature_extractor is not None:
+        data_inputs["feature_extractor"] = feature_extractor
+    datamodule = hydra.utils.instantiate(cfg.data, **data_inputs)
     task = hydra.utils.instantiate(cfg.task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
     return task, datamodule
 
@@ -93,8 +112,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = task.model
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    strategy = cfg.trainer.get("strategy", "auto")
+    strategy = build_strategy(hydra.utils.instantiate(strategy) if OmegaConf.is_dict(strategy) else strategy, task)
     # The data module's bucketing sampler shards across ranks itself.
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy,
                                       use_distributed_sampler=False)
 
     checkpoint_dir = output_dir / "checkpoints"
@@ -109,6 +130,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         export_dir = output_dir / "exported"
         save_bundle(export_dir, model, task.tokenizer, task.feature_extractor)
         log.info("exported a Hugging Face-format model to %s", export_dir)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # the next job of a multirun must start its own W&B run
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     log.info("metrics: %s", metrics)
     return metrics
