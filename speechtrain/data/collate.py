@@ -23,6 +23,7 @@ class AsrCollator:
         decoder_attention_mask: bool [B, L], True on real tokens
         texts, ids:             list[str] of length B
         num_skipped:            int, items dropped from this batch because they failed to load
+        audio_seconds:          float, seconds of unpadded audio in the batch (for throughput)
     where L = len(P) + the longest T. The whole batch is None when every item failed to load.
     """
 
@@ -56,4 +57,5 @@ class AsrCollator:
             "texts": [item["text"] for item in loaded],
             "ids": [item["id"] for item in loaded],
             "num_skipped": len(items) - len(loaded),
+            "audio_seconds": sum(item["audio"].numel() for item in loaded) / self.feature_extractor.sampling_rate,
         }

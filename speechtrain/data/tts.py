@@ -121,12 +121,14 @@ class TtsCollator:
         speaker_ids:         int64 [B], or None when the items have no speaker
         ids, texts:          list[str] of length B
         num_skipped:         int, items dropped from this batch because they failed to load
+        audio_seconds:       float, seconds of unpadded audio (for throughput), only when `sample_rate` is given
     The whole batch is None when every item failed to load. Each spectrogram is computed from its own
     unpadded audio, so the reflect padding at its end is the original's, not the batch's zeros.
     """
 
-    def __init__(self, n_fft: int, hop_length: int, win_length: int, pad_id: int = 0):
+    def __init__(self, n_fft: int, hop_length: int, win_length: int, pad_id: int = 0, sample_rate: int | None = None):
         check_stft_sizes(n_fft, hop_length, win_length)
+        self.sample_rate = sample_rate
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.win_length = win_length
@@ -153,7 +155,7 @@ class TtsCollator:
             input_ids[row, : text_lengths[row]] = torch.tensor(item["token_ids"])
             waveform[row, 0, : waveform_lengths[row]] = item["audio"]
             spectrogram[row, :, : spectrogram_lengths[row]] = row_spectrogram
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": torch.arange(input_ids.shape[1]) < text_lengths[:, None],
             "waveform": waveform,
@@ -166,6 +168,9 @@ class TtsCollator:
             "texts": [item["text"] for item in loaded],
             "num_skipped": len(items) - len(loaded),
         }
+        if self.sample_rate is not None:
+            batch["audio_seconds"] = float(waveform_lengths.sum()) / self.sample_rate
+        return batch
 
 
 def speaker_ids_from(utterances: Sequence[Utterance]) -> dict[str, int] | None:
@@ -223,7 +228,7 @@ class TtsDataModule(SpeechDataModule):
         self.segment_frames = segment_frames
         self.speaker_ids = None if speaker_ids is None else {str(k): int(v) for k, v in speaker_ids.items()}
         self._speakers_given = speaker_ids is not None
-        self.collator = TtsCollator(n_fft, hop_length, win_length, pad_id=tokenizer.pad_id)
+        self.collator = TtsCollator(n_fft, hop_length, win_length, pad_id=tokenizer.pad_id, sample_rate=sample_rate)
 
     @property
     def num_speakers(self) -> int:

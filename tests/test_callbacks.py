@@ -1,0 +1,86 @@
+"""Throughput from the batch protocol (samples, label tokens, audio seconds) and the progress bar's learning rate."""
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from speechtrain.callbacks import SpeechProgressBar, ThroughputMonitor, batch_counts
+from speechtrain.data.collate import AsrCollator
+from speechtrain.data.tts import TtsCollator
+
+
+class FakeClock:
+    """Time that stands still until a training step moves it (0.5 s per batch)."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedModule(L.LightningModule):
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        self.clock.now += 0.5
+        loss = self.layer(batch["x"]).pow(2).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.25)
+
+
+def batches():
+    """Three batches of 4 samples, 10 label tokens (the rest padding) and 6 s of audio each."""
+    labels = torch.full((4, 5), -100)
+    labels[:, :2] = 7
+    labels[0, 2:4] = 8
+    return [{"x": torch.randn(4, 2), "ids": ["a", "b", "c", "d"], "labels": labels, "audio_seconds": 6.0}] * 3
+
+
+def test_throughput_is_counts_over_wall_time_and_joins_the_progress_bar(tmp_path):
+    clock = FakeClock()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, callbacks=[ThroughputMonitor(window=2, clock=clock),
+                                                               SpeechProgressBar()],
+                        default_root_dir=tmp_path)
+    trainer.fit(ClockedModule(clock), DataLoader(batches(), batch_size=None))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert metrics["throughput/samples_per_s"] == pytest.approx(4 / 0.5)
+    assert metrics["throughput/tokens_per_s"] == pytest.approx(10 / 0.5)
+    assert metrics["throughput/audio_s_per_s"] == pytest.approx(6 / 0.5)
+    bar = trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)
+    assert "throughput/audio_s_per_s" in bar and "throughput/samples_per_s" not in bar  # the headline only
+    assert bar["lr"] == "2.50e-01" and "train/loss" in bar and "v_num" not in bar
+
+
+def test_batch_counts_follow_the_protocol_and_name_a_bad_batch():
+    assert batch_counts({"input_ids": torch.zeros(3, 7)}) == {"samples": 3.0}
+    assert batch_counts(batches()[0]) == {"samples": 4.0, "tokens": 10.0, "audio_seconds": 6.0}
+    with pytest.raises(ValueError, match="texts"):
+        batch_counts({"texts": ["a"]})
+    with pytest.raises(ValueError, match="window=0"):
+        ThroughputMonitor(window=0)
+
+
+def test_collators_report_the_unpadded_audio_seconds(fake_tokenizer):
+    class Features:  # the feature extractor interface: only the sampling rate matters here
+        sampling_rate = 16000
+
+        def __call__(self, waveforms):
+            return torch.zeros(len(waveforms), 2, 3), torch.ones(len(waveforms), 3, dtype=torch.bool)
+
+    items = [{"id": "a", "audio": torch.zeros(16000), "text": "ab", "token_ids": [10, 11]},
+             {"id": "b", "audio": torch.zeros(8000), "text": "c", "token_ids": [12]}]
+    assert AsrCollator(Features(), fake_tokenizer)([items[0], None, items[1]])["audio_seconds"] == 1.5
+
+    tts_items = [{"id": "a", "text": "ab", "token_ids": [1, 2], "audio": torch.zeros(2205), "speaker_id": None},
+                 {"id": "b", "text": "c", "token_ids": [3], "audio": torch.zeros(4410), "speaker_id": None}]
+    assert TtsCollator(64, 16, 64, sample_rate=22050)(tts_items)["audio_seconds"] == pytest.approx(0.3)
+    assert "audio_seconds" not in TtsCollator(64, 16, 64)(tts_items)
