@@ -81,10 +81,12 @@ def build_bark(
     config: Mapping[str, Any] | None = None,
     pretrained: str | Path | None = None,
     config_overrides: Mapping[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> BarkModel:
     """The builder Hydra configs point at: sub-model `kind` (`semantic`, `coarse_acoustics` or `fine_acoustics`)
     from scratch (`config` over transformers' defaults) or from a `pretrained` folder, whose `model_type` must be
-    `kind` (`config_overrides` then replace its config.json values, e.g. dropout)."""
+    `kind` (`config_overrides` then replace its config.json values, e.g. dropout). `tokenizer`, which the entry
+    point passes to every model builder, is unused: the semantic collator checks the text ids' range."""
     if kind not in MODEL_TYPES:
         raise ValueError(f"build_bark: kind={kind!r} is not one of {MODEL_TYPES}")
     if pretrained is not None:
