@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from speechtrain.distributed import build_strategy
 from speechtrain.hub import save_bundle
+from speechtrain.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.export and trainer.is_global_zero:
         export_dir = output_dir / "exported"
         save_bundle(export_dir, model, task.tokenizer, task.feature_extractor)
+        write_model_card(export_dir, f"the end of the run in `{output_dir}` (step {trainer.global_step})",
+                         (checkpoint_dir / "config.yaml").read_text(), metrics)
         log.info("exported a Hugging Face-format model to %s", export_dir)
     for logger in loggers:
         if isinstance(logger, WandbLogger):

@@ -41,3 +41,16 @@ def test_audio_samples_checkpoint_and_export(run):
     assert tokenizer is None and feature_extractor is None
     assert model.config.codebook_size == 1024 and model.config.num_quantizers == 8
     assert model.config.num_semantic_tokens == 100  # data/mini_tokens' k-means, read through ${token_info:...}
+    card = (out / "exported" / "README.md").read_text()
+    assert "Recipe: `soundstorm_mini`" in card and "| val/loss |" in card and "pipeline_tag: audio-to-audio" in card
+
+
+def test_speechtrain_export_rebuilds_the_same_model_from_the_checkpoint(run, tmp_path):
+    from speechtrain.cli.export import export_checkpoint
+    from speechtrain.models.soundstorm import load_pretrained
+
+    out, _, _ = run
+    folder = export_checkpoint(out / "checkpoints" / "last.ckpt", tmp_path / "exported")
+    exported, final = load_pretrained(folder), load_pretrained(out / "exported")
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), final.state_dict().values()))
+    assert "Recipe: `soundstorm_mini`" in (folder / "README.md").read_text()

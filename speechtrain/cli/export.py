@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from speechtrain.hub import load_processors, model_from_folder_config, save_bundle
+from speechtrain.model_card import write_model_card
 from speechtrain.tasks.checkpointing import PRETRAINED_FILES_KEY, model_state_dict
 
 
@@ -40,30 +41,19 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
         )
     tokenizer, feature_extractor = load_processors(out_dir)
     save_bundle(out_dir, model, tokenizer, feature_extractor)
-    write_model_card(out_dir, checkpoint_path, checkpoint)
+    config_yaml, metrics = _card_inputs(checkpoint_path)
+    source = f"`{checkpoint_path}` (epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')})"
+    write_model_card(out_dir, source, config_yaml, metrics)
     return out_dir
 
 
-def write_model_card(out_dir: Path, checkpoint_path: Path, checkpoint: dict) -> None:
-    """README.md recording where the model came from: recipe, config, step and metrics."""
-    run_dir = checkpoint_path.parent.parent
+def _card_inputs(checkpoint_path: Path) -> tuple[str | None, dict | None]:
+    """The run's resolved config and final metrics, when found beside the checkpoint (`python train.py` leaves
+    `checkpoints/config.yaml` and `metrics.json`)."""
     config_file = checkpoint_path.parent / "config.yaml"
-    metrics_file = run_dir / "metrics.json"
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [speechtrain, automatic-speech-recognition]",
-        "---",
-        f"# {json.loads((out_dir / 'config.json').read_text()).get('model_type', 'model')} trained with speechtrain",
-        "",
-        f"Exported from `{checkpoint_path}` (epoch {checkpoint.get('epoch')}, step {checkpoint.get('global_step')}).",
-    ]
-    if metrics_file.is_file():
-        lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(json.loads(metrics_file.read_text()).items())]
-    if config_file.is_file():
-        lines += ["", "## Training config (resolved)", "", "```yaml", config_file.read_text().rstrip(), "```"]
-    (out_dir / "README.md").write_text("\n".join(lines) + "\n")
+    metrics_file = checkpoint_path.parent.parent / "metrics.json"
+    return (config_file.read_text() if config_file.is_file() else None,
+            json.loads(metrics_file.read_text()) if metrics_file.is_file() else None)
 
 
 def main(argv: list[str] | None = None) -> None:
