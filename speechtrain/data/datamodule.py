@@ -73,14 +73,19 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         """Batches of the sampler's current epoch; the generator body runs at the first `next()`, after Lightning's
-        `set_epoch`, and the DataLoader's own iterator (which draws a worker seed) is created after a restore."""
+        `set_epoch`. The DataLoader's own iterator draws a worker base seed from torch's generator when created,
+        which an uninterrupted run does before an epoch's first batch: the saved states (taken after
+        `batches_done` batches) are restored after creating it when resuming mid-epoch, before it otherwise."""
         sampler = self.batch_sampler
         resume = sampler._resume_at
         self.batches_done = resume[1] if resume is not None and resume[0] == sampler.epoch else 0
-        if self._random_states_to_restore is not None:
-            _set_random_states(self._random_states_to_restore)
-            self._random_states_to_restore = None
-        for batch in super().__iter__():
+        states, self._random_states_to_restore = self._random_states_to_restore, None
+        if states is not None and self.batches_done == 0:
+            _set_random_states(states)
+        iterator = super().__iter__()
+        if states is not None and self.batches_done > 0:
+            _set_random_states(states)
+        for batch in iterator:
             self.batches_done += 1
             yield batch
 

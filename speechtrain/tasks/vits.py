@@ -71,7 +71,9 @@ class VitsTask(L.LightningModule):
         self.weights = dict(mel=mel_weight, kl=kl_weight, duration=duration_weight, feature=feature_weight)
         self.gradient_clip_val = gradient_clip_val
         self.validation_sentences = list(validation_sentences)
-        self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
+        # One guard per network: a finite discriminator loss must not reset the generator's run of bad steps.
+        self.nonfinite = {"generator": NonFiniteGuard(max_consecutive_nonfinite),
+                          "discriminator": NonFiniteGuard(max_consecutive_nonfinite)}
 
     def setup(self, stage: str) -> None:
         """Refuse a corpus with more speakers than the model has embeddings for (it would ignore them)."""
@@ -128,16 +130,27 @@ class VitsTask(L.LightningModule):
     def _update(self, optimizer: Any, loss: torch.Tensor, module: nn.Module, ids: Sequence[str]) -> None:
         """One optimiser step, unless the loss is not finite (then skipped and counted)."""
         optimizer.zero_grad(set_to_none=True)
-        if not self.nonfinite.check(loss.detach(), self.global_step, ids):
+        guard = self.nonfinite["discriminator" if module is self.discriminator else "generator"]
+        if not guard.check(loss.detach(), self.global_step, ids):
             return
         self.manual_backward(loss)
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
         optimizer.step()
 
-    def on_train_epoch_end(self) -> None:
+    def on_train_start(self) -> None:
+        # Resuming from a checkpoint written after an epoch's last batch, Lightning starts the next epoch
+        # without calling `on_train_epoch_start` (nor the previous `on_train_epoch_end`): catch up here too.
+        self._decay_learning_rates()
+
+    def on_train_epoch_start(self) -> None:
+        self._decay_learning_rates()
+
+    def _decay_learning_rates(self) -> None:
+        """One decay per finished epoch, counted from the epoch number, so that any hook may call it."""
         for scheduler in self.lr_schedulers():
-            scheduler.step()
+            while scheduler.last_epoch < self.current_epoch:
+                scheduler.step()
 
     def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
         if batch is None:
@@ -152,8 +165,9 @@ class VitsTask(L.LightningModule):
         if not self.validation_sentences or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
         clips = [(f"sentence_{i}", waveform) for i, waveform in enumerate(self.synthesize(self.validation_sentences))]
-        out_dir = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:07d}"
-        log_audio(self.loggers, "val/samples", clips, self.model.config.sampling_rate, self.global_step, out_dir)
+        step = self.global_step // 2  # two optimiser steps per batch; the loggers count batches
+        out_dir = Path(self.trainer.default_root_dir) / "samples" / f"step_{step:07d}"
+        log_audio(self.loggers, "val/samples", clips, self.model.config.sampling_rate, step, out_dir)
 
     @torch.no_grad()
     def synthesize(self, texts: Sequence[str], speaker_id: int | None = None, **scales: float) -> list[torch.Tensor]:

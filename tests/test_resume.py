@@ -1,0 +1,117 @@
+"""Resuming: a run SIGKILLed mid-epoch and restarted with `ckpt_path=last` ends with the weights of a run that
+was never interrupted (deterministic mode, same seed), for the ASR task and for the VITS GAN."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from speechtrain.data.datamodule import ResumableDataLoader
+from speechtrain.data.samplers import DynamicBucketSampler
+from speechtrain.train import ROOT_DIR, train
+
+TESTS_DIR = Path(__file__).resolve().parent
+COMMON = ["trainer.deterministic=true", "+trainer.limit_val_batches=0", "logger=none",
+          "~callbacks.learning_rate_monitor", "export=false", "callbacks.model_checkpoint.monitor=null",
+          "+callbacks.model_checkpoint.every_n_train_steps=1"]
+RECIPES = {
+    # 3 batches an epoch: 5 steps cross an epoch boundary and the kill lands mid-epoch
+    "whisper_mini": (["trainer.max_steps=5", "task.warmup_steps=2"], 2),
+    # 2 batches an epoch and 2 optimiser steps a batch (global_step counts both): 3 batches, killed before the
+    # first of epoch 1, so the last checkpoint is epoch 0's last batch (Lightning then skips on_train_epoch_start)
+    "vits_mini": (["trainer.max_steps=6", "data.max_batch_seconds=6", "data.max_duration=5",
+                   "+data.max_batch_size=2", "+trainer.limit_train_batches=2"], 4),
+}
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs its own process when batch `step` is about to start: no exception handling, no teardown."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Items drawn from torch's global generator, as VITS's random segments and noise are."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.rand(())
+
+
+def random_items_loader() -> ResumableDataLoader:
+    return ResumableDataLoader(RandomItems(), batch_sampler=DynamicBucketSampler([1.0] * 12, 3.0, num_buckets=1))
+
+
+@pytest.mark.parametrize("batches_before_kill", [2, 4])  # mid-epoch 0, end of epoch 0
+def test_loader_resumes_the_batches_and_random_draws_of_an_uninterrupted_run(batches_before_kill):
+    torch.manual_seed(0)
+    uninterrupted, whole, state = random_items_loader(), [], None
+    for epoch in range(2):
+        uninterrupted.batch_sampler.set_epoch(epoch)
+        for batch in uninterrupted:
+            whole.append(batch)
+            if len(whole) == batches_before_kill:
+                state = uninterrupted.state_dict()
+    torch.manual_seed(1)  # a new process: its generators hold something else until the restore
+    loader, resumed = random_items_loader(), []
+    loader.load_state_dict(state)
+    for epoch in range(batches_before_kill // 4, 2):
+        loader.batch_sampler.set_epoch(epoch)
+        resumed.extend(loader)
+    assert len(resumed) == len(whole) - batches_before_kill
+    assert all(torch.equal(a, b) for a, b in zip(whole[batches_before_kill:], resumed, strict=True))
+
+
+@pytest.mark.parametrize("recipe", ["whisper_mini", "vits_mini"])
+def test_killed_run_resumes_to_the_uninterrupted_weights(recipe, compose, tmp_path):
+    overrides, kill_step = RECIPES[recipe]
+    overrides = [f"recipe={recipe}", *COMMON, *overrides]
+    train(compose(*overrides, output_dir=tmp_path / "whole"))
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(ROOT_DIR / "train.py"), *overrides, f"hydra.run.dir={killed}",
+               "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+               "+callbacks.kill._target_=test_resume.KillAtStep", f"+callbacks.kill.step={kill_step}"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    interrupted = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert interrupted["global_step"] == kill_step
+    loader_state = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert 0 < loader_state["batches_done"]  # the loader's state is mid-epoch (VITS: limit_train_batches cut it)
+
+    train(compose(*overrides, "ckpt_path=last", output_dir=killed))
+    whole, resumed = final_weights(tmp_path / "whole"), final_weights(killed)
+    assert whole.keys() == resumed.keys()
+    different = [k for k in whole if not torch.equal(whole[k], resumed[k])]
+    assert not different, different[:5]
+    before = interrupted["state_dict"]
+    assert any(not torch.equal(before[k], resumed[k]) for k in before)  # the resumed run did train on
+
+
+def test_vits_skips_non_finite_generator_losses_then_stops_with_a_clear_message(compose, tmp_path, caplog):
+    """The ASR task's guard is tested in tests/tasks/test_asr_task.py; here the GAN's, end to end."""
+    from speechtrain.tasks.guards import NonFiniteLossError
+
+    overrides = ["recipe=vits_mini", "data.max_batch_seconds=6", "data.max_duration=5", "+data.max_batch_size=2",
+                 "+trainer.limit_val_batches=0", "logger=none", "~callbacks.learning_rate_monitor", "export=false",
+                 "task.mel_weight=nan", "task.max_consecutive_nonfinite=2"]
+    with pytest.raises(NonFiniteLossError, match="2 consecutive steps had a non-finite loss"):
+        train(compose(*overrides, output_dir=tmp_path))
+    assert "skipping step" in caplog.text and "loss is nan" in caplog.text
