@@ -6,7 +6,8 @@ stand-in `fairseq` module is put into `sys.modules` first (only HuBERT/vq-wav2ve
 It lives in a venv of its own that also holds speechtrain:
 
     python3 -m venv /work/venv-soundstorm
-    /work/venv-soundstorm/bin/pip install "torch==2.11.*" "torchaudio==2.11.*" soundstorm-pytorch safetensors
+    /work/venv-soundstorm/bin/pip install "torch==2.11.*" "torchaudio==2.11.*" soundstorm-pytorch safetensors \
+        "lightning==2.6.*" soundfile
     /work/venv-soundstorm/bin/pip install -e . --no-deps
     /work/venv-soundstorm/bin/python bench/soundstorm.py                     # dim 256, depth 4, CPU
     /work/venv-soundstorm/bin/python bench/soundstorm.py --device cuda --dim 1024 --depth 12 --heads 16
