@@ -20,6 +20,8 @@ COMMON = ["trainer.deterministic=true", "+trainer.limit_val_batches=0", "logger=
           "~callbacks.learning_rate_monitor", "export=false", "callbacks.model_checkpoint.monitor=null",
           "+callbacks.model_checkpoint.every_n_train_steps=1"]
 RECIPES = {
+    # 4 batches an epoch from the token data module (the same resumable loader): killed mid-epoch 1
+    "soundstorm_mini": (["trainer.max_steps=7", "task.warmup_steps=2"], 5),
     # 3 batches an epoch: 5 steps cross an epoch boundary and the kill lands mid-epoch
     "whisper_mini": (["trainer.max_steps=5", "task.warmup_steps=2"], 2),
     # 2 batches an epoch and 2 optimiser steps a batch (global_step counts both): 3 batches, killed before the
@@ -78,7 +80,7 @@ def test_loader_resumes_the_batches_and_random_draws_of_an_uninterrupted_run(bat
     assert all(torch.equal(a, b) for a, b in zip(whole[batches_before_kill:], resumed, strict=True))
 
 
-@pytest.mark.parametrize("recipe", ["whisper_mini", "vits_mini"])
+@pytest.mark.parametrize("recipe", ["whisper_mini", "vits_mini", "soundstorm_mini"])
 def test_killed_run_resumes_to_the_uninterrupted_weights(recipe, compose, tmp_path):
     overrides, kill_step = RECIPES[recipe]
     overrides = [f"recipe={recipe}", *COMMON, *overrides]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -110,7 +110,64 @@ class ResumableDataLoader(DataLoader):
             self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
 
-class SpeechDataModule(L.LightningDataModule, ABC):
+class BucketedDataModule(L.LightningDataModule, ABC):
+    """Length-bucketed loaders whose training loader resumes mid-epoch; the speech and token data modules share it.
+
+    Subclasses set `train_dataset` and `val_dataset` in `setup` and `max_batch_seconds`, `num_buckets`, `seed`,
+    `max_batch_size`, `num_workers` and `collator` in `__init__`, and build a split's loader in `_loader` with
+    `_bucketed_loader`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict[str, Any] | None = None
+
+    @abstractmethod
+    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        """The loader of one split (`shuffle` for training)."""
+
+    def _bucketed_loader(self, dataset: Any, durations: Sequence[float], shuffle: bool) -> DataLoader:
+        sampler = DynamicBucketSampler(
+            durations, self.max_batch_seconds, num_buckets=self.num_buckets, shuffle=shuffle,
+            seed=self.seed, max_batch_size=self.max_batch_size,
+        )
+        loader_class = ResumableDataLoader if shuffle else DataLoader  # only training resumes mid-epoch
+        return loader_class(
+            dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before train_dataloader()")
+        self._train_loader = self._loader(self.train_dataset, shuffle=True)
+        if self._train_loader_state is not None:
+            self._train_loader.load_state_dict(self._train_loader_state)
+        return self._train_loader
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation loader in a fixed order, or an empty list (no validation) without a val split."""
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before val_dataloader()")
+        return [] if self.val_dataset is None else self._loader(self.val_dataset, shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position and random states. Lightning saves a stateful loader's state itself
+        but restores it only into a loader built after the restore; a task that reads
+        `trainer.estimated_stepping_batches` (the ASR schedule) makes Lightning build it before, so the data
+        module carries the state too and hands it to whichever loader it builds or has built."""
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._train_loader_state = state.get("train_loader")
+        if self._train_loader is not None and self._train_loader_state is not None:
+            self._train_loader.load_state_dict(self._train_loader_state)
+
+
+class SpeechDataModule(BucketedDataModule):
     """What the ASR and TTS data modules share: corpora in, checked datasets, duration-bucketed batches out.
 
     `train`/`val` are `CorpusSpec`s or their fields as a dict (as Hydra passes them); relative paths
@@ -158,10 +215,6 @@ class SpeechDataModule(L.LightningDataModule, ABC):
         self.num_buckets = num_buckets
         self.max_batch_size = max_batch_size
         self.collator: Callable | None = None
-        self.train_dataset: CheckedDataset | None = None
-        self.val_dataset: CheckedDataset | None = None
-        self._train_loader: ResumableDataLoader | None = None
-        self._train_loader_state: dict[str, Any] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Reads and checks the corpora once (every rank does the same, deterministically)."""
@@ -192,41 +245,7 @@ class SpeechDataModule(L.LightningDataModule, ABC):
         """The task's dataset over `utterances` (checked at construction)."""
 
     def _loader(self, dataset: CheckedDataset, shuffle: bool) -> DataLoader:
-        sampler = DynamicBucketSampler(
-            dataset.durations, self.max_batch_seconds, num_buckets=self.num_buckets, shuffle=shuffle,
-            seed=self.seed, max_batch_size=self.max_batch_size,
-        )
-        loader_class = ResumableDataLoader if shuffle else DataLoader  # only training resumes mid-epoch
-        return loader_class(
-            dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            raise RuntimeError("call setup() before train_dataloader()")
-        self._train_loader = self._loader(self.train_dataset, shuffle=True)
-        if self._train_loader_state is not None:
-            self._train_loader.load_state_dict(self._train_loader_state)
-        return self._train_loader
-
-    def state_dict(self) -> dict[str, Any]:
-        """The training loader's position and random states. Lightning saves a stateful loader's state itself
-        but restores it only into a loader built after the restore; a task that reads
-        `trainer.estimated_stepping_batches` (the ASR schedule) makes Lightning build it before, so the data
-        module carries the state too and hands it to whichever loader it builds or has built."""
-        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._train_loader_state = state.get("train_loader")
-        if self._train_loader is not None and self._train_loader_state is not None:
-            self._train_loader.load_state_dict(self._train_loader_state)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """The validation loader in a fixed order, or an empty list (no validation) without a val split."""
-        if self.train_dataset is None:
-            raise RuntimeError("call setup() before val_dataloader()")
-        return [] if self.val_dataset is None else self._loader(self.val_dataset, shuffle=False)
+        return self._bucketed_loader(dataset, dataset.durations, shuffle)
 
 
 class AsrDataModule(SpeechDataModule):

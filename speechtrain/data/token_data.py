@@ -10,12 +10,10 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from speechtrain.data.datamodule import split_off
-from speechtrain.data.samplers import DynamicBucketSampler
+from speechtrain.data.datamodule import BucketedDataModule, split_off
 from speechtrain.data.token_shards import KMEANS_FILE, TokenizedUtterance, read_token_info, read_token_shards
 
 logger = logging.getLogger(__name__)
@@ -102,7 +100,7 @@ class SoundStormCollator:
                 "texts": [u.text for u in utterances], "audio_seconds": float(frame_mask.sum()) / self.acoustic_rate}
 
 
-class TokenDataModule(L.LightningDataModule):
+class TokenDataModule(BucketedDataModule):
     """Tokens folders in, duration-bucketed batches of an injected collator out (SoundStorm's, Bark's).
 
     `tokens_dir` is a folder written by `speechtrain-tokenize`; `val_dir` another one (same codec
@@ -141,8 +139,6 @@ class TokenDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.token_info: dict | None = None
-        self.train_dataset: TokenDataset | None = None
-        self.val_dataset: TokenDataset | None = None
 
     def _check_collator_rates(self) -> None:
         """A collator that states frame rates must state this folder's (a crop would misalign otherwise)."""
@@ -184,22 +180,4 @@ class TokenDataModule(L.LightningDataModule):
     def _loader(self, dataset: TokenDataset, shuffle: bool) -> DataLoader:
         max_seconds = getattr(self.collator, "max_seconds", None)
         durations = dataset.durations if max_seconds is None else [min(d, max_seconds) for d in dataset.durations]
-        sampler = DynamicBucketSampler(
-            durations, self.max_batch_seconds, num_buckets=self.num_buckets, shuffle=shuffle, seed=self.seed,
-            max_batch_size=self.max_batch_size,
-        )
-        return DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            raise RuntimeError("call setup() before train_dataloader()")
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """The validation loader in a fixed order, or an empty list (no validation) without a val split."""
-        if self.train_dataset is None:
-            raise RuntimeError("call setup() before val_dataloader()")
-        return [] if self.val_dataset is None else self._loader(self.val_dataset, shuffle=False)
+        return self._bucketed_loader(dataset, durations, shuffle)
