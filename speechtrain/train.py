@@ -19,6 +19,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -113,6 +114,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = task.model
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
     callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    if not loggers:  # logger=none: Lightning's learning-rate monitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     strategy = cfg.trainer.get("strategy", "auto")
     strategy = build_strategy(hydra.utils.instantiate(strategy) if OmegaConf.is_dict(strategy) else strategy, task)
     # The data module's bucketing sampler shards across ranks itself.

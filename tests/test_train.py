@@ -1,6 +1,7 @@
 """End to end: compose the real recipe config, train on the mini corpus, export, load in transformers."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,11 @@ def test_finetune_recipe_starts_from_a_hugging_face_folder(compose, tmp_path):
     assert before[name].shape == after[name].shape and not torch.equal(before[name], after[name])
     for file in ("tokenizer.json", "generation_config.json", "preprocessor_config.json"):
         assert (tmp_path / "tuned" / "exported" / file).read_text() == (pretrained / file).read_text(), file
+
+
+def test_training_without_any_logger_runs_with_the_default_callbacks(compose, tmp_path):
+    """logger=none keeps every other default callback; the learning-rate monitor, which needs a logger, is left out."""
+    metrics = train(compose("recipe=whisper_mini", "logger=none", "trainer.max_steps=2", "export=false",
+                            output_dir=tmp_path))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert math.isfinite(metrics["train/loss"])
