@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from speechtrain.layers.attention import check_implementation
+from speechtrain.models.hf_config import hf_config_fields, known_fields
 
 MODEL_TYPES = ("semantic", "coarse_acoustics", "fine_acoustics")
 ARCHITECTURES = {"semantic": "BarkSemanticModel", "coarse_acoustics": "BarkCoarseModel",
@@ -76,10 +77,7 @@ class BarkSubModelConfig:
     def from_hf_dict(cls, hf_config: Mapping[str, Any]) -> BarkSubModelConfig:
         """Builds from a transformers `config.json` dict (`model_type` decides the sub-model); keys this model
         does not use are ignored."""
-        if hf_config.get("model_type") not in MODEL_TYPES:
-            raise ValueError(f"config has model_type={hf_config.get('model_type')!r}, expected one of {MODEL_TYPES}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        values = {key: value for key, value in hf_config.items() if key in known}
+        values = hf_config_fields(cls, hf_config, MODEL_TYPES)
         if values["model_type"] != "fine_acoustics":  # causal models have no such fields (transformers ignores them)
             values = {key: value for key, value in values.items() if key not in FINE_ONLY_FIELDS}
         return cls(**values)
@@ -91,11 +89,6 @@ class BarkSubModelConfig:
         if not self.is_fine:
             values = {key: value for key, value in values.items() if key not in FINE_ONLY_FIELDS}
         return {"architectures": [ARCHITECTURES[self.model_type]], "use_cache": True, **values}
-
-
-def _from_hf_generation_dict(cls: type, values: Mapping[str, Any] | None) -> Any:
-    known = {field.name for field in dataclasses.fields(cls)}
-    return cls(**{key: value for key, value in (values or {}).items() if key in known})
 
 
 @dataclass(frozen=True)
@@ -122,7 +115,7 @@ class SemanticGenerationConfig:
         values = dict(values or {})
         if "eos_token_id" in values and "semantic_pad_token" not in values:
             values["semantic_pad_token"] = values["eos_token_id"]
-        return _from_hf_generation_dict(cls, values)
+        return cls(**known_fields(cls, values))
 
 
 @dataclass(frozen=True)
@@ -140,7 +133,7 @@ class CoarseGenerationConfig:
 
     @classmethod
     def from_hf_dict(cls, values: Mapping[str, Any] | None) -> CoarseGenerationConfig:
-        return _from_hf_generation_dict(cls, values)
+        return cls(**known_fields(cls, values))
 
 
 @dataclass(frozen=True)
@@ -155,7 +148,7 @@ class FineGenerationConfig:
 
     @classmethod
     def from_hf_dict(cls, values: Mapping[str, Any] | None) -> FineGenerationConfig:
-        return _from_hf_generation_dict(cls, values)
+        return cls(**known_fields(cls, values))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from speechtrain.layers.attention import check_implementation
+from speechtrain.models.hf_config import hf_config_fields
 
 
 @dataclass
@@ -66,11 +67,7 @@ class SoundStormConfig:
     @classmethod
     def from_hf_dict(cls, hf_config: dict[str, Any]) -> SoundStormConfig:
         """Builds from a `config.json` dict; keys that are not fields (e.g. `architectures`) are ignored."""
-        model_type = hf_config.get("model_type", "soundstorm")
-        if model_type != "soundstorm":
-            raise ValueError(f"config has model_type={model_type!r}, expected 'soundstorm'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in hf_config.items() if key in known})
+        return cls(**hf_config_fields(cls, hf_config, ("soundstorm",)))
 
     def to_hf_dict(self) -> dict[str, Any]:
         return {"architectures": ["SoundStorm"], "model_type": "soundstorm", **dataclasses.asdict(self)}

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from speechtrain.models.hf_config import hf_config_fields
+
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 
 
@@ -95,11 +97,7 @@ class Speech2TextConfig:
     @classmethod
     def from_hf_dict(cls, hf_config: dict[str, Any]) -> Speech2TextConfig:
         """Builds from a transformers `config.json` dict; keys this model does not use are ignored."""
-        model_type = hf_config.get("model_type", "speech_to_text")
-        if model_type != "speech_to_text":
-            raise ValueError(f"config has model_type={model_type!r}, expected 'speech_to_text'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in hf_config.items() if key in known}
+        values = hf_config_fields(cls, hf_config, ("speech_to_text",))
         if isinstance(values.get("eos_token_id"), list):  # transformers allows several end tokens
             values["eos_token_id"] = values["eos_token_id"][0]
         return cls(**values)

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from speechtrain.models.hf_config import hf_config_fields
+
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
 
 
@@ -129,11 +131,7 @@ class VitsConfig:
     @classmethod
     def from_hf_dict(cls, hf_config: dict[str, Any]) -> VitsConfig:
         """Builds from a transformers `config.json` dict; keys this model does not use are ignored."""
-        model_type = hf_config.get("model_type", "vits")
-        if model_type != "vits":
-            raise ValueError(f"config has model_type={model_type!r}, expected 'vits'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in hf_config.items() if key in known})
+        return cls(**hf_config_fields(cls, hf_config, ("vits",)))
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict that `transformers.VitsConfig` accepts."""

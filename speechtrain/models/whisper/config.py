@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from speechtrain.models.hf_config import hf_config_fields
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
 
@@ -84,11 +86,7 @@ class WhisperConfig:
     @classmethod
     def from_hf_dict(cls, hf_config: dict[str, Any]) -> WhisperConfig:
         """Builds from a transformers `config.json` dict; keys this model does not use are ignored."""
-        model_type = hf_config.get("model_type", "whisper")
-        if model_type != "whisper":
-            raise ValueError(f"config has model_type={model_type!r}, expected 'whisper'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in hf_config.items() if key in known}
+        values = hf_config_fields(cls, hf_config, ("whisper",))
         for key in ("suppress_tokens", "begin_suppress_tokens"):
             if values.get(key) is not None:
                 values[key] = list(values[key])
