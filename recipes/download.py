@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import tarfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
+
+from speechtrain.data.corpora import Utterance, write_manifest_with_durations
 
 
 def download(url: str, target: Path) -> Path:
@@ -39,3 +42,20 @@ def extract(archive: Path, destination: Path) -> None:
         for member in tqdm(members, desc=f"unpacking {archive.name}", unit="file"):
             tar.extract(member, destination, filter="data")
     marker.touch()
+
+
+def prepare_openslr_subsets(
+    root: Path, subsets: list[str], url: str, corpus_folder: str, reader: Callable[[Path], list[Utterance]],
+    fetch: bool = True,
+) -> list[Path]:
+    """For each subset: download (optionally) `url.format(subset=...)`, unpack it into `root`, read
+    `root/corpus_folder/subset` with `reader` and write `root/corpus_folder/subset.jsonl` with durations.
+    Returns the manifest paths."""
+    manifests = []
+    for subset in subsets:
+        if fetch:
+            extract(download(url.format(subset=subset), root / "downloads" / f"{subset}.tar.gz"), root)
+        manifest = root / corpus_folder / f"{subset}.jsonl"
+        write_manifest_with_durations(reader(root / corpus_folder / subset), manifest, subset)
+        manifests.append(manifest)
+    return manifests

@@ -16,25 +16,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from download import download, extract  # noqa: E402
+from download import prepare_openslr_subsets  # noqa: E402
 
-from speechtrain.data.corpora import read_librispeech, write_manifest_with_durations  # noqa: E402
+from speechtrain.data.corpora import read_librispeech  # noqa: E402
 
-URL = "https://www.openslr.org/resources/12/{part}.tar.gz"
+URL = "https://www.openslr.org/resources/12/{subset}.tar.gz"
 PARTS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360", "train-other-500")
 
 
 def prepare_librispeech(root: Path, parts: list[str], fetch: bool = True) -> list[Path]:
     """Download (optionally), unpack and write one manifest per part; returns the manifest paths."""
-    manifests = []
-    for part in parts:
-        if fetch:
-            extract(download(URL.format(part=part), root / "downloads" / f"{part}.tar.gz"), root)
-        utterances = read_librispeech(root / "LibriSpeech" / part)
-        manifest = root / "LibriSpeech" / f"{part}.jsonl"
-        write_manifest_with_durations(utterances, manifest, part)
-        manifests.append(manifest)
-    return manifests
+    return prepare_openslr_subsets(root, parts, URL, "LibriSpeech", read_librispeech, fetch)
 
 
 def main() -> None:

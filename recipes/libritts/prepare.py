@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from download import download, extract  # noqa: E402
+from download import prepare_openslr_subsets  # noqa: E402
 
 from speechtrain.cli import tokenize  # noqa: E402
-from speechtrain.data.corpora import read_libritts, write_manifest_with_durations  # noqa: E402
+from speechtrain.data.corpora import read_libritts  # noqa: E402
 
 URL = "https://www.openslr.org/resources/60/{subset}.tar.gz"
 SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
@@ -33,15 +33,7 @@ SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-10
 
 def prepare_libritts(root: Path, subsets: list[str], fetch: bool = True) -> list[Path]:
     """Download (optionally), unpack and write one manifest per subset; returns the manifest paths."""
-    manifests = []
-    for subset in subsets:
-        if fetch:
-            extract(download(URL.format(subset=subset), root / "downloads" / f"{subset}.tar.gz"), root)
-        utterances = read_libritts(root / "LibriTTS" / subset)
-        manifest = root / "LibriTTS" / f"{subset}.jsonl"
-        write_manifest_with_durations(utterances, manifest, subset)
-        manifests.append(manifest)
-    return manifests
+    return prepare_openslr_subsets(root, subsets, URL, "LibriTTS", read_libritts, fetch)
 
 
 def tokenize_subsets(manifests: list[Path], tokens: Path, tokenize_args: list[str]) -> list[Path]:
