@@ -113,13 +113,27 @@ class ResumableDataLoader(DataLoader):
 class BucketedDataModule(L.LightningDataModule, ABC):
     """Length-bucketed loaders whose training loader resumes mid-epoch; the speech and token data modules share it.
 
-    Subclasses set `train_dataset` and `val_dataset` in `setup` and `max_batch_seconds`, `num_buckets`, `seed`,
-    `max_batch_size`, `num_workers` and `collator` in `__init__`, and build a split's loader in `_loader` with
-    `_bucketed_loader`.
+    Subclasses set `collator` in `__init__` and `train_dataset` and `val_dataset` in `setup`, and build a split's
+    loader in `_loader` with `_bucketed_loader`. `has_val` says whether a separate validation set (`val_name`
+    in the error) was given, which excludes holding out `val_fraction` of the training set.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, max_batch_seconds: float, val_fraction: float, has_val: bool, val_name: str,
+        max_batch_size: int | None, num_buckets: int, num_workers: int, seed: int,
+    ) -> None:
         super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if has_val and val_fraction > 0:
+            raise ValueError(f"give either {val_name} or val_fraction={val_fraction}, not both; set one to null/0")
+        self.max_batch_seconds = max_batch_seconds
+        self.val_fraction = val_fraction
+        self.max_batch_size = max_batch_size
+        self.num_buckets = num_buckets
+        self.num_workers = num_workers
+        self.seed = seed
+        self.collator: Callable | None = None
         self.train_dataset: Any = None
         self.val_dataset: Any = None
         self._train_loader: ResumableDataLoader | None = None
@@ -194,11 +208,8 @@ class SpeechDataModule(BucketedDataModule):
         num_buckets: int = 10,
         max_batch_size: int | None = None,
     ):
-        super().__init__()
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if val is not None and val_fraction > 0:
-            raise ValueError(f"give either a val corpus or val_fraction={val_fraction}, not both; set one to null/0")
+        super().__init__(max_batch_seconds, val_fraction, val is not None, "a val corpus", max_batch_size, num_buckets,
+                         num_workers, seed)
         if max_duration > max_batch_seconds:
             raise ValueError(
                 f"max_batch_seconds={max_batch_seconds} cannot hold one utterance of max_duration={max_duration} s; "
@@ -206,15 +217,8 @@ class SpeechDataModule(BucketedDataModule):
             )
         self.train_spec = CorpusSpec.coerce(train)
         self.val_spec = None if val is None else CorpusSpec.coerce(val)
-        self.max_batch_seconds = max_batch_seconds
         self.max_duration = max_duration
-        self.num_workers = num_workers
         self.strict = strict
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.num_buckets = num_buckets
-        self.max_batch_size = max_batch_size
-        self.collator: Callable | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Reads and checks the corpora once (every rank does the same, deterministically)."""

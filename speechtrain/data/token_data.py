@@ -124,20 +124,11 @@ class TokenDataModule(BucketedDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ):
-        super().__init__()
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if val_dir is not None and val_fraction > 0:
-            raise ValueError(f"give either val_dir or val_fraction={val_fraction}, not both; set one to null/0")
+        super().__init__(max_batch_seconds, val_fraction, val_dir is not None, "val_dir", max_batch_size, num_buckets,
+                         num_workers, seed)
         self.tokens_dir = Path(tokens_dir)
         self.val_dir = None if val_dir is None else Path(val_dir)
         self.collator = collator
-        self.max_batch_seconds = max_batch_seconds
-        self.val_fraction = val_fraction
-        self.max_batch_size = max_batch_size
-        self.num_buckets = num_buckets
-        self.num_workers = num_workers
-        self.seed = seed
         self.token_info: dict | None = None
 
     def _check_collator_rates(self) -> None:
