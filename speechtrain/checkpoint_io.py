@@ -59,7 +59,7 @@ def _fsync_folder(folder: Path) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` with `atomic_torch_save` for local paths (remote URLs keep Lightning's fsspec path).
 
-    Configured as a Trainer plugin (`conf/trainer/default.yaml`), so every checkpoint `ModelCheckpoint`
+    Configured as a Trainer plugin (`speechtrain/conf/trainer/default.yaml`), so every checkpoint `ModelCheckpoint`
     writes, `last.ckpt` included (`save_last: true` writes a full copy, not a link), goes through it.
     """
 

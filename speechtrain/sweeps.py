@@ -12,7 +12,7 @@ the command line:
 Any other override is passed unchanged to every trial. Each trial is one job of the multirun with its
 own folder, and returns `cfg.optimized_metric` (see `speechtrain.train`).
 
-`SweepSummary` (a Hydra callback, on in conf/hydra/default.yaml) writes `summary.md` and `summary.csv`
+`SweepSummary` (a Hydra callback, on in speechtrain/conf/hydra/default.yaml) writes `summary.md` and `summary.csv`
 into the sweep folder when a multirun ends: one row per job with the keys that vary between jobs and
 the job's `optimized_metric` from its `metrics.json`; the CSV has every other final metric too.
 """

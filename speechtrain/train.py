@@ -30,8 +30,9 @@ from speechtrain.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
-ROOT_DIR = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT_DIR / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "conf"  # package data: found the same way from a checkout and from a wheel
+BUNDLED_DATA_DIR = PACKAGE_DIR / "assets"  # the mini corpus, its codec tokens and the mini Bark vocabulary
 
 
 def _model_config_value(folder: str, key: str) -> Any:
@@ -68,7 +69,8 @@ def _eval_int(expression: str) -> int:
 def register_resolvers() -> None:
     """Resolvers the configs use; registered once, also when tests compose configs without main()."""
     resolvers = {
-        "speechtrain_root": lambda: str(ROOT_DIR),
+        "speechtrain_package": lambda: str(PACKAGE_DIR),
+        "working_dir": os.getcwd,
         "model_config_value": _model_config_value,
         "token_info": _token_info,
         # Integer arithmetic on config values, e.g. ${eval_int:${audio.n_fft} // 2 + 1}; digits and + - * // ( ) only.
@@ -154,7 +156,7 @@ def _user_error(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, _USER_ERRORS + (InstantiationException,)) else None
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)

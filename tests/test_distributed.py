@@ -12,7 +12,8 @@ import torch
 
 from speechtrain.data.samplers import DynamicBucketSampler
 from speechtrain.distributed import block_classes
-from speechtrain.train import ROOT_DIR
+
+REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
 
 TESTS_DIR = Path(__file__).resolve().parent
 TINY = ["+trainer.limit_val_batches=0", "logger=none", "~callbacks.learning_rate_monitor", "export=false",
@@ -44,7 +45,7 @@ class RecordRank(L.Callback):
 
 def train_two_processes(tmp_path: Path, *overrides: str) -> list[dict]:
     """`python train.py trainer=ddp_cpu ...` (two processes); returns each rank's record."""
-    command = [sys.executable, str(ROOT_DIR / "train.py"), "trainer=ddp_cpu", *TINY, *overrides,
+    command = [sys.executable, str(REPO_DIR / "train.py"), "trainer=ddp_cpu", *TINY, *overrides,
                "+callbacks.record._target_=test_distributed.RecordRank", f"+callbacks.record.folder={tmp_path}",
                f"hydra.run.dir={tmp_path / 'run'}"]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}

@@ -13,7 +13,9 @@ import torch
 
 from speechtrain.data.datamodule import ResumableDataLoader
 from speechtrain.data.samplers import DynamicBucketSampler
-from speechtrain.train import ROOT_DIR, train
+from speechtrain.train import train
+
+REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
 
 TESTS_DIR = Path(__file__).resolve().parent
 COMMON = ["trainer.deterministic=true", "+trainer.limit_val_batches=0", "logger=none",
@@ -87,7 +89,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(recipe, compose, tmp_pa
     train(compose(*overrides, output_dir=tmp_path / "whole"))
 
     killed = tmp_path / "killed"
-    command = [sys.executable, str(ROOT_DIR / "train.py"), *overrides, f"hydra.run.dir={killed}",
+    command = [sys.executable, str(REPO_DIR / "train.py"), *overrides, f"hydra.run.dir={killed}",
                "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false", "~callbacks.progress_bar",
                "+callbacks.kill._target_=test_resume.KillAtStep", f"+callbacks.kill.step={kill_step}"]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}

@@ -13,7 +13,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 
 from speechtrain.sweeps import OptunaSweeper, search_space, write_sweep_summary
-from speechtrain.train import ROOT_DIR
 
 # A 50 k-parameter Whisper, two training batches and one validation batch per job: about a second each.
 TINY = ["recipe=whisper_mini", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
@@ -22,9 +21,11 @@ TINY = ["recipe=whisper_mini", "trainer.max_epochs=1", "+trainer.limit_train_bat
         "model.config.decoder_ffn_dim=64", "data.max_batch_seconds=8", "export=false", "logger=csv",
         "~callbacks.progress_bar", "optimized_metric=val/cer"]
 
+REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
+
 
 def run_sweep(*overrides: str, sweep_dir: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(ROOT_DIR / "train.py"), "--multirun", *TINY, *overrides,
+    result = subprocess.run([sys.executable, str(REPO_DIR / "train.py"), "--multirun", *TINY, *overrides,
                              f"hydra.sweep.dir={sweep_dir}"], cwd=sweep_dir.parent, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechtrain.train import ROOT_DIR, train
+from speechtrain.train import BUNDLED_DATA_DIR, train
+
+REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
 
 FAST = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "logger=csv", "trainer.log_every_n_steps=1"]
 
 
 def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT_DIR / "train.py"), *overrides, f"hydra.run.dir={cwd}/run"],
+        [sys.executable, str(REPO_DIR / "train.py"), *overrides, f"hydra.run.dir={cwd}/run"],
         cwd=cwd, capture_output=True, text=True, timeout=300,
     )
 
@@ -28,7 +30,7 @@ def test_default_recipe_trains_checkpoints_and_exports(compose, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     saved = (tmp_path / "checkpoints" / "config.yaml").read_text()
-    assert "${" not in saved and str(ROOT_DIR / "data" / "mini") in saved  # resolved interpolations
+    assert "${" not in saved and str(BUNDLED_DATA_DIR / "mini") in saved  # resolved interpolations
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
@@ -100,7 +102,7 @@ def test_transcribe_command_prints_one_line_per_file_and_names_bad_ones(compose,
     from speechtrain.cli.transcribe import main as transcribe
 
     train(compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path))
-    wav = ROOT_DIR / "data" / "mini" / "wavs" / "mini_0001.wav"
+    wav = BUNDLED_DATA_DIR / "mini" / "wavs" / "mini_0001.wav"
     with pytest.raises(SystemExit) as exit_info:
         transcribe([str(tmp_path / "exported"), str(wav), str(tmp_path / "missing.wav"), "--beams", "2"])
     out, err = capsys.readouterr()
@@ -117,7 +119,7 @@ def make_corpus_with_bad_items(root: Path) -> Path:
     import soundfile as sf
 
     corpus = root / "corpus"
-    shutil.copytree(ROOT_DIR / "data" / "mini", corpus)
+    shutil.copytree(BUNDLED_DATA_DIR / "mini", corpus)
     lines = (corpus / "metadata.csv").read_text().splitlines()[:12]
     (corpus / "wavs" / "garbage.wav").write_bytes(b"this is not audio" * 100)
     sf.write(corpus / "wavs" / "long.wav", np.zeros(22050 * 4, dtype=np.float32), 22050)  # > 3 s window
@@ -156,7 +158,7 @@ def test_finetune_recipe_starts_from_a_hugging_face_folder(compose, tmp_path):
 
     train(compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path / "base"))
     pretrained = tmp_path / "base" / "exported"
-    data = [f"data.train.path={ROOT_DIR / 'data' / 'mini'}", "data.max_duration=3.0", "data.max_batch_seconds=40"]
+    data = [f"data.train.path={BUNDLED_DATA_DIR / 'mini'}", "data.max_duration=3.0", "data.max_batch_seconds=40"]
     cfg = compose("recipe=whisper_finetune", f"model.pretrained={pretrained}", *data, *FAST[1:],
                   "trainer.max_epochs=1", "task.optimizer.lr=1e-3", output_dir=tmp_path / "tuned")
     assert cfg.data.max_label_tokens == 96  # read from the folder's config.json

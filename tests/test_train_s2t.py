@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from speechtrain.train import ROOT_DIR, train
+from speechtrain.train import BUNDLED_DATA_DIR, train
 
 FAST = ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "logger=csv", "trainer.log_every_n_steps=1",
         "task.max_new_tokens=8"]
-MINI = ROOT_DIR / "data" / "mini"
+MINI = BUNDLED_DATA_DIR / "mini"
 
 
 @pytest.mark.slow

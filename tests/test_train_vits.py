@@ -1,5 +1,7 @@
 """VITS end to end: recipe run, samples, checkpoint, export into transformers, synthesize, fine-tune."""
 
+from pathlib import Path
+
 import pytest
 import soundfile
 import torch
@@ -8,6 +10,8 @@ from speechtrain.cli.synthesize import main as synthesize_main
 from speechtrain.cli.synthesize import synthesize
 from speechtrain.hub import load_bundle
 from speechtrain.train import train
+
+REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
 
 SHORT = ["data.max_batch_seconds=6", "data.max_duration=5", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
          "+trainer.limit_val_batches=1", "trainer.check_val_every_n_epoch=1"]
@@ -82,9 +86,8 @@ def test_ljspeech_recipe_without_the_corpus_says_how_to_get_it(tmp_path):
     import subprocess
     import sys
 
-    from speechtrain.train import ROOT_DIR
 
-    result = subprocess.run([sys.executable, str(ROOT_DIR / "train.py"), "recipe=vits_ljspeech", "trainer=default",
+    result = subprocess.run([sys.executable, str(REPO_DIR / "train.py"), "recipe=vits_ljspeech", "trainer=default",
                              f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""Synthesise the bundled mini corpus (`data/mini`, LJSpeech layout) with a Piper VITS voice.
+"""Synthesise the bundled mini corpus (`speechtrain/assets/mini`, LJSpeech layout) with a Piper VITS voice.
 
 Why: the tests and the default `python train.py` need a small single-speaker corpus of real
 speech that ships with the repository, so nothing is downloaded. The sentences in
@@ -97,7 +97,7 @@ def synthesize(voice: PiperVoice, model: onnx.ModelProto, text: str, seed: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentences", type=Path, default=RECIPE_DIR / "sentences.txt", help="one sentence per line")
-    parser.add_argument("--out", type=Path, default=Path("data/mini"), help="corpus folder to write")
+    parser.add_argument("--out", type=Path, default=Path("speechtrain/assets/mini"), help="corpus folder to write")
     parser.add_argument("--length-scale", type=float, default=1.0, help="speaking time factor (>1 is slower)")
     args = parser.parse_args()
 

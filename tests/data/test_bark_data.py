@@ -1,6 +1,5 @@
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +14,14 @@ from speechtrain.data.bark_data import (
 from speechtrain.data.bark_text import BarkTextTokenizer
 from speechtrain.data.token_shards import TokenizedUtterance
 from speechtrain.models.bark.layouts import coarse_windows, fine_windows
+from speechtrain.train import BUNDLED_DATA_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "data"
-TOKENS = DATA / "mini_tokens"
+TOKENS = BUNDLED_DATA_DIR / "mini_tokens"
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return BarkTextTokenizer.from_pretrained(DATA / "bark_text_mini")
+    return BarkTextTokenizer.from_pretrained(BUNDLED_DATA_DIR / "bark_text_mini")
 
 
 def utterance(name, frames, semantic_frames, seed=0, text="The cat sleeps by the warm window."):

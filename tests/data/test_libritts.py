@@ -1,10 +1,12 @@
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
 from speechtrain.data.corpora import FORMATS, read_corpus, read_libritts, read_manifest
-from speechtrain.train import ROOT_DIR
+
+REPO_DIR = Path(__file__).resolve().parents[2]  # the checkout: train.py and recipes/
 
 
 def write_libritts(root, make_wav) -> None:
@@ -35,7 +37,7 @@ def test_reader_pairs_wavs_with_normalized_transcripts(tmp_path, make_wav):
 
 
 def load_prepare_module():
-    spec = importlib.util.spec_from_file_location("libritts_prepare", ROOT_DIR / "recipes" / "libritts" / "prepare.py")
+    spec = importlib.util.spec_from_file_location("libritts_prepare", REPO_DIR / "recipes" / "libritts" / "prepare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -98,10 +98,10 @@ def test_preprocessor_config_round_trips_with_transformers(tmp_path):
 
 def test_data_module_accepts_an_extractor_without_chunk_length(fake_tokenizer):
     from speechtrain.data.datamodule import AsrDataModule
-    from speechtrain.train import ROOT_DIR
+    from speechtrain.train import BUNDLED_DATA_DIR
 
     module = AsrDataModule(
-        train={"format": "ljspeech", "path": str(ROOT_DIR / "data" / "mini")}, val=None, tokenizer=fake_tokenizer,
+        train={"format": "ljspeech", "path": str(BUNDLED_DATA_DIR / "mini")}, val=None, tokenizer=fake_tokenizer,
         feature_extractor=Speech2TextFeatureExtractor(), max_batch_seconds=40.0, max_duration=20.0,
         max_label_tokens=100, val_fraction=0.1,
     )

@@ -10,11 +10,11 @@ from speechtrain.data.tokenizers import (
     train_s2t_tokenizer,
     train_s2t_tokenizer_on_corpus,
 )
-from speechtrain.train import ROOT_DIR
+from speechtrain.train import BUNDLED_DATA_DIR
 
 transformers = pytest.importorskip("transformers")
 
-MINI = {"format": "ljspeech", "path": str(ROOT_DIR / "data" / "mini")}
+MINI = {"format": "ljspeech", "path": str(BUNDLED_DATA_DIR / "mini")}
 TEXTS = ["The cat sleeps by the warm window.", "Where did you put the blue book?", "unseen wörds, café — ok?",
          "  two  spaces", "please open the door for the dog"]
 

@@ -8,8 +8,9 @@ from tiny_tokenizers import one_torch_thread, tiny_codec, tiny_hubert  # noqa: F
 from speechtrain.data.semantic import KMeans
 from speechtrain.data.token_data import SoundStormCollator, TokenDataModule, TokenDataset
 from speechtrain.data.token_shards import TokenizedUtterance, tokenize_corpus
+from speechtrain.train import BUNDLED_DATA_DIR
 
-MINI = Path(__file__).resolve().parents[2] / "data" / "mini"
+MINI = BUNDLED_DATA_DIR / "mini"
 
 
 def utterance(name: str, frames: int, semantic_frames: int, levels: int = 2) -> TokenizedUtterance:

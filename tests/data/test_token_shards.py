@@ -12,8 +12,9 @@ from speechtrain.data import token_shards
 from speechtrain.data.audio import load_audio
 from speechtrain.data.semantic import KMeans
 from speechtrain.data.token_shards import read_token_info, read_token_shards, tokenize_corpus
+from speechtrain.train import BUNDLED_DATA_DIR
 
-MINI = Path(__file__).resolve().parents[2] / "data" / "mini"
+MINI = BUNDLED_DATA_DIR / "mini"
 SPEC = {"format": "ljspeech", "path": str(MINI), "limit": 4}
 KMEANS = dict(kmeans_clusters=8, kmeans_utterances=2, kmeans_iterations=10)
 

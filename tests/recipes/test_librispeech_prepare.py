@@ -1,12 +1,14 @@
 import importlib.util
 import json
+from pathlib import Path
 
 from speechtrain.data.corpora import read_manifest
-from speechtrain.train import ROOT_DIR
+
+REPO_DIR = Path(__file__).resolve().parents[2]  # the checkout: train.py and recipes/
 
 
 def load_prepare_module():
-    spec = importlib.util.spec_from_file_location("prepare", ROOT_DIR / "recipes" / "librispeech" / "prepare.py")
+    spec = importlib.util.spec_from_file_location("prepare", REPO_DIR / "recipes" / "librispeech" / "prepare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
