@@ -15,10 +15,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from speechtrain.errors import DataError
+
 AudioSource = str | Path | bytes
 
 
-class AudioError(ValueError):
+class AudioError(DataError):
     """A file that cannot be used as audio; `str(err)` is `"<path>: <reason>"`."""
 
     def __init__(self, path: str | Path, reason: str):

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from speechtrain.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 PAD = "_"
@@ -73,7 +75,7 @@ def english_cleaners(text: str) -> str:
 CLEANERS = {"basic": basic_cleaners, "english": english_cleaners}
 
 
-class UnknownSymbolError(ValueError):
+class UnknownSymbolError(DataError):
     """A text holds characters that are not in the symbol table (raised by a `strict` tokenizer)."""
 
 
