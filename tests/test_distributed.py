@@ -40,7 +40,36 @@ class RecordRank(L.Callback):
 
     def on_train_end(self, trainer, module) -> None:
         torch.save({"world_size": trainer.world_size, "ids": self.ids, "initial": self.initial,
-                    "final": self.weights(module)}, self.folder / f"rank{trainer.global_rank}.pt")
+                    "final": self.weights(module), "skipped_batches": getattr(module, "skipped_batches", None),
+                    "nonfinite_steps": getattr(getattr(module, "nonfinite", None), "skipped", None)},
+                   self.folder / f"rank{trainer.global_rank}.pt")
+
+
+class PoisonOneStep(L.Callback):
+    """Makes rank `rank`'s loss NaN at batch `batch_idx` (the other rank's stays finite) and saves, per rank, the
+    weights and the optimiser's step counts just before and just after that batch."""
+
+    def __init__(self, folder: str, rank: int = 1, batch_idx: int = 1) -> None:
+        self.folder, self.rank, self.batch_idx, self.before = Path(folder), rank, batch_idx, None
+
+    @staticmethod
+    def optimizer_steps(trainer) -> list[float]:
+        return [float(state["step"]) for state in trainer.optimizers[0].state.values()]
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx != self.batch_idx:
+            return
+        self.before = RecordRank.weights(module), self.optimizer_steps(trainer)
+        if trainer.global_rank == self.rank:
+            finite_loss = module.model_step  # the ASR task's loss
+            module.model_step = lambda batch: finite_loss(batch) * float("nan")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if batch_idx != self.batch_idx:
+            return
+        module.__dict__.pop("model_step", None)
+        torch.save({"before": self.before, "after": (RecordRank.weights(module), self.optimizer_steps(trainer))},
+                   self.folder / f"poisoned{trainer.global_rank}.pt")
 
 
 def train_two_processes(tmp_path: Path, *overrides: str) -> list[dict]:
@@ -66,6 +95,22 @@ def assert_trained_in_sync(records: list[dict]) -> None:
 
 def test_ddp_trains_the_asr_task_identically_on_two_ranks(tmp_path):
     assert_trained_in_sync(train_two_processes(tmp_path, "recipe=whisper_mini", "trainer.max_steps=1"))
+
+
+def test_ddp_skips_a_step_on_every_rank_when_one_rank_has_a_non_finite_loss(tmp_path):
+    """Rank 1's loss is NaN at its second batch: instead of rank 0 waiting in the all-reduce until the timeout,
+    both ranks skip that step (no update, no optimiser state change), count it, and train on in sync."""
+    records = train_two_processes(tmp_path, "recipe=whisper_mini", "trainer.max_steps=3", "data.max_batch_seconds=10",
+                                  "+callbacks.poison._target_=test_distributed.PoisonOneStep",
+                                  f"+callbacks.poison.folder={tmp_path}")
+    assert_trained_in_sync(records)
+    assert [r["skipped_batches"] for r in records] == [1, 1] and [r["nonfinite_steps"] for r in records] == [1, 1]
+    for rank in range(2):
+        poisoned = torch.load(tmp_path / f"poisoned{rank}.pt", weights_only=False)
+        (weights_before, steps_before), (weights_after, steps_after) = poisoned["before"], poisoned["after"]
+        assert steps_before == steps_after and steps_before  # AdamW's state did not move either
+        for name, value in weights_before.items():
+            assert torch.equal(value, weights_after[name]), name
 
 
 def test_ddp_trains_the_vits_gan_identically_on_two_ranks(tmp_path):

@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +19,7 @@ from torch import nn
 from speechtrain.decoding import decode_to_text
 from speechtrain.layers.specaugment import SpecAugment
 from speechtrain.tasks.checkpointing import attach_pretrained_files
-from speechtrain.tasks.guards import NonFiniteGuard
+from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.metrics import error_counts
 from speechtrain.tasks.sample_logging import log_text_table
 from speechtrain.tasks.schedules import warmup_decay_schedule
@@ -28,7 +27,7 @@ from speechtrain.tasks.schedules import warmup_decay_schedule
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
-class Seq2SeqASRTask(L.LightningModule):
+class Seq2SeqASRTask(GuardedTask):
     """Trains an encoder-decoder with the interface of docs/design.md on `AsrCollator` batches."""
 
     def __init__(
@@ -48,7 +47,7 @@ class Seq2SeqASRTask(L.LightningModule):
         num_logged_predictions: int = 4,
         max_consecutive_nonfinite: int = 10,
     ) -> None:
-        super().__init__()
+        super().__init__(max_consecutive_nonfinite)
         self.model = model
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
@@ -61,8 +60,6 @@ class Seq2SeqASRTask(L.LightningModule):
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.num_logged_predictions = num_logged_predictions
-        self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
-        self.skipped_batches = 0
         if freeze_encoder:
             self.model.get_encoder().requires_grad_(False)
         self._val_counts: dict[str, int] = {}
@@ -86,18 +83,8 @@ class Seq2SeqASRTask(L.LightningModule):
             label_smoothing=self.label_smoothing,
         )
 
-    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every item of the batch failed to load; the dataset has said which
-            self.skipped_batches += 1
-            return None
-        loss = self.model_step(batch)
-        if not self.nonfinite.check(loss, self.global_step, batch["ids"]):
-            self.skipped_batches += 1
-            return None
-        batch_size = len(batch["ids"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/skipped_items", float(batch.get("num_skipped", 0)), reduce_fx="sum", batch_size=batch_size)
-        return loss
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.model_step(batch), {}
 
     # --- validation -----------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +27,7 @@ from speechtrain.layers.lora import LoRALinear, apply_lora, merge_lora
 from speechtrain.models.bark import BarkCausalModel, BarkFineModel
 from speechtrain.models.bark.layouts import DEFAULTS, IGNORE_INDEX
 from speechtrain.tasks.checkpointing import attach_pretrained_files
-from speechtrain.tasks.guards import NonFiniteGuard
+from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.schedules import warmup_decay_schedule
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -55,9 +54,11 @@ def fine_logits(model: BarkFineModel, batch: Mapping[str, torch.Tensor]) -> torc
 FORWARDS = {"semantic": semantic_logits, "coarse_acoustics": coarse_logits, "fine_acoustics": fine_logits}
 
 
-class BarkTask(L.LightningModule):
+class BarkTask(GuardedTask):
     """Trains one Bark sub-model on `bark_data` batches; logs `loss`, `accuracy` (of the scored tokens) and
     `tokens` (scored tokens, summed) under `train/` and `val/`."""
+
+    summed_metrics = frozenset({"tokens"})
 
     def __init__(
         self,
@@ -71,14 +72,12 @@ class BarkTask(L.LightningModule):
         tokenizer: Any = None,
         feature_extractor: Any = None,
     ) -> None:
-        super().__init__()
+        super().__init__(max_consecutive_nonfinite)
         self.forward_logits = FORWARDS[model.config.model_type]
         self.model = model
         self.optimizer_factory = optimizer
         self.warmup_steps, self.lr_decay, self.min_lr_ratio = warmup_steps, lr_decay, min_lr_ratio
         self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
-        self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
-        self.skipped_batches = 0
         if lora:
             unknown = set(lora) - LORA_KEYS
             if unknown or "targets" not in lora:
@@ -99,28 +98,18 @@ class BarkTask(L.LightningModule):
         accuracy = ((logits.argmax(dim=-1) == labels) & scored).sum() / tokens.clamp(min=1)
         return loss, accuracy, tokens
 
-    def _log_step(self, stage: str, loss: torch.Tensor, accuracy: torch.Tensor, tokens: torch.Tensor,
-                  batch_size: int) -> None:
-        sync = stage == "val"
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=sync)
-        self.log(f"{stage}/accuracy", accuracy, batch_size=batch_size, sync_dist=sync)
-        self.log(f"{stage}/tokens", tokens.float(), reduce_fx="sum", batch_size=batch_size, sync_dist=sync)
-
-    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:
-            self.skipped_batches += 1
-            return None
+    def training_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, accuracy, tokens = self.model_step(batch)
-        if not self.nonfinite.check(loss, self.global_step, batch["ids"]):
-            self.skipped_batches += 1
-            return None
-        self._log_step("train", loss, accuracy, tokens, len(batch["ids"]))
-        return loss
+        return loss, {"accuracy": accuracy, "tokens": tokens.float()}
 
     def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
         if batch is None:
             return
-        self._log_step("val", *self.model_step(batch), len(batch["ids"]))
+        loss, accuracy, tokens = self.model_step(batch)
+        batch_size = len(batch["ids"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("val/accuracy", accuracy, batch_size=batch_size, sync_dist=True)
+        self.log("val/tokens", tokens.float(), reduce_fx="sum", batch_size=batch_size, sync_dist=True)
 
     # --- optimisation and checkpoints -----------------------------------------------------------
 

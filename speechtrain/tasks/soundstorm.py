@@ -15,20 +15,19 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
 from speechtrain.models.soundstorm import IGNORE_INDEX, SoundStorm, SoundStormMasking, generate
 from speechtrain.tasks.checkpointing import attach_pretrained_files
-from speechtrain.tasks.guards import NonFiniteGuard
+from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.sample_logging import log_audio
 from speechtrain.tasks.schedules import warmup_decay_schedule
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
-class SoundStormTask(L.LightningModule):
+class SoundStormTask(GuardedTask):
     """Trains a `SoundStorm` on codec-token batches; self-conditions when the model has the parameters for it."""
 
     def __init__(
@@ -51,7 +50,7 @@ class SoundStormTask(L.LightningModule):
         tokenizer: Any = None,
         feature_extractor: Any = None,
     ) -> None:
-        super().__init__()
+        super().__init__(max_consecutive_nonfinite)
         config = model.config
         self.model = model
         self.optimizer_factory = optimizer
@@ -66,8 +65,6 @@ class SoundStormTask(L.LightningModule):
         self.prompt_seconds = prompt_seconds
         self.__dict__["codec"] = codec  # not a submodule: kept out of the state dict and the checkpoint
         self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
-        self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
-        self.skipped_batches = 0
         self._sample_item: dict[str, torch.Tensor] | None = None
 
     # --- training -------------------------------------------------------------------------------
@@ -91,18 +88,9 @@ class SoundStormTask(L.LightningModule):
         accuracy = (logits.argmax(-1) == masked.labels)[scored].float().mean()
         return loss, accuracy
 
-    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every item of the batch failed to load; the dataset has said which
-            self.skipped_batches += 1
-            return None
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, accuracy = self.model_step(batch)
-        if not self.nonfinite.check(loss, self.global_step, batch["ids"]):
-            self.skipped_batches += 1
-            return None
-        batch_size = len(batch["ids"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/accuracy", accuracy, batch_size=batch_size)
-        return loss
+        return loss, {"accuracy": accuracy}
 
     # --- validation -----------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from speechtrain.models.vits import VitsModel, slice_segments
 from speechtrain.models.vits.modeling import lengths_to_mask
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.gan_losses import discriminator_loss, feature_loss, generator_loss, kl_loss
-from speechtrain.tasks.guards import NonFiniteGuard
+from speechtrain.tasks.guards import NonFiniteGuard, batch_missing_on_any_rank
 from speechtrain.tasks.sample_logging import log_audio
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -103,7 +103,7 @@ class VitsTask(L.LightningModule):
         return out, real, torch.stack([mel_loss, kl, out["duration_loss"].float()])
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
-        if batch is None:
+        if batch_missing_on_any_rank(batch, self.device):  # every rank skips together, or DDP's all-reduce hangs
             return
         generator_optimizer, discriminator_optimizer = self.optimizers()
         out, real, (mel_loss, kl, duration_loss) = self.generator_pass(batch)

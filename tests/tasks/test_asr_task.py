@@ -61,14 +61,63 @@ def test_spec_augment_masks_training_batches_only(pieces):
 def test_empty_and_non_finite_batches_are_skipped_then_the_run_stops(pieces, caplog):
     task, datamodule = pieces
     batch = next(iter(datamodule.train_dataloader()))
-    assert task.training_step(None, 0) is None and task.skipped_batches == 1
+    loss = task.training_step(None, 0)
+    assert task.skipped_batches == 1
+    loss.backward()  # a zero loss that reaches every parameter, so that DDP's all-reduce runs as on any step
+    trainable = [p for p in task.parameters() if p.requires_grad]
+    assert loss.item() == 0 and all(p.grad is not None and not p.grad.any() for p in trainable)
 
     task.model_step = lambda batch: torch.tensor(float("nan"))
     task.nonfinite.max_consecutive = 3
-    assert task.training_step(batch, 1) is None and task.training_step(batch, 2) is None
+    assert task.training_step(batch, 1).item() == 0 and task.training_step(batch, 2).item() == 0
+    assert task.skipped_batches == 3 and task.nonfinite.skipped == 2
     assert "loss is nan" in caplog.text and batch["ids"][0] in caplog.text
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
         task.training_step(batch, 3)
+
+
+def test_a_skipped_step_changes_nothing_and_the_epoch_counts_reach_the_logger(pieces, tmp_path):
+    """The loss is NaN at batch 1 of 3: weights and AdamW's state (moments, step count) stay as they were, though
+    weight decay alone would move the weights; the epoch's skipped steps and dropped items reach the CSV logger."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    task, datamodule = pieces
+    around_skip = {}
+
+    class SpoilOneStep(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            batch["num_skipped"] = 2  # as if the collator had dropped two items of every batch
+            if batch_idx == 1:
+                around_skip["before"] = snapshot(module), optimizer_state(trainer)
+                finite_loss = module.model_step
+                module.model_step = lambda batch: finite_loss(batch) * float("nan")
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                del module.model_step
+                around_skip["after"] = snapshot(module), optimizer_state(trainer)
+
+    def optimizer_state(trainer) -> dict[str, torch.Tensor]:
+        states = trainer.optimizers[0].state.values()
+        return {f"{i}.{key}": value.clone() for i, state in enumerate(states) for key, value in state.items()}
+
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, use_distributed_sampler=False, callbacks=[SpoilOneStep()])
+    trainer.fit(task, datamodule=datamodule)
+    assert trainer.num_training_batches == 3
+    (weights_before, state_before), (weights_after, state_after) = around_skip["before"], around_skip["after"]
+    assert state_before and state_before.keys() == state_after.keys()
+    assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)
+    assert all(torch.equal(weights_before[k], weights_after[k]) for k in weights_before)
+    with open(next(tmp_path.glob("csv/*/metrics.csv"))) as file:
+        rows = [row for row in csv.DictReader(file) if row.get("train/skipped_batches")]
+    assert len(rows) == 1
+    assert {key: float(rows[0][key]) for key in ("train/skipped_batches", "train/nonfinite_steps",
+                                                  "train/skipped_items")} == {
+        "train/skipped_batches": 1.0, "train/nonfinite_steps": 1.0, "train/skipped_items": 6.0}
 
 
 def test_warmup_then_linear_decay_to_zero_at_the_last_step(pieces):
