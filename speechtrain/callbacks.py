@@ -1,4 +1,5 @@
-"""Lightning callbacks every recipe shares: training throughput, and a progress bar that shows the learning rate.
+"""Lightning callbacks every recipe shares: per-rank seeding, training throughput, and a progress bar that shows the
+learning rate.
 
 Throughput is read from the batch itself, so any task works whose collator follows this protocol
 (`AsrCollator` and `TtsCollator` do):
@@ -37,6 +38,28 @@ def batch_counts(batch: dict[str, Any]) -> dict[str, float]:
     if batch.get("audio_seconds") is not None:
         counts["audio_seconds"] = float(batch["audio_seconds"])
     return counts
+
+
+def seed_for_rank(seed: int, rank: int) -> int:
+    """Seeds Python, NumPy and torch (every device) with `seed + rank` and returns that seed."""
+    return L.seed_everything(seed + rank, workers=True, verbose=False)
+
+
+class RankSeed(Callback):
+    """Reseeds each process with `seed + global rank` once the processes have started (Lightning's `setup`).
+
+    `train` seeds every process alike before building the model, so that all ranks start from the same weights;
+    left at that, every rank would also draw the same SpecAugment masks, dropout and random segments, which
+    wastes the data parallelism. The bucketing sampler shuffles from its own `seed + epoch` generator, the same on
+    every rank by design, so the batches' split across ranks is not affected. A rerun with the same seed and world
+    size draws the same numbers on each rank.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        seed_for_rank(self.seed, trainer.global_rank)
 
 
 class ThroughputMonitor(Callback):

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from speechtrain.callbacks import RankSeed
 from speechtrain.distributed import build_strategy
 from speechtrain.hub import save_bundle
 from speechtrain.model_card import write_model_card
@@ -115,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task, datamodule = build(cfg)
     model = task.model
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    callbacks = [RankSeed(cfg.seed)] + [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
     if not loggers:  # logger=none: Lightning's learning-rate monitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     strategy = cfg.trainer.get("strategy", "auto")

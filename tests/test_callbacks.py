@@ -84,3 +84,24 @@ def test_collators_report_the_unpadded_audio_seconds(fake_tokenizer):
                  {"id": "b", "text": "c", "token_ids": [3], "audio": torch.zeros(4410), "speaker_id": None}]
     assert TtsCollator(64, 16, 64, sample_rate=22050)(tts_items)["audio_seconds"] == pytest.approx(0.3)
     assert "audio_seconds" not in TtsCollator(64, 16, 64)(tts_items)
+
+
+def test_each_rank_draws_its_own_spec_augment_masks_and_a_rerun_draws_them_again():
+    """`RankSeed.setup` seeds `seed + rank`: SpecAugment (NumPy) and dropout (torch) masks differ between ranks 0 and
+    1 and repeat when a rank is seeded again."""
+    from types import SimpleNamespace
+
+    from speechtrain.callbacks import RankSeed
+    from speechtrain.layers.specaugment import SpecAugment
+
+    spec_augment = SpecAugment(mask_time_prob=0.3, mask_time_length=3, mask_feature_prob=0.3, mask_feature_length=2)
+    features = torch.ones(4, 16, 60)
+
+    def masks_of_rank(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        RankSeed(1234).setup(SimpleNamespace(global_rank=rank), None, "fit")
+        return spec_augment(features) == 0, torch.nn.functional.dropout(features, 0.5) == 0
+
+    rank0, rank1 = masks_of_rank(0), masks_of_rank(1)
+    assert rank0[0].any() and not torch.equal(rank0[0], rank1[0]) and not torch.equal(rank0[1], rank1[1])
+    assert all(torch.equal(a, b) for a, b in zip(masks_of_rank(0), rank0, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(masks_of_rank(1), rank1, strict=True))

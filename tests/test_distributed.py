@@ -12,6 +12,7 @@ import torch
 
 from speechtrain.data.samplers import DynamicBucketSampler
 from speechtrain.distributed import block_classes
+from speechtrain.layers.specaugment import SpecAugment
 
 REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
 
@@ -22,10 +23,11 @@ VITS_TINY = ["data.max_batch_seconds=6", "data.max_duration=5"]
 
 
 class RecordRank(L.Callback):
-    """Saves, per rank, the full weights before and after training and the ids of every batch it trained on."""
+    """Saves, per rank, the full weights before and after training, the ids of every batch it trained on, and a
+    SpecAugment mask and a dropout mask drawn from the rank's generators when training starts."""
 
     def __init__(self, folder: str) -> None:
-        self.folder, self.ids, self.initial = Path(folder), [], None
+        self.folder, self.ids, self.initial, self.random_masks = Path(folder), [], None, None
 
     @staticmethod
     def weights(module: L.LightningModule) -> dict[str, torch.Tensor]:
@@ -34,13 +36,18 @@ class RecordRank(L.Callback):
 
     def on_train_start(self, trainer, module) -> None:
         self.initial = self.weights(module)
+        spec_augment = SpecAugment(mask_time_prob=0.3, mask_time_length=3, mask_feature_prob=0.3,
+                                   mask_feature_length=2)
+        features = torch.ones(4, 16, 60)
+        self.random_masks = spec_augment(features) == 0, torch.nn.functional.dropout(features, 0.5) == 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self.ids += list(batch["ids"])
 
     def on_train_end(self, trainer, module) -> None:
         torch.save({"world_size": trainer.world_size, "ids": self.ids, "initial": self.initial,
-                    "final": self.weights(module), "skipped_batches": getattr(module, "skipped_batches", None),
+                    "final": self.weights(module), "random_masks": self.random_masks,
+                    "skipped_batches": getattr(module, "skipped_batches", None),
                     "nonfinite_steps": getattr(getattr(module, "nonfinite", None), "skipped", None)},
                    self.folder / f"rank{trainer.global_rank}.pt")
 
@@ -94,7 +101,10 @@ def assert_trained_in_sync(records: list[dict]) -> None:
 
 
 def test_ddp_trains_the_asr_task_identically_on_two_ranks(tmp_path):
-    assert_trained_in_sync(train_two_processes(tmp_path, "recipe=whisper_mini", "trainer.max_steps=1"))
+    records = train_two_processes(tmp_path, "recipe=whisper_mini", "trainer.max_steps=1")
+    assert_trained_in_sync(records)
+    for first, second in zip(records[0]["random_masks"], records[1]["random_masks"], strict=True):
+        assert not torch.equal(first, second)  # each rank draws its own SpecAugment and dropout masks
 
 
 def test_ddp_skips_a_step_on_every_rank_when_one_rank_has_a_non_finite_loss(tmp_path):
@@ -132,6 +142,9 @@ def test_fsdp_on_cpu_matches_ddp(tmp_path):
     assert (tmp_path / "fsdp" / "run" / "checkpoints" / "last.ckpt").is_dir()  # one shard file per rank
     for name, expected in ddp[0]["final"].items():
         torch.testing.assert_close(fsdp[0]["final"][name], expected, atol=2e-5, rtol=1e-4, msg=name)
+    for ddp_rank, fsdp_rank in zip(ddp, fsdp, strict=True):  # a rerun (same seed) draws each rank's masks again
+        assert all(torch.equal(a, b) for a, b in zip(ddp_rank["random_masks"], fsdp_rank["random_masks"], strict=True))
+    assert not torch.equal(ddp[0]["random_masks"][0], ddp[1]["random_masks"][0])
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
