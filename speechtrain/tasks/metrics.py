@@ -8,17 +8,24 @@ from collections.abc import Sequence
 
 import jiwer
 
-_PUNCTUATION = re.compile(r"[^\w\s']|_")
 _SPACES = re.compile(r"\s+")
+# Combining marks (Mn, Mc, Me: virama, vowel signs, accents of decomposed text) belong to the letter before them.
+_COMBINING_MARKS = ("Mn", "Mc", "Me")
+
+
+def _word_character(character: str) -> bool:
+    return character.isalnum() or character == "'" or unicodedata.category(character) in _COMBINING_MARKS
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, NFKC, punctuation to spaces (apostrophes kept), collapsed whitespace.
+    """Lower-case, NFKC, punctuation and symbols to spaces (apostrophes and combining marks kept), collapsed
+    whitespace.
 
-    Scoring "Hello, world!" against "hello world" as a perfect match is what a reader expects of WER.
+    Scoring "Hello, world!" against "hello world" as a perfect match is what a reader expects of WER; a mark such
+    as the Devanagari virama is part of its word ('नमस्ते' stays one word).
     """
     text = unicodedata.normalize("NFKC", text).lower().replace("’", "'")
-    text = _PUNCTUATION.sub(" ", text)
+    text = "".join(c if _word_character(c) else " " for c in text)
     text = re.sub(r"(^|\s)'+|'+(\s|$)", r"\1 \2", text)  # quotes, not contractions
     return _SPACES.sub(" ", text).strip()
 

@@ -10,6 +10,15 @@ def test_normalizer_ignores_case_and_punctuation_but_keeps_contractions():
     assert normalize_text("  ") == ""
 
 
+def test_normalizer_keeps_combining_marks_inside_words():
+    assert normalize_text("नमस्ते दुनिया!") == "नमस्ते दुनिया"  # virama (Mn) and vowel signs (Mc) stay
+    assert normalize_text("வணக்கம், உலகம்") == "வணக்கம் உலகம்"
+    assert normalize_text("cafe\u0301 ok") == "café ok"  # NFKC composes the accent
+    assert normalize_text("x\u20dd y") == "x\u20dd y"  # an enclosing mark (Me)
+    counts = error_counts(["नमस्ते दुनिया"], ["नमस्ते दुनिया"])
+    assert counts["words"] == 2 and counts["word_errors"] == 0
+
+
 def test_error_rates_match_jiwer_on_normalised_text():
     refs = ["The cat sat.", "A dog barked loudly", "", "one two three"]
     hyps = ["the cat sat", "a dog parked", "noise", "one three four"]
