@@ -8,7 +8,6 @@ that the data layer emptied or that produce a non-finite loss.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,7 +21,7 @@ from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.metrics import error_counts
 from speechtrain.tasks.sample_logging import log_text_table
-from speechtrain.tasks.schedules import warmup_decay_schedule
+from speechtrain.tasks.schedules import step_schedule
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
@@ -124,9 +123,8 @@ class Seq2SeqASRTask(GuardedTask):
             {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = self.optimizer_factory(groups)
-        total = self.trainer.estimated_stepping_batches
-        total_steps = int(total) if math.isfinite(total) else max(self.warmup_steps * 10, 1)
-        scheduler = warmup_decay_schedule(optimizer, self.warmup_steps, total_steps, self.lr_decay, self.min_lr_ratio)
+        scheduler = step_schedule(optimizer, self.trainer.estimated_stepping_batches, self.warmup_steps,
+                                  self.lr_decay, self.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ adapters are merged into the model in place, so the entry point exports a plain 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -28,7 +27,7 @@ from speechtrain.models.bark import BarkCausalModel, BarkFineModel
 from speechtrain.models.bark.layouts import DEFAULTS, IGNORE_INDEX
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
-from speechtrain.tasks.schedules import warmup_decay_schedule
+from speechtrain.tasks.schedules import step_schedule
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 LORA_KEYS = {"rank", "alpha", "targets", "dropout"}
@@ -120,9 +119,8 @@ class BarkTask(GuardedTask):
         groups = [{"params": [p for p in trainable if p.ndim >= 2]},
                   {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
         optimizer = self.optimizer_factory([group for group in groups if group["params"]])
-        total = self.trainer.estimated_stepping_batches
-        total_steps = int(total) if math.isfinite(total) else max(self.warmup_steps * 10, 1)
-        scheduler = warmup_decay_schedule(optimizer, self.warmup_steps, total_steps, self.lr_decay, self.min_lr_ratio)
+        scheduler = step_schedule(optimizer, self.trainer.estimated_stepping_batches, self.warmup_steps,
+                                  self.lr_decay, self.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _adapted(self) -> dict[str, LoRALinear]:

@@ -120,6 +120,25 @@ def test_a_skipped_step_changes_nothing_and_the_epoch_counts_reach_the_logger(pi
         "train/skipped_batches": 1.0, "train/nonfinite_steps": 1.0, "train/skipped_items": 6.0}
 
 
+def test_an_open_ended_run_refuses_a_decay_over_its_length_and_keeps_a_length_free_one(pieces):
+    """max_steps=-1 and max_epochs=-1: linear decay over an invented 10 x warm-up would leave the learning rate at 0
+    for the rest of the run; it is refused, and inverse_sqrt still gives a positive rate far beyond."""
+    from speechtrain.errors import ConfigError
+
+    task, _ = pieces
+    task.trainer = L.Trainer(max_steps=-1, max_epochs=-1, accelerator="cpu", logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match=r"task.lr_decay=linear .*trainer.max_steps=-1.*inverse_sqrt"):
+        task.configure_optimizers()
+    task.lr_decay = "inverse_sqrt"
+    scheduler = task.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for _ in range(20 * task.warmup_steps):
+        scheduler.optimizer.step()
+        scheduler.step()
+    peak = scheduler.base_lrs[0]
+    assert scheduler.get_last_lr()[0] == pytest.approx(peak * (task.warmup_steps / (20 * task.warmup_steps + 1)) ** 0.5)
+
+
 def test_warmup_then_linear_decay_to_zero_at_the_last_step(pieces):
     task, datamodule = pieces
     lrs = []
