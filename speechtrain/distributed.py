@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -119,11 +119,31 @@ class FullyShardedStrategy(ModelParallelStrategy):
         )
 
 
+def unused_parameters_reason(module: nn.Module) -> str | None:
+    """Why a training step of `module` may leave parameters without a gradient, or None when it cannot.
+
+    A manually optimised module (a GAN step: the discriminator loss reaches none of the generator's parameters) may,
+    and so may any submodule that declares `may_leave_parameters_unused` (layerdrop, SoundStorm's
+    self-conditioning), so that no family is named here.
+    """
+    if isinstance(module, L.LightningModule) and not module.automatic_optimization:
+        return "manual optimisation"
+    declaring = [type(m).__name__ for m in module.modules() if getattr(m, "may_leave_parameters_unused", False)]
+    return f"{', '.join(sorted(set(declaring)))} may leave parameters unused" if declaring else None
+
+
 def build_strategy(strategy: str | Strategy, module: L.LightningModule) -> str | Strategy:
-    """The Trainer's `strategy` for `module`: as configured, except that plain `ddp` for a manually optimised
-    module becomes `ddp_find_unused_parameters_true`. A GAN step (VitsTask) backpropagates the discriminator
-    loss, which reaches none of the generator's parameters, so DDP must look for unused ones."""
-    if strategy == "ddp" and not module.automatic_optimization:
-        log.info("manual optimisation: using DDP with find_unused_parameters=True")
+    """The Trainer's `strategy` for `module`: as configured, except that plain DDP (`ddp`, or a `DDPStrategy`
+    without `find_unused_parameters`) looks for unused parameters when a step may leave some
+    (`unused_parameters_reason`); otherwise DDP fails at the next step ("Expected to have finished reduction in the
+    prior iteration")."""
+    reason = unused_parameters_reason(module)
+    if reason is None:
+        return strategy
+    if strategy == "ddp":
+        log.info("%s: using DDP with find_unused_parameters=True", reason)
         return "ddp_find_unused_parameters_true"
+    if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+        log.info("%s: setting find_unused_parameters=True on the DDP strategy", reason)
+        strategy._ddp_kwargs["find_unused_parameters"] = True
     return strategy

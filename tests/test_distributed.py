@@ -191,3 +191,26 @@ def test_block_classes_name_the_repeated_layers(compose, tmp_path):
     assert {cls.__name__ for cls in block_classes(soundstorm)} == {"ConformerBlock"}
     with pytest.raises(ValueError, match="block_classes"):
         block_classes(torch.nn.Linear(2, 2))
+
+
+def test_ddp_looks_for_unused_parameters_when_a_step_may_leave_some(compose, tmp_path):
+    """Layerdrop and SoundStorm's self-conditioning leave parameters without a gradient in some steps, which plain
+    DDP fails on at the next step; the models declare it and `build_strategy` turns the search on."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from speechtrain.distributed import build_strategy
+    from speechtrain.train import build
+
+    plain, _ = build(compose("recipe=whisper_mini", output_dir=tmp_path))
+    assert build_strategy("ddp", plain) == "ddp"
+    for layerdrop in ("+model.config.encoder_layerdrop=0.2", "+model.config.decoder_layerdrop=0.2"):
+        dropping, _ = build(compose("recipe=whisper_mini", layerdrop, output_dir=tmp_path))
+        assert build_strategy("ddp", dropping) == "ddp_find_unused_parameters_true"
+    assert build_strategy(DDPStrategy(), dropping)._ddp_kwargs["find_unused_parameters"] is True
+    assert build_strategy("auto", dropping) == "auto"
+    self_conditioned, _ = build(compose("recipe=soundstorm_mini", output_dir=tmp_path))
+    assert self_conditioned.model.config.self_condition
+    assert build_strategy("ddp", self_conditioned) == "ddp_find_unused_parameters_true"
+    unconditioned, _ = build(compose("recipe=soundstorm_mini", "model.config.self_condition=false",
+                                     output_dir=tmp_path))
+    assert build_strategy("ddp", unconditioned) == "ddp"

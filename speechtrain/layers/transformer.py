@@ -171,6 +171,12 @@ class TransformerEncoder(nn.Module):
     layers: nn.ModuleList
     layer_norm: nn.LayerNorm
 
+    @property
+    def may_leave_parameters_unused(self) -> bool:
+        """A training step may skip layers (layerdrop), whose parameters then get no gradient: plain DDP must look
+        for unused parameters (read by `speechtrain.distributed.build_strategy`)."""
+        return self.config.encoder_layerdrop > 0
+
     def run_layers(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, S, d]` embedded input and an optional `[B, S]` mask (True = real) -> `[B, S, d]`, dropping layers
         (`encoder_layerdrop`) in training."""
@@ -189,6 +195,11 @@ class TransformerDecoder(nn.Module):
     config: TransformerConfig
     layers: nn.ModuleList
     layer_norm: nn.LayerNorm
+
+    @property
+    def may_leave_parameters_unused(self) -> bool:
+        """As the encoder's, for `decoder_layerdrop`."""
+        return self.config.decoder_layerdrop > 0
 
     @staticmethod
     def past_length(cache: list[LayerCache] | None) -> int:

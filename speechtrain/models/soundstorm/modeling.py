@@ -51,6 +51,12 @@ class SoundStorm(nn.Module):
         self.logits_weight = nn.Parameter(torch.randn(levels, dim, config.codebook_size) * dim ** -0.5)
         self.logits_bias = nn.Parameter(torch.zeros(levels, config.codebook_size))
 
+    @property
+    def may_leave_parameters_unused(self) -> bool:
+        """With self-conditioning, a step that conditions on a previous pass leaves `null_embed` without a gradient:
+        plain DDP must look for unused parameters (read by `speechtrain.distributed.build_strategy`)."""
+        return self.config.self_condition
+
     def embed_semantic(self, semantic_ids: torch.Tensor, semantic_mask: torch.Tensor | None,
                        num_frames: int) -> torch.Tensor:
         """Semantic embeddings at the codec frame rate [B, num_frames, D]; padded semantic frames embed to 0."""
