@@ -38,11 +38,16 @@ class WhisperTokenizer:
         eos_id, pad_id: end and padding ids (both `<|endoftext|>` in Whisper).
         suppress_tokens, begin_suppress_tokens: ids the decoder must never / not first generate.
         generation_config: the generation_config.json dict.
+        add_prefix_space: `encode` puts a space before a text that has none, so "Hello" becomes " Hello" (one
+            token "ĠHello", as openai's Whisper was trained and still emits it). Off by default, as transformers'
+            `WhisperTokenizer` and its fine-tuning recipes (`tokenizer(text).input_ids` gives "Hello"); saved as
+            `add_prefix_space` in tokenizer_config.json, which transformers reads.
     """
 
     def __init__(self, tokenizer: Tokenizer, generation_config: dict[str, Any], language: str | None = None,
-                 task: str = "transcribe"):
+                 task: str = "transcribe", add_prefix_space: bool = False):
         self.tokenizer = tokenizer
+        self.add_prefix_space = add_prefix_space
         self.generation_config = dict(generation_config)
         for key in ("decoder_start_token_id", "eos_token_id", "no_timestamps_token_id"):
             if self.generation_config.get(key) is None:
@@ -91,9 +96,10 @@ class WhisperTokenizer:
         return code
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, language: str | None = None,
-                        task: str = "transcribe") -> WhisperTokenizer:
-        """Reads `tokenizer.json` and `generation_config.json` from a Whisper folder."""
+    def from_pretrained(cls, path: str | Path, language: str | None = None, task: str = "transcribe",
+                        add_prefix_space: bool | None = None) -> WhisperTokenizer:
+        """Reads `tokenizer.json` and `generation_config.json` from a Whisper folder; `add_prefix_space=None` takes
+        tokenizer_config.json's value (false in openai/whisper-*), false without one."""
         folder = Path(path)
         for name in (TOKENIZER_NAME, GENERATION_CONFIG_NAME):
             if not (folder / name).is_file():
@@ -103,8 +109,12 @@ class WhisperTokenizer:
                 )
         tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_NAME))
         generation_config = json.loads((folder / GENERATION_CONFIG_NAME).read_text())
+        if add_prefix_space is None:
+            config_path = folder / TOKENIZER_CONFIG_NAME
+            tokenizer_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            add_prefix_space = bool(tokenizer_config.get("add_prefix_space", False))
         try:
-            return cls(tokenizer, generation_config, language=language, task=task)
+            return cls(tokenizer, generation_config, language=language, task=task, add_prefix_space=add_prefix_space)
         except ValueError as error:
             raise ValueError(f"{folder}: {error}") from error
 
@@ -118,7 +128,7 @@ class WhisperTokenizer:
         special_tokens = {"bos_token": eos, "eos_token": eos, "unk_token": eos, "pad_token": pad}
         tokenizer_config = {
             "tokenizer_class": "WhisperTokenizer",
-            "add_prefix_space": False,
+            "add_prefix_space": self.add_prefix_space,
             "errors": "replace",
             "model_max_length": 1024,
             **special_tokens,
@@ -136,7 +146,10 @@ class WhisperTokenizer:
             (folder / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
 
     def encode(self, text: str) -> list[int]:
-        """Text tokens only: no prompt, no end token."""
+        """Text tokens only: no prompt, no end token; with `add_prefix_space`, of " " + text unless it starts with
+        whitespace."""
+        if self.add_prefix_space and not text[:1].isspace():
+            text = " " + text
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -152,10 +165,12 @@ def train_whisper_tokenizer(
     vocab_size: int = 512,
     multilingual: bool = False,
     languages: Sequence[str] = ("en",),
+    add_prefix_space: bool = False,
 ) -> WhisperTokenizer:
     """Trains a byte-level BPE (GPT-2 pre-tokenisation, as Whisper) on transcripts and appends Whisper's
     control tokens, with a matching generation config. `vocab_size` counts the control tokens; a small
-    corpus may give fewer merges. Multilingual tokenizers prompt with the first of `languages`."""
+    corpus may give fewer merges. Multilingual tokenizers prompt with the first of `languages`. With
+    `add_prefix_space` the merges are learnt on the texts as `encode` will see them (a space before each)."""
     languages = list(languages)
     if not languages or len(set(languages)) != len(languages):
         raise ValueError(f"languages must be non-empty and without repeats, got {languages}")
@@ -173,6 +188,8 @@ def train_whisper_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(control), initial_alphabet=alphabet, show_progress=False
     )
+    if add_prefix_space:
+        texts = (text if text[:1].isspace() else " " + text for text in texts)
     tokenizer.train_from_iterator(texts, trainer)
     tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in control])
 
@@ -194,7 +211,8 @@ def train_whisper_tokenizer(
                                                      "<|startoflm|>", "<|startofprev|>", "<|nospeech|>")],
         "begin_suppress_tokens": [*tokenizer.encode(" ", add_special_tokens=False).ids, eot],
     }
-    return WhisperTokenizer(tokenizer, generation_config, language=languages[0] if multilingual else None)
+    return WhisperTokenizer(tokenizer, generation_config, language=languages[0] if multilingual else None,
+                            add_prefix_space=add_prefix_space)
 
 
 def train_whisper_tokenizer_on_corpus(
@@ -202,10 +220,12 @@ def train_whisper_tokenizer_on_corpus(
     vocab_size: int = 512,
     multilingual: bool = False,
     languages: Sequence[str] = ("en",),
+    add_prefix_space: bool = False,
 ) -> WhisperTokenizer:
     """`train_whisper_tokenizer` on the stripped transcripts of a corpus (a `CorpusSpec` or its Hydra dict)."""
     texts = (utterance.text.strip() for utterance in read_corpus(corpus))
-    return train_whisper_tokenizer(texts, vocab_size=vocab_size, multilingual=multilingual, languages=languages)
+    return train_whisper_tokenizer(texts, vocab_size=vocab_size, multilingual=multilingual, languages=languages,
+                                   add_prefix_space=add_prefix_space)
 
 
 S2T_SPM_NAME = "sentencepiece.bpe.model"  # transformers' file name, whatever the SentencePiece model type

@@ -119,3 +119,23 @@ def test_saved_folder_loads_in_transformers(tokenizer, tmp_path):
     assert generation.eos_token_id == tokenizer.eos_id and not generation.is_multilingual
     processor = transformers.WhisperProcessor(transformers.WhisperFeatureExtractor(), hf)
     assert processor.tokenizer(text, add_special_tokens=False).input_ids == ids
+
+
+def test_prefix_space_option_encodes_as_openai_trained_and_round_trips_through_transformers(tokenizer, tmp_path):
+    """Off (the default, as transformers' fine-tuning): "the fox" as it is. On: as " the fox", the leading word one
+    "Ġthe" token as openai's Whisper emits it; saved in tokenizer_config.json, read back here and by transformers."""
+    transformers = pytest.importorskip("transformers")
+    assert not tokenizer.add_prefix_space and tokenizer.encode("the fox") != tokenizer.encode(" the fox")
+    spaced = WhisperTokenizer(tokenizer.tokenizer, tokenizer.generation_config, add_prefix_space=True)
+    assert spaced.encode("the fox") == spaced.encode(" the fox") == tokenizer.encode(" the fox")
+    assert spaced.decode(spaced.encode("the fox")).strip() == "the fox"
+
+    spaced.save_pretrained(tmp_path)
+    assert WhisperTokenizer.from_pretrained(tmp_path).add_prefix_space
+    assert not WhisperTokenizer.from_pretrained(tmp_path, add_prefix_space=False).add_prefix_space
+    hf = transformers.WhisperTokenizerFast.from_pretrained(tmp_path)
+    assert hf.encode("the fox", add_special_tokens=False) == spaced.encode("the fox")
+
+    trained = train_whisper_tokenizer(CORPUS, vocab_size=320, add_prefix_space=True)
+    first = trained.tokenizer.id_to_token(trained.encode("the lazy dog")[0])
+    assert trained.add_prefix_space and first == "Ġthe"  # the merges were learnt on " the ..." as encode sees it
