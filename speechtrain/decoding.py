@@ -109,15 +109,18 @@ def beam_search(
     encoder_hidden_states = encoder_hidden_states.repeat_interleave(beams, dim=0)  # [B*K, S, d]
     if attention_mask is not None:
         attention_mask = attention_mask.repeat_interleave(beams, dim=0)
-    running = torch.tensor([list(prefix_ids)] * (batch * beams), device=device)  # [B*K, P + step]
+    # The live beams' tokens stay on the host: the device holds only what the next decoder call needs, and each
+    # step copies its candidates to the host once (not element by element, which would sync B x K times).
+    history = torch.tensor([list(prefix_ids)] * (batch * beams))  # [B*K, P + step], host
     # only the first beam is live at the start, so the first step does not pick the same token K times
     running_scores = torch.full((batch, beams), -1.0e9, device=device)
     running_scores[:, 0] = 0.0
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
     done = [False] * batch
-    batch_offset = torch.arange(batch, device=device)[:, None] * beams  # [B, 1]
+    host_offset = torch.arange(batch)[:, None] * beams  # [B, 1]
+    batch_offset = host_offset.to(device)
 
-    logits, cache = model.decode(running, encoder_hidden_states, attention_mask, None)
+    logits, cache = model.decode(history.to(device), encoder_hidden_states, attention_mask, None)
     for step in range(max_new_tokens):
         log_probs = _next_token_log_probs(logits, step, suppress_tokens, begin_suppress_tokens)
         vocab = log_probs.shape[-1]
@@ -126,27 +129,35 @@ def beam_search(
         top_beams, top_tokens = top_indices // vocab, top_indices % vocab
         last_step = step == max_new_tokens - 1
         ends = (top_tokens == eos_id) | last_step  # [B, 2K]
-
-        for b in range(batch):  # only the best K candidates may finish
-            if done[b]:
-                continue
-            for rank in range(beams):
-                if ends[b, rank]:
-                    tokens = running[b * beams + top_beams[b, rank]].tolist() + [int(top_tokens[b, rank])]
-                    finished[b].append((float(top_scores[b, rank]) / (step + 1) ** length_penalty, tokens))
-            finished[b] = sorted(finished[b], key=lambda hypothesis: -hypothesis[0])[:beams]
-
         live_scores = top_scores.masked_fill(ends, -1.0e9)
         keep = live_scores.topk(beams, dim=1).indices  # [B, K] ranks of the continuing candidates
         source_rows = (top_beams.gather(1, keep) + batch_offset).flatten()  # [B*K]
         next_tokens = top_tokens.gather(1, keep).flatten()  # [B*K]
         running_scores = live_scores.gather(1, keep)
-        running = torch.cat([running[source_rows], next_tokens[:, None]], dim=1)
 
+        # One device-to-host copy per step; float64 holds the float32 scores and the integer indices exactly.
+        host = torch.cat([t.double() for t in (top_scores, top_indices, keep, running_scores[:, :1])], dim=1).cpu()
+        host_scores, host_indices, host_keep, host_best = host.split([2 * beams, 2 * beams, beams, 1], dim=1)
+        host_indices, host_keep = host_indices.long(), host_keep.long()  # [B, 2K], [B, K]
+        host_beams, host_tokens = host_indices // vocab, host_indices % vocab
+        candidate_scores = host_scores.tolist()
+        candidate_beams, candidate_tokens = host_beams.tolist(), host_tokens.tolist()
+        for b in range(batch):  # only the best K candidates may finish
+            if done[b]:
+                continue
+            for rank in range(beams):
+                token = candidate_tokens[b][rank]
+                if token == eos_id or last_step:
+                    tokens = history[b * beams + candidate_beams[b][rank]].tolist() + [token]
+                    finished[b].append((candidate_scores[b][rank] / (step + 1) ** length_penalty, tokens))
+            finished[b] = sorted(finished[b], key=lambda hypothesis: -hypothesis[0])[:beams]
+        host_rows = (host_beams.gather(1, host_keep) + host_offset).flatten()  # [B*K], as source_rows
+        history = torch.cat([history[host_rows], host_tokens.gather(1, host_keep).flatten()[:, None]], dim=1)
+
+        best_live = host_best[:, 0].tolist()
         for b in range(batch):  # stop once no live beam can beat the worst of K finished hypotheses
             if not done[b] and len(finished[b]) == beams:
-                best_possible = float(running_scores[b, 0]) / (step + 1) ** length_penalty
-                done[b] = best_possible <= finished[b][-1][0]
+                done[b] = best_live[b] / (step + 1) ** length_penalty <= finished[b][-1][0]
         if last_step or all(done):
             break
         cache = reorder_cache(cache, source_rows)

@@ -71,6 +71,69 @@ def test_beam_search_matches_transformers_generate(whisper_pair, num_beams, leng
     assert got != greedy, "the beam should find something greedy does not, or this test proves little"
 
 
+class OnDevice(torch.Tensor):
+    """Stands for a tensor on an accelerator: each read of its values into Python or onto the host (what makes the
+    host wait for a GPU) is counted in `host_reads` and gives an ordinary tensor or number."""
+
+    host_reads = 0
+    READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy"}
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in cls.READS or (name == "to" and "cpu" in map(str, [*args[1:], *kwargs.values()])):
+            cls.host_reads += 1
+            with torch._C.DisableTorchFunctionSubclass():
+                return on_host(func(*args, **kwargs))  # `cpu()` of a CPU tensor is the tensor itself
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def on_device(value):
+    if isinstance(value, torch.Tensor):
+        return value.as_subclass(OnDevice)
+    return type(value)(on_device(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def on_host(value):
+    if isinstance(value, torch.Tensor):
+        return value.as_subclass(torch.Tensor)
+    return type(value)(on_host(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+class AcceleratorModel:
+    """A model whose outputs (encoder states, logits, cache) are `OnDevice`; its own computation is not counted."""
+
+    def __init__(self, model):
+        self.model, self.decode_calls = model, 0
+
+    def encode(self, features, attention_mask=None):
+        return on_device(self.model.encode(on_host(features), on_host(attention_mask)))
+
+    def decode(self, ids, encoder_hidden_states, encoder_attention_mask=None, cache=None):
+        self.decode_calls += 1
+        return on_device(self.model.decode(on_host(ids), on_host(encoder_hidden_states),
+                                           on_host(encoder_attention_mask), on_host(cache)))
+
+
+def test_beam_search_reads_the_device_once_per_step(whisper_pair, monkeypatch):
+    """B x K host syncs per step (element reads of device tensors) made beam search on a GPU wait for the device
+    over and over; now one copy per decoder step carries what the host needs. The result is unchanged."""
+    _, ours, features = whisper_pair
+    model = AcceleratorModel(ours)
+    monkeypatch.setattr(OnDevice, "host_reads", 0)
+    got = beam_search(model, features, None, PREFIX, EOS, MAX_NEW, num_beams=4, suppress_tokens=SUPPRESS,
+                      begin_suppress_tokens=BEGIN_SUPPRESS)
+    assert got == beam_search(ours, features, None, PREFIX, EOS, MAX_NEW, num_beams=4, suppress_tokens=SUPPRESS,
+                              begin_suppress_tokens=BEGIN_SUPPRESS)
+    print("beam: host reads", OnDevice.host_reads, "decoder steps", model.decode_calls)
+    assert model.decode_calls > 3 and 0 < OnDevice.host_reads <= model.decode_calls
+    monkeypatch.setattr(OnDevice, "host_reads", 0)
+    model.decode_calls = 0
+    greedy_decode(model, features, None, PREFIX, EOS, MAX_NEW, SUPPRESS, BEGIN_SUPPRESS)
+    assert OnDevice.host_reads <= model.decode_calls + 1  # the all-finished check per step, the tokens at the end
+
+
 class ToyModel:
     """Next-token logits are a fixed random function of (utterance, history); the cache is the history
     `[batch, time]`, so a wrong beam reordering changes the results. The end token (3) is made unlikely so
