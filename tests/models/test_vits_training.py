@@ -143,3 +143,16 @@ def test_forward_train_rejects_bad_inputs():
         vits.forward_train(**{**data, "speaker_id": None})
     with pytest.raises(ValueError, match="segment_size"):
         vits.forward_train(**data, segment_size=0)
+
+
+def test_blank_token_embedding_starts_random_and_trains():
+    """The interspersed blank (id 0, the config's pad_token_id, about half of all input ids) is a symbol the
+    original trains (`nn.Embedding` without padding_idx, normal init over every row), not padding."""
+    vits = model().train()
+    data = batch()
+    data["input_ids"][:, ::2] = 0  # blanks between the symbols, as the tokenizer intersperses them
+    embedding = vits.text_encoder.embed_tokens.weight
+    out = vits.forward_train(**data, segment_size=8)
+    (kl_loss(out) + out["duration_loss"]).backward()
+    assert embedding.grad[0].abs().sum() > 0, "no gradient reaches the blank's embedding"
+    assert embedding[0].abs().sum() > 0, "the blank's row starts at zero"
