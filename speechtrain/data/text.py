@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from speechtrain.errors import DataError
+from speechtrain.errors import DataError, DependencyError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ IPA_LETTERS = (
 SYMBOLS = (PAD, *PUNCTUATION, *LETTERS, *IPA_LETTERS)  # the original table: 178 entries, ids 0..177
 
 VOCAB_FILE, CONFIG_FILE = "vocab.json", "tokenizer_config.json"
-INSTALL_PHONEMIZER = "install it with `pip install phonemizer` (or speechtrain[phonemes]) and `apt install espeak-ng`"
+INSTALL_PHONEMIZER = "`pip install phonemizer` (or `pip install speechtrain[phonemes]`)"
+INSTALL_ESPEAK = "`apt-get install espeak-ng` (Debian, Ubuntu) or `brew install espeak-ng` (macOS)"
 
 ABBREVIATIONS = [(re.compile(rf"\b{short}\.", re.IGNORECASE), full) for short, full in [
     ("mrs", "misess"), ("mr", "mister"), ("dr", "doctor"), ("st", "saint"), ("co", "company"), ("jr", "junior"),
@@ -229,18 +230,29 @@ class VitsTextTokenizer:
         """espeak-ng IPA with stress and punctuation kept, as `VitsTokenizer` and the original english_cleaners2."""
         with self._lock:
             if self._phonemizer is None:
-                try:
-                    from phonemizer.backend import EspeakBackend
-                except ImportError as err:
-                    raise ImportError(f"phonemize=True needs the phonemizer package; {INSTALL_PHONEMIZER}") from err
-                try:
-                    self._phonemizer = EspeakBackend(self.phonemizer_language, preserve_punctuation=True,
-                                                     with_stress=True)
-                except RuntimeError as err:
-                    raise RuntimeError(f"phonemizer cannot start espeak-ng for {self.phonemizer_language!r} ({err}); "
-                                       f"{INSTALL_PHONEMIZER}") from err
+                self._phonemizer = self._start_espeak()
             lines = [line for line in text.strip("\n").split("\n") if line.strip()]  # as phonemizer.phonemize(str)
             return "\n".join(self._phonemizer.phonemize(lines, strip=True)) if lines else ""
+
+    def _start_espeak(self) -> Any:
+        """phonemizer's espeak-ng backend. Every way it can fail to start is a `DependencyError` (an ImportError,
+        so that the datasets, which skip an utterance on a ValueError, do not take it for a bad transcript)."""
+        fallback = "or train on characters (tokenizer=vits_characters)"
+        try:
+            from phonemizer.backend import EspeakBackend
+        except ImportError as err:
+            raise DependencyError(f"tokenizer.phonemize=true needs the phonemizer package, which is not installed: "
+                                  f"{INSTALL_PHONEMIZER}, and the espeak-ng program: {INSTALL_ESPEAK}; {fallback}"
+                                  ) from err
+        if not EspeakBackend.is_available():
+            raise DependencyError(f"tokenizer.phonemize=true runs espeak-ng, which phonemizer cannot find: install it "
+                                  f"with {INSTALL_ESPEAK} (or point PHONEMIZER_ESPEAK_LIBRARY at its "
+                                  f"libespeak-ng.so), {fallback}")
+        try:
+            return EspeakBackend(self.phonemizer_language, preserve_punctuation=True, with_stress=True)
+        except RuntimeError as err:
+            raise DependencyError(f"espeak-ng cannot phonemise tokenizer.phonemizer_language="
+                                  f"{self.phonemizer_language!r} ({err}); pick one of `espeak-ng --voices`") from err
 
     def _romanize(self, text: str) -> str:
         with self._lock:
