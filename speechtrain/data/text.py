@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from speechtrain.errors import DataError, DependencyError
+from speechtrain.errors import ConfigError, DataError, DependencyError
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _cleaner(name: str | None):
     if name is None:
         return lambda text: text
     if name not in CLEANERS:
-        raise ValueError(f"unknown cleaners {name!r}; expected one of {sorted(CLEANERS)} or None")
+        raise ConfigError(f"unknown cleaners {name!r}; expected one of {sorted(CLEANERS)} or None")
     return CLEANERS[name]
 
 
@@ -133,15 +133,15 @@ class VitsTextTokenizer:
     ):
         vocab = dict(symbols) if isinstance(symbols, Mapping) else {symbol: i for i, symbol in enumerate(symbols)}
         if not vocab:
-            raise ValueError("the symbol table is empty")
+            raise DataError("the symbol table is empty")
         for symbol, index in vocab.items():
             if not isinstance(index, int) or index < 0:
-                raise ValueError(f"symbol {symbol!r} has id {index!r}; ids must be non-negative integers")
+                raise DataError(f"symbol {symbol!r} has id {index!r}; ids must be non-negative integers")
             if len(symbol) != 1 and symbol not in (pad_token, unk_token):
-                raise ValueError(f"symbol {symbol!r} is not a single character; VITS tokenizes character by character")
+                raise DataError(f"symbol {symbol!r} is not a single character; VITS tokenizes character by character")
         self.id_to_symbol = {index: symbol for symbol, index in vocab.items()}
         if add_blank and 0 not in self.id_to_symbol:
-            raise ValueError("add_blank intersperses id 0, but no symbol has id 0; put the blank (e.g. '_') first")
+            raise DataError("add_blank intersperses id 0, but no symbol has id 0; put the blank (e.g. '_') first")
         _cleaner(cleaners)
         self.vocab = vocab
         self.cleaners = cleaners
@@ -301,7 +301,7 @@ class VitsTextTokenizer:
             vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
             config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         except json.JSONDecodeError as err:
-            raise ValueError(f"{directory}: invalid JSON in {VOCAB_FILE} or {CONFIG_FILE} ({err})") from err
+            raise DataError(f"{directory}: invalid JSON in {VOCAB_FILE} or {CONFIG_FILE} ({err})") from err
         if not isinstance(vocab, dict):
             raise ValueError(f"{vocab_path}: expected a {{symbol: id}} object, got {type(vocab).__name__}")
         special = {key: _token_text(config.get(key)) for key in ("pad_token", "unk_token")}

@@ -80,7 +80,7 @@ class TtsDataset(CheckedDataset):
             return math.nan, ("unknown speaker", f"speaker {utterance.speaker!r} is not in speaker_ids"), []
         try:
             token_ids = self.tokenizer.encode(text)
-        except ValueError as err:
+        except DataError as err:  # unknown symbols; a config or install mistake must not skip every line
             return math.nan, ("characters outside the symbol table", str(err)), []
         if not token_ids:
             return math.nan, ("no symbols in the table", f"{text!r} encodes to nothing"), []
