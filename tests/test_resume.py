@@ -24,7 +24,8 @@ COMMON = ["trainer.deterministic=true", "+trainer.limit_val_batches=0", "logger=
 RECIPES = {
     # 4 batches an epoch from the token data module (the same resumable loader): killed mid-epoch 1
     "soundstorm_mini": (["trainer.max_steps=7", "task.warmup_steps=2"], 5),
-    # 3 batches an epoch: 5 steps cross an epoch boundary and the kill lands mid-epoch
+    # 4 batches an epoch (13 windows of 3 s fit the 40 s budget): 5 steps cross an epoch boundary, the kill lands
+    # mid-epoch
     "whisper_mini": (["trainer.max_steps=5", "task.warmup_steps=2"], 2),
     # 2 batches an epoch and 2 optimiser steps a batch (global_step counts both): 3 batches, killed before the
     # first of epoch 1, so the last checkpoint is epoch 0's last batch (Lightning then skips on_train_epoch_start)
