@@ -1,7 +1,7 @@
 #!/bin/bash
 # Multi-node training under SLURM: one task per GPU, Lightning reads the ranks from SLURM's variables
 # (SLURMEnvironment), so `srun` starts every process and Lightning starts none. Submit with
-#   sbatch scripts/slurm_train.sh recipe=whisper_librispeech
+#   sbatch scripts/slurm_train.sh recipe=whisper_librispeech model.pretrained=models/whisper-small
 # and resubmit the same line to resume from checkpoints/last.ckpt (ckpt_path=last below).
 #SBATCH --job-name=speechtrain
 #SBATCH --nodes=2

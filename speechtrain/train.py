@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from speechtrain.config_checks import check_targets
+from speechtrain.config_checks import check_required_values, check_targets
 from speechtrain.distributed import build_strategy
 from speechtrain.errors import DependencyError, SpeechtrainError
 from speechtrain.hub import save_bundle
@@ -112,6 +112,7 @@ def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
+    check_required_values(cfg)
     check_targets(cfg)
     tokenizer = hydra.utils.instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
     # ASR recipes have a feature extractor; TTS recipes compute spectrograms in their data module and task.

@@ -26,12 +26,13 @@ COMMON = ["trainer.deterministic=true", "+trainer.limit_val_batches=1", "trainer
 RECIPES = {
     # 4 batches an epoch from the token data module (the same resumable loader): killed mid-epoch 1
     "soundstorm_mini": (["trainer.max_steps=7", "task.warmup_steps=2", "task.sample_every_n_epochs=1"], 5),
-    # 3 batches an epoch: 5 steps cross an epoch boundary and the kill lands mid-epoch
+    # 4 batches an epoch (13 windows of 3 s fit the 40 s budget): 5 steps cross an epoch boundary, the kill lands
+    # mid-epoch
     "whisper_mini": (["trainer.max_steps=5", "task.warmup_steps=2"], 2),
     # 2 batches an epoch and 2 optimiser steps a batch (global_step counts both): 3 batches, killed before the
     # first of epoch 1, so the last checkpoint is epoch 0's last batch (Lightning then skips on_train_epoch_start)
     "vits_mini": (["trainer.max_steps=6", "data.max_batch_seconds=6", "data.max_duration=5",
-                   "+data.max_batch_size=2", "+trainer.limit_train_batches=2"], 4),
+                   "data.max_batch_size=2", "+trainer.limit_train_batches=2"], 4),
 }
 # Where a real kill can land. `step` (from RECIPES) applies to the first two; the others kill in epoch 0's
 # validation and at the start of epoch 1, when the newest checkpoint is epoch 0's last batch.
@@ -161,7 +162,7 @@ def test_vits_skips_non_finite_generator_losses_then_stops_with_a_clear_message(
     """The ASR task's guard is tested in tests/tasks/test_asr_task.py; here the GAN's, end to end."""
     from speechtrain.tasks.guards import NonFiniteLossError
 
-    overrides = ["recipe=vits_mini", "data.max_batch_seconds=6", "data.max_duration=5", "+data.max_batch_size=2",
+    overrides = ["recipe=vits_mini", "data.max_batch_seconds=6", "data.max_duration=5", "data.max_batch_size=2",
                  "+trainer.limit_val_batches=0", "logger=none", "~callbacks.learning_rate_monitor", "export=false",
                  "task.mel_weight=nan", "task.max_consecutive_nonfinite=2"]
     with pytest.raises(NonFiniteLossError, match="2 consecutive steps had a non-finite loss"):
