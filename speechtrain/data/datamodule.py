@@ -19,7 +19,7 @@ from speechtrain.data.corpora import CorpusSpec, Utterance, read_corpus
 from speechtrain.data.datasets import CheckedDataset, SpeechDataset
 from speechtrain.data.features import FeatureExtractor
 from speechtrain.data.samplers import DynamicBucketSampler
-from speechtrain.errors import ConfigError
+from speechtrain.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def split_off(utterances: list[Utterance], fraction: float, seed: int) -> tuple[
     """A seeded random `fraction` of `utterances` (at least one) held out: returns (kept, held out), in order."""
     held_out_count = max(1, round(len(utterances) * fraction))
     if held_out_count >= len(utterances):
-        raise ValueError(
-            f"val_fraction={fraction} of {len(utterances)} utterances leaves nothing to train on; "
+        raise ConfigError(
+            f"data.val_fraction={fraction} of {len(utterances)} utterances leaves nothing to train on; "
             "lower val_fraction or give a separate val corpus"
         )
     held_out = set(np.random.default_rng(seed).permutation(len(utterances))[:held_out_count].tolist())
@@ -125,9 +125,10 @@ class BucketedDataModule(L.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if has_val and val_fraction > 0:
-            raise ValueError(f"give either {val_name} or val_fraction={val_fraction}, not both; set one to null/0")
+            raise ConfigError(f"give either {val_name} or data.val_fraction={val_fraction}, not both; "
+                              "set one to null/0")
         self.max_batch_seconds = max_batch_seconds
         self.val_fraction = val_fraction
         self.max_batch_size = max_batch_size
@@ -213,9 +214,9 @@ class SpeechDataModule(BucketedDataModule):
         super().__init__(max_batch_seconds, val_fraction, val is not None, "a val corpus", max_batch_size, num_buckets,
                          num_workers, seed)
         if max_duration > max_batch_seconds:
-            raise ValueError(
-                f"max_batch_seconds={max_batch_seconds} cannot hold one utterance of max_duration={max_duration} s; "
-                "raise max_batch_seconds or lower max_duration"
+            raise ConfigError(
+                f"data.max_batch_seconds={max_batch_seconds} cannot hold one utterance of data.max_duration="
+                f"{max_duration} s; raise data.max_batch_seconds or lower data.max_duration"
             )
         self.train_spec = CorpusSpec.coerce(train)
         self.val_spec = None if val is None else CorpusSpec.coerce(val)
@@ -233,7 +234,7 @@ class SpeechDataModule(BucketedDataModule):
         self._prepare(train)
         self.train_dataset = self._dataset(train, "train")
         if len(self.train_dataset) == 0:
-            raise ValueError(
+            raise DataError(
                 f"no usable training utterances in {self.train_spec.path} ({len(train)} read, all skipped; "
                 "the warning above says why)"
             )

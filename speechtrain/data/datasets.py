@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from speechtrain.data.audio import AudioError, audio_info, load_audio
 from speechtrain.data.corpora import Utterance
+from speechtrain.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class CheckedDataset(Dataset, ABC):
                 continue
             reason, detail = problem
             if strict:
-                raise ValueError(f"{utterance.audio_path}: {reason} ({detail}) in {name}; fix or remove it, "
+                raise DataError(f"{utterance.audio_path}: {reason} ({detail}) in {name}; fix or remove it, "
                                  "or set strict=False to skip bad utterances")
             self.skipped[reason] = self.skipped.get(reason, 0) + 1
             examples.setdefault(reason, f"{utterance.audio_path}: {detail}")

@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from speechtrain.errors import CheckpointError, ConfigError
+
 CONFIG_NAME = "preprocessor_config.json"
 
 
@@ -90,10 +92,10 @@ class PretrainedFeatureExtractor(ABC):
         try:
             config = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON ({err})") from err
+            raise CheckpointError(f"{path}: invalid JSON ({err})") from err
         kind = config.get("feature_extractor_type", cls.__name__)
         if kind != cls.__name__:
-            raise ValueError(f"{path}: feature_extractor_type is {kind!r}, expected {cls.__name__!r}")
+            raise CheckpointError(f"{path}: feature_extractor_type is {kind!r}, expected {cls.__name__!r}")
         names = inspect.signature(cls).parameters
         return cls(**{name: value for name, value in config.items() if name in names})
 
@@ -198,7 +200,7 @@ class Speech2TextFeatureExtractor(PretrainedFeatureExtractor):
         normalize_vars: bool = True,
     ):
         if feature_size != num_mel_bins:
-            raise ValueError(f"feature_size={feature_size} must equal num_mel_bins={num_mel_bins}")
+            raise ConfigError(f"feature_size={feature_size} must equal num_mel_bins={num_mel_bins}")
         self.feature_size = feature_size
         self.sampling_rate = sampling_rate
         self.num_mel_bins = num_mel_bins

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from speechtrain.errors import ConfigError
+
 
 class DynamicBucketSampler(Sampler[list[int]]):
     """A batch sampler (`DataLoader(batch_sampler=...)`) whose batches cost at most `max_batch_seconds`.
@@ -53,16 +55,16 @@ class DynamicBucketSampler(Sampler[list[int]]):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas}) for num_replicas={num_replicas}")
         if max_batch_seconds <= 0:
-            raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
+            raise ConfigError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
         if max_batch_size is not None and max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+            raise ConfigError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if min_item_seconds is not None and min_item_seconds > max_batch_seconds:
-            raise ValueError(f"max_batch_seconds={max_batch_seconds} cannot hold one item padded to "
+            raise ConfigError(f"max_batch_seconds={max_batch_seconds} cannot hold one item padded to "
                              f"min_item_seconds={min_item_seconds}; raise max_batch_seconds")
         durations = np.asarray(durations, dtype=np.float64)
         if len(durations) and durations.max() > max_batch_seconds:
             longest = int(durations.argmax())
-            raise ValueError(
+            raise ConfigError(
                 f"utterance {longest} lasts {durations[longest]:.2f} s, more than max_batch_seconds="
                 f"{max_batch_seconds}; raise max_batch_seconds or lower max_duration"
             )

@@ -65,7 +65,7 @@ def test_loaders_give_design_batches_within_budget(ljspeech, fake_tokenizer, mon
 
 def test_configuration_mistakes_are_explained(ljspeech, fake_tokenizer, tmp_path):
     spec = {"format": "ljspeech", "path": str(ljspeech)}
-    with pytest.raises(ValueError, match="either a val corpus or val_fraction"):
+    with pytest.raises(ValueError, match="either a val corpus or data.val_fraction"):
         make_datamodule(spec, fake_tokenizer, val=spec, val_fraction=0.1)
     with pytest.raises(ValueError, match="longer than the feature extractor's 2 s chunk"):
         make_datamodule(spec, fake_tokenizer, max_duration=2.5)
