@@ -35,6 +35,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from speechtrain.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
@@ -78,7 +80,7 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> l
     by `direction`), `status` and `dir`; the CSV adds every other metric of `metrics.json`.
     """
     if direction not in DIRECTIONS:
-        raise ValueError(f"sweep direction={direction!r}: expected one of {DIRECTIONS}")
+        raise ConfigError(f"sweep direction={direction!r}: expected one of {DIRECTIONS}")
     sweep_dir = Path(sweep_dir)
     jobs = [_read_job(path.parent.parent) for path in sweep_dir.rglob(".hydra/overrides.yaml")]
     if not jobs:
@@ -151,18 +153,18 @@ def optuna_distribution(override: Override) -> Any:
     tags = sweep.tags
     unknown_tags = tags - {"log", "int"}
     if unknown_tags:
-        raise ValueError(f"{override.input_line}: unknown tags {sorted(unknown_tags)}; use log and/or int")
+        raise ConfigError(f"{override.input_line}: unknown tags {sorted(unknown_tags)}; use log and/or int")
     if isinstance(sweep, ChoiceSweep | RangeSweep):
         if tags:
-            raise ValueError(f"{override.input_line}: tags apply to interval(...), not to choice or range")
+            raise ConfigError(f"{override.input_line}: tags apply to interval(...), not to choice or range")
         return CategoricalDistribution(list(override.sweep_string_iterator()))
     if isinstance(sweep, IntervalSweep):
         if not sweep.start < sweep.end:
-            raise ValueError(f"{override.input_line}: interval low {sweep.start} must be below high {sweep.end}")
+            raise ConfigError(f"{override.input_line}: interval low {sweep.start} must be below high {sweep.end}")
         if "int" in tags:
             return IntDistribution(int(sweep.start), int(sweep.end), log="log" in tags)
         return FloatDistribution(sweep.start, sweep.end, log="log" in tags)
-    raise ValueError(f"{override.input_line}: Optuna cannot search {type(sweep).__name__}")
+    raise ConfigError(f"{override.input_line}: Optuna cannot search {type(sweep).__name__}")
 
 
 def search_space(overrides: Sequence[Override]) -> tuple[dict[str, Any], list[str]]:
@@ -174,7 +176,7 @@ def search_space(overrides: Sequence[Override]) -> tuple[dict[str, Any], list[st
         else:
             fixed.append(override.input_line)
     if not distributions:
-        raise ValueError("the Optuna sweeper has nothing to search: give hydra.sweeper.params or sweep overrides "
+        raise ConfigError("the Optuna sweeper has nothing to search: give hydra.sweeper.params or sweep overrides "
                          "such as 'task.optimizer.lr=tag(log, interval(1e-4, 1e-2))'")
     return distributions, fixed
 
@@ -192,9 +194,9 @@ class OptunaSweeper(Sweeper):
                  sampler: Any = None, storage: str | None = None, study_name: str | None = None,
                  params: dict[str, str] | None = None):
         if direction not in DIRECTIONS:
-            raise ValueError(f"hydra.sweeper.direction={direction!r}: expected one of {DIRECTIONS}")
+            raise ConfigError(f"hydra.sweeper.direction={direction!r}: expected one of {DIRECTIONS}")
         if n_trials < 1 or n_jobs < 1:
-            raise ValueError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be at least 1")
+            raise ConfigError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be at least 1")
         self.direction, self.n_trials, self.n_jobs, self.seed = direction, n_trials, n_jobs, seed
         self.sampler, self.storage, self.study_name = sampler, storage, study_name
         self.params = dict(params or {})
