@@ -1,0 +1,94 @@
+"""`speechtrain-bark-generate --semantic DIR --coarse DIR --fine DIR --codec-checkpoint PATH --text "..." --out
+out.wav`: text to speech through Bark's three sub-models and the 24 kHz EnCodec decoder.
+
+The folders are Hugging Face-format Bark sub-models (what `python train.py recipe=bark_*` exports, or the
+`semantic` / `coarse_acoustics` / `fine_acoustics` of transformers' Bark saved with `save_pretrained`); the text
+tokenizer (`vocab.txt`) comes from the semantic folder unless `--tokenizer` names another. Sampling follows
+suno-ai/bark's defaults; `--greedy` decodes every stage greedily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+import soundfile
+import torch
+
+from speechtrain.data.bark_text import BarkTextTokenizer
+from speechtrain.data.codecs import EncodecCodec
+from speechtrain.models.bark import generate_audio, load_pretrained
+from speechtrain.models.bark.layouts import DEFAULTS
+
+
+def _load(folder: str | Path, kind: str, device: str) -> torch.nn.Module:
+    model = load_pretrained(folder)
+    if model.config.model_type != kind:
+        raise ValueError(f"{folder}: holds a {model.config.model_type!r} model, expected {kind!r}")
+    return model.to(device).eval()
+
+
+def bark_generate(
+    text: str,
+    semantic_dir: str | Path,
+    coarse_dir: str | Path,
+    fine_dir: str | Path,
+    codec_checkpoint: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    seed: int = 0,
+    greedy: bool = False,
+    max_semantic_tokens: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """A 1-D waveform for `text` and its sampling rate (24 kHz); the same seed gives the same audio.
+    `max_semantic_tokens` bounds the length (default Bark's 768 semantic tokens, about 15 s)."""
+    if not text.strip():
+        raise ValueError("nothing to say: the text is empty")
+    tokenizer = BarkTextTokenizer.from_pretrained(tokenizer_dir or semantic_dir)
+    semantic = _load(semantic_dir, "semantic", device)
+    coarse = _load(coarse_dir, "coarse_acoustics", device)
+    fine = _load(fine_dir, "fine_acoustics", device)
+    codec = EncodecCodec(bandwidth=6.0, checkpoint=codec_checkpoint).to(device)
+    temperatures = ({"semantic_temperature": None, "coarse_temperature": None, "fine_temperature": None}
+                    if greedy else {})
+    config = DEFAULTS if max_semantic_tokens is None else dataclasses.replace(
+        DEFAULTS, semantic=dataclasses.replace(DEFAULTS.semantic, max_new_tokens=max_semantic_tokens))
+    generator = torch.Generator(device).manual_seed(seed)
+    waveform = generate_audio(text, tokenizer, semantic, coarse, fine, codec, config, generator=generator,
+                              progress=progress, **temperatures)
+    return waveform.cpu(), codec.sample_rate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--semantic", required=True, help="Bark semantic model folder (with vocab.txt)")
+    parser.add_argument("--coarse", required=True, help="Bark coarse model folder")
+    parser.add_argument("--fine", required=True, help="Bark fine model folder")
+    parser.add_argument("--codec-checkpoint", help="EnCodec 24 kHz weights (encodec_24khz-d7cc33bc.th); "
+                        "omitted: random weights, for smoke tests only")
+    parser.add_argument("--tokenizer", help="folder with the BERT vocab.txt (default: the semantic folder)")
+    parser.add_argument("--text", required=True)
+    parser.add_argument("--out", required=True, help="WAV file to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--max-semantic-tokens", type=int, help="length bound (default 768, about 15 s)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        waveform, rate = bark_generate(args.text, args.semantic, args.coarse, args.fine, args.codec_checkpoint,
+                                       args.tokenizer, args.seed, args.greedy, args.max_semantic_tokens,
+                                       args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.exit(1, f"speechtrain-bark-generate: error: {exc}\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(out, waveform.numpy(), rate)
+    print(f"wrote {out} ({len(waveform) / rate:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""`speechtrain-synthesize MODEL_DIR "text" -o out.wav`: text to speech with a Hugging Face-format VITS.
+
+The folder is what `python train.py recipe=vits_*` exports (or any transformers VITS folder, e.g. MMS).
+Several texts give several files (`out.wav`, `out_1.wav`, ...); `--text-file` reads one text per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import soundfile
+import torch
+
+from speechtrain.hub import load_bundle
+
+
+def synthesize(
+    model_dir: str | Path,
+    texts: list[str],
+    speaking_rate: float = 1.0,
+    noise_scale: float | None = None,
+    noise_scale_duration: float | None = None,
+    speaker_id: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[list[torch.Tensor], int]:
+    """One 1-D waveform per text and the sampling rate; the same seed gives the same audio."""
+    if speaking_rate <= 0:
+        raise ValueError(f"speaking_rate must be positive, got {speaking_rate}")
+    model, tokenizer, _ = load_bundle(model_dir)
+    model.to(device).eval()
+    generator = torch.Generator().manual_seed(seed)
+    waveforms = []
+    for text in texts:
+        ids = tokenizer.encode(text)
+        if all(i == tokenizer.pad_id for i in ids):  # unknown characters dropped: blanks alone are left
+            raise ValueError(f"nothing to say in {text!r}: no symbol of it is in the model's vocabulary")
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        with torch.no_grad():
+            waveform, lengths = model(torch.tensor([ids], device=device), speaker_id=speaker_id,
+                                      noise_scale=noise_scale, noise_scale_duration=noise_scale_duration,
+                                      length_scale=1.0 / speaking_rate)
+        waveforms.append(waveform[0, : int(lengths[0])].cpu())
+    return waveforms, model.config.sampling_rate
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    return [out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", help="a Hugging Face-format VITS folder (e.g. outputs/.../exported)")
+    parser.add_argument("texts", nargs="*", help="texts to speak")
+    parser.add_argument("--text-file", type=Path, help="one text per line")
+    parser.add_argument("-o", "--out", type=Path, default=Path("speech.wav"))
+    parser.add_argument("--speaking-rate", type=float, default=1.0, help="> 1 faster, < 1 slower")
+    parser.add_argument("--noise-scale", type=float, default=None, help="latent noise (model default 0.667)")
+    parser.add_argument("--noise-scale-duration", type=float, default=None, help="duration noise (default 0.8)")
+    parser.add_argument("--speaker-id", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    texts = list(args.texts)
+    if args.text_file:
+        texts += [line.strip() for line in args.text_file.read_text().splitlines() if line.strip()]
+    if not texts:
+        parser.error("give texts or --text-file")
+    try:
+        waveforms, sample_rate = synthesize(args.model_dir, texts, args.speaking_rate, args.noise_scale,
+                                            args.noise_scale_duration, args.speaker_id, args.seed, args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.exit(1, f"speechtrain-synthesize: error: {exc}\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for path, waveform in zip(output_paths(args.out, len(waveforms)), waveforms):
+        soundfile.write(path, waveform.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16")
+        print(f"{path}\t{len(waveform) / sample_rate:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

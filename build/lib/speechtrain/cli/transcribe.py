@@ -1,0 +1,92 @@
+"""`speechtrain-transcribe MODEL_DIR AUDIO...`: transcribe audio files with a Hugging Face-format model.
+
+Audio longer than the model's window (30 s for Whisper) is cut into consecutive windows whose
+transcripts are joined; any format soundfile reads works, at any sample rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from speechtrain.data.audio import AudioError, load_audio
+from speechtrain.decoding import decode_to_text
+from speechtrain.hub import load_bundle
+
+
+class Transcriber:
+    """A loaded model, tokenizer and feature extractor, ready to turn waveforms into text."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", num_beams: int = 1, language: str | None = None):
+        tokenizer_kwargs = {"language": language} if language else {}
+        self.model, self.tokenizer, self.features = load_bundle(model_dir, tokenizer_kwargs=tokenizer_kwargs)
+        self.model.to(device).eval()
+        self.device, self.num_beams = device, num_beams
+
+    @property
+    def window_samples(self) -> int | None:
+        """Samples per window, or None for models without a fixed window (Speech2Text takes any length)."""
+        chunk_length = getattr(self.features, "chunk_length", None)
+        return None if chunk_length is None else int(chunk_length * self.features.sampling_rate)
+
+    @torch.no_grad()
+    def transcribe_waveforms(self, waveforms: Sequence[torch.Tensor]) -> list[str]:
+        """One transcript per waveform (1-D, at the feature extractor's sampling rate)."""
+        windows, owners = [], []
+        for index, waveform in enumerate(waveforms):
+            window = self.window_samples or max(len(waveform), 1)
+            for start in range(0, max(len(waveform), 1), window):
+                windows.append(waveform[start : start + window])
+                owners.append(index)
+        features, frame_mask = self.features(windows)
+        decoded = decode_to_text(self.model, self.tokenizer, features.to(self.device), frame_mask.to(self.device),
+                                 self.num_beams)
+        texts = [[] for _ in waveforms]
+        for owner, text in zip(owners, decoded):
+            texts[owner].append(text)
+        return [" ".join(t for t in parts if t) for parts in texts]
+
+    def transcribe_files(self, paths: Sequence[str | Path]) -> list[str]:
+        return self.transcribe_waveforms([load_audio(p, self.features.sampling_rate) for p in paths])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", help="a Hugging Face-format folder (e.g. outputs/.../exported)")
+    parser.add_argument("audio", nargs="+", help="audio files to transcribe")
+    parser.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy)")
+    parser.add_argument("--language", default=None, help="language token for multilingual models, e.g. en, de")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    try:
+        transcriber = Transcriber(args.model_dir, args.device, args.beams, args.language)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.exit(1, f"speechtrain-transcribe: error: {exc}\n")
+    failed = 0
+    for start in range(0, len(args.audio), args.batch_size):
+        paths = args.audio[start : start + args.batch_size]
+        try:
+            texts = transcriber.transcribe_files(paths)
+        except AudioError:  # find which file failed, transcribe the rest
+            texts = []
+            for path in paths:
+                try:
+                    texts += transcriber.transcribe_files([path])
+                except AudioError as exc:
+                    print(f"speechtrain-transcribe: skipped: {exc}", file=sys.stderr)
+                    texts.append(None)
+        for path, text in zip(paths, texts):
+            if text is None:
+                failed += 1
+            else:
+                print(f"{path}\t{text}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

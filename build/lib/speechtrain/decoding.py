@@ -1,0 +1,182 @@
+"""Greedy and beam search with a KV cache for any encoder-decoder that has
+`encode(input_features, attention_mask) -> hidden` and
+`decode(decoder_input_ids, encoder_hidden_states, encoder_attention_mask, cache) -> (logits, cache)`.
+
+The frame-level `attention_mask` given to `encode` is passed unchanged to `decode` as
+`encoder_attention_mask` (a model maps it to its own encoder time axis, or ignores it as Whisper does).
+Both searches return, per utterance, the full token list: the prefix, the generated tokens and the end
+token when one was produced (as transformers' `generate`, without its padding). Beam search follows
+transformers' algorithm (2 * num_beams candidates per step, scores divided by
+`generated_length ** length_penalty`, the same early-stopping rule), so both return the same best sequence.
+Call them on a model in `eval()` mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+
+class EncoderDecoder(Protocol):
+    def encode(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def decode(self, decoder_input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor,
+               encoder_attention_mask: torch.Tensor | None = None, cache: Any = None) -> tuple[torch.Tensor, Any]: ...
+
+
+def reorder_cache(cache: Any, index: torch.Tensor) -> Any:
+    """Selects batch rows `index` of every tensor in a nested list/tuple cache."""
+    if isinstance(cache, torch.Tensor):
+        return cache.index_select(0, index)
+    return type(cache)(reorder_cache(item, index) for item in cache)
+
+
+def _next_token_log_probs(logits: torch.Tensor, step: int, suppress_tokens: Sequence[int],
+                          begin_suppress_tokens: Sequence[int]) -> torch.Tensor:
+    """Last-position log-probabilities `[N, vocab]` with suppressed tokens at -inf (after the softmax, as
+    transformers' logits processors)."""
+    log_probs = logits[:, -1].float().log_softmax(dim=-1)
+    banned = list(suppress_tokens) + (list(begin_suppress_tokens) if step == 0 else [])
+    if banned:
+        log_probs[:, banned] = float("-inf")
+    return log_probs
+
+
+def _check_arguments(prefix_ids: Sequence[int], max_new_tokens: int) -> None:
+    if len(prefix_ids) == 0:
+        raise ValueError("prefix_ids must hold at least the decoder start token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: EncoderDecoder,
+    input_features: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    prefix_ids: Sequence[int],
+    eos_id: int,
+    max_new_tokens: int,
+    suppress_tokens: Sequence[int] = (),
+    begin_suppress_tokens: Sequence[int] = (),
+) -> list[list[int]]:
+    """Arg-max decoding; each row stops at its first `eos_id`, the loop when every row has."""
+    _check_arguments(prefix_ids, max_new_tokens)
+    encoder_hidden_states = model.encode(input_features, attention_mask)
+    batch = encoder_hidden_states.shape[0]
+    step_input = torch.tensor([list(prefix_ids)] * batch, device=encoder_hidden_states.device)  # [B, P]
+    finished = torch.zeros(batch, dtype=torch.bool, device=step_input.device)
+    generated, cache = [], None
+    for step in range(max_new_tokens):
+        logits, cache = model.decode(step_input, encoder_hidden_states, attention_mask, cache)
+        next_tokens = _next_token_log_probs(logits, step, suppress_tokens, begin_suppress_tokens).argmax(-1)
+        next_tokens = next_tokens.masked_fill(finished, eos_id)
+        generated.append(next_tokens)
+        finished |= next_tokens == eos_id
+        if bool(finished.all()):
+            break
+        step_input = next_tokens[:, None]  # [B, 1]
+    sequences = []
+    for row in torch.stack(generated, dim=1).tolist():
+        end = row.index(eos_id) + 1 if eos_id in row else len(row)
+        sequences.append(list(prefix_ids) + row[:end])
+    return sequences
+
+
+@torch.no_grad()
+def beam_search(
+    model: EncoderDecoder,
+    input_features: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    prefix_ids: Sequence[int],
+    eos_id: int,
+    max_new_tokens: int,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+    suppress_tokens: Sequence[int] = (),
+    begin_suppress_tokens: Sequence[int] = (),
+) -> list[list[int]]:
+    """Beam search; returns the best finished hypothesis per utterance (hypotheses cut by `max_new_tokens`
+    count as finished)."""
+    _check_arguments(prefix_ids, max_new_tokens)
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    encoder_hidden_states = model.encode(input_features, attention_mask)
+    batch, beams = encoder_hidden_states.shape[0], num_beams
+    device = encoder_hidden_states.device
+    encoder_hidden_states = encoder_hidden_states.repeat_interleave(beams, dim=0)  # [B*K, S, d]
+    if attention_mask is not None:
+        attention_mask = attention_mask.repeat_interleave(beams, dim=0)
+    running = torch.tensor([list(prefix_ids)] * (batch * beams), device=device)  # [B*K, P + step]
+    # only the first beam is live at the start, so the first step does not pick the same token K times
+    running_scores = torch.full((batch, beams), -1.0e9, device=device)
+    running_scores[:, 0] = 0.0
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    batch_offset = torch.arange(batch, device=device)[:, None] * beams  # [B, 1]
+
+    logits, cache = model.decode(running, encoder_hidden_states, attention_mask, None)
+    for step in range(max_new_tokens):
+        log_probs = _next_token_log_probs(logits, step, suppress_tokens, begin_suppress_tokens)
+        vocab = log_probs.shape[-1]
+        scores = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, beams * vocab)
+        top_scores, top_indices = scores.topk(2 * beams, dim=1)  # [B, 2K], best first
+        top_beams, top_tokens = top_indices // vocab, top_indices % vocab
+        last_step = step == max_new_tokens - 1
+        ends = (top_tokens == eos_id) | last_step  # [B, 2K]
+
+        for b in range(batch):  # only the best K candidates may finish
+            if done[b]:
+                continue
+            for rank in range(beams):
+                if ends[b, rank]:
+                    tokens = running[b * beams + top_beams[b, rank]].tolist() + [int(top_tokens[b, rank])]
+                    finished[b].append((float(top_scores[b, rank]) / (step + 1) ** length_penalty, tokens))
+            finished[b] = sorted(finished[b], key=lambda hypothesis: -hypothesis[0])[:beams]
+
+        live_scores = top_scores.masked_fill(ends, -1.0e9)
+        keep = live_scores.topk(beams, dim=1).indices  # [B, K] ranks of the continuing candidates
+        source_rows = (top_beams.gather(1, keep) + batch_offset).flatten()  # [B*K]
+        next_tokens = top_tokens.gather(1, keep).flatten()  # [B*K]
+        running_scores = live_scores.gather(1, keep)
+        running = torch.cat([running[source_rows], next_tokens[:, None]], dim=1)
+
+        for b in range(batch):  # stop once no live beam can beat the worst of K finished hypotheses
+            if not done[b] and len(finished[b]) == beams:
+                best_possible = float(running_scores[b, 0]) / (step + 1) ** length_penalty
+                done[b] = best_possible <= finished[b][-1][0]
+        if last_step or all(done):
+            break
+        cache = reorder_cache(cache, source_rows)
+        logits, cache = model.decode(next_tokens[:, None], encoder_hidden_states, attention_mask, cache)
+    return [hypotheses[0][1] for hypotheses in finished]
+
+
+@torch.no_grad()
+def decode_to_text(
+    model: EncoderDecoder,
+    tokenizer: Any,
+    input_features: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    num_beams: int = 1,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """Transcripts of a batch: the tokenizer's prompt, suppress lists and end token, greedy or beam.
+
+    `max_new_tokens` defaults to what the decoder's positions leave after the prompt.
+    """
+    prefix = list(tokenizer.prefix_ids)
+    common = dict(
+        prefix_ids=prefix,
+        eos_id=tokenizer.eos_id,
+        max_new_tokens=max_new_tokens or model.config.max_target_positions - len(prefix),
+        suppress_tokens=getattr(tokenizer, "suppress_tokens", ()),
+        begin_suppress_tokens=getattr(tokenizer, "begin_suppress_tokens", ()),
+    )
+    if num_beams > 1:
+        sequences = beam_search(model, input_features, attention_mask, num_beams=num_beams, **common)
+    else:
+        sequences = greedy_decode(model, input_features, attention_mask, **common)
+    return [tokenizer.decode(ids[len(prefix) :]).strip() for ids in sequences]

@@ -1,0 +1,240 @@
+"""The pre-norm transformer encoder-decoder pieces that Whisper and Speech2Text share (both are transformers'
+BART-style models): attention with a KV cache, the encoder and decoder layers, and the layer loops of the two
+stacks. A family subclasses them to set what differs (the attention's bias and scaling order, its front end and
+positions) and keeps transformers' parameter names (`self_attn`, `fc1`, ...), so its state dicts load as they are.
+
+The decoder's KV cache is a plain list returned to the caller, one `(self_k, self_v, cross_k, cross_v)` tuple per
+layer, each `[batch, heads, time, head_dim]`: self-attention K/V grow by one step per call, cross-attention K/V
+are computed from the encoder states once. Beam search reorders it with `index_select`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechtrain.layers.attention import attend, check_implementation, padding_to_attention_mask
+
+LayerCache = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+ACTIVATION_FUNCTIONS = {
+    "gelu": nn.GELU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+}
+
+
+class TransformerConfig(Protocol):
+    """The config fields the shared layers and stacks read (WhisperConfig and Speech2TextConfig have them)."""
+
+    d_model: int
+    dropout: float
+    attention_dropout: float
+    activation_dropout: float
+    activation_function: str
+    decoder_attention_heads: int
+    decoder_ffn_dim: int
+    encoder_layerdrop: float
+    decoder_layerdrop: float
+
+
+class Attention(nn.Module):
+    """Multi-head attention for both self- and cross-attention.
+
+    Subclasses set `key_bias` (openai/whisper has no `k_proj` bias) and `scale_query_first` (scale q before the
+    product, as transformers' Whisper does, instead of inside the attention kernel) to follow their reference
+    bit-closely.
+    """
+
+    key_bias = True
+    scale_query_first = False
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float, attn_implementation: str,
+                 is_causal: bool = False):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, d_model // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout, self.is_causal = dropout, is_causal
+        self.attn_implementation = check_implementation(attn_implementation)
+        self.k_proj = nn.Linear(d_model, d_model, bias=self.key_bias)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, time, _ = x.shape
+        return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """`hidden_states` `[B, T, d]` attends to itself, or to `key_value_states` `[B, S, d]` (cross-attention).
+
+        `mask` is a boolean key mask broadcastable to `[B, H, T, keys]`. `past` holds earlier K/V: self-attention
+        appends the new ones, cross-attention reuses them as they are. Returns `[B, T, d]` and the K/V to cache.
+        """
+        q = self.q_proj(hidden_states)
+        q = self._heads(q * self.scaling if self.scale_query_first else q)
+        if key_value_states is not None and past is not None:
+            k, v = past
+        else:
+            source = hidden_states if key_value_states is None else key_value_states
+            k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
+            if past is not None:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = attend(
+            q, k, v, mask=mask, is_causal=self.is_causal, scale=1.0 if self.scale_query_first else None,
+            dropout_p=self.dropout if self.training else 0.0, implementation=self.attn_implementation,
+        )
+        batch, _, time, _ = out.shape
+        out = out.transpose(1, 2).reshape(batch, time, -1)  # [B, T, H*Dh]
+        return self.out_proj(out), (k, v)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention + feed-forward block; `attention_class` is the family's `Attention`."""
+
+    attention_class: type[Attention] = Attention
+
+    def __init__(self, config: TransformerConfig, attn_implementation: str, num_heads: int, ffn_dim: int,
+                 is_causal: bool = False):
+        super().__init__()
+        self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
+        self.self_attn = self.attention_class(config.d_model, num_heads, config.attention_dropout,
+                                              attn_implementation, is_causal=is_causal)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model)
+        self.activation_fn = ACTIVATION_FUNCTIONS[config.activation_function]()
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.final_layer_norm = nn.LayerNorm(config.d_model)
+
+    def _residual(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        return x + F.dropout(update, p=self.dropout, training=self.training)
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.activation_fn(self.fc1(self.final_layer_norm(x)))
+        h = F.dropout(h, p=self.activation_dropout, training=self.training)
+        return self._residual(x, self.fc2(h))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, S, d]` -> `[B, S, d]`; `mask` `[B, 1, 1, S]` (if any) hides padded frames from every query."""
+        h, _ = self.self_attn(self.self_attn_layer_norm(x), mask=mask)
+        x = self._feed_forward(self._residual(x, h))
+        if x.dtype == torch.float16:  # as transformers: keep fp16 activations finite
+            limit = torch.finfo(x.dtype).max - 1000
+            x = x.clamp(min=-limit, max=limit)
+        return x
+
+
+class DecoderLayer(EncoderLayer):
+    """Causal self-attention, cross-attention to the encoder, feed-forward."""
+
+    def __init__(self, config: TransformerConfig, attn_implementation: str):
+        super().__init__(config, attn_implementation, config.decoder_attention_heads, config.decoder_ffn_dim,
+                         is_causal=True)
+        self.encoder_attn = self.attention_class(config.d_model, config.decoder_attention_heads,
+                                                 config.attention_dropout, attn_implementation)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        encoder_mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+    ) -> tuple[torch.Tensor, LayerCache]:
+        """`x` `[B, T, d]` -> `[B, T, d]` and this layer's updated cache."""
+        h, self_kv = self.self_attn(self.self_attn_layer_norm(x), mask=mask,
+                                    past=None if cache is None else cache[:2])
+        x = self._residual(x, h)
+        h, cross_kv = self.encoder_attn(self.encoder_attn_layer_norm(x), key_value_states=encoder_hidden_states,
+                                        mask=encoder_mask, past=None if cache is None else cache[2:])
+        return self._feed_forward(self._residual(x, h)), (*self_kv, *cross_kv)
+
+
+class TransformerEncoder(nn.Module):
+    """Base of a family's encoder: it builds the front end, `layers` and the final `layer_norm`, embeds the input
+    and hands the result to `run_layers`."""
+
+    config: TransformerConfig
+    layers: nn.ModuleList
+    layer_norm: nn.LayerNorm
+
+    def run_layers(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, S, d]` embedded input and an optional `[B, S]` mask (True = real) -> `[B, S, d]`, dropping layers
+        (`encoder_layerdrop`) in training."""
+        attention_mask = None if mask is None else padding_to_attention_mask(mask)
+        layerdrop = self.config.encoder_layerdrop if self.training else 0.0
+        for layer in self.layers:
+            if not (layerdrop > 0 and torch.rand(()) < layerdrop):
+                x = layer(x, attention_mask)
+        return self.layer_norm(x)
+
+
+class TransformerDecoder(nn.Module):
+    """Base of a family's decoder: it builds the token and position embeddings, `layers` and the final
+    `layer_norm`, embeds the new tokens (positions after `past_length`) and hands them to `run_layers`."""
+
+    config: TransformerConfig
+    layers: nn.ModuleList
+    layer_norm: nn.LayerNorm
+
+    @staticmethod
+    def past_length(cache: list[LayerCache] | None) -> int:
+        """How many tokens the cache already holds."""
+        return 0 if cache is None else cache[0][0].shape[2]
+
+    @staticmethod
+    def check_attention_mask(attention_mask: torch.Tensor | None, batch: int, past_length: int, time: int) -> None:
+        if attention_mask is not None and attention_mask.shape != (batch, past_length + time):
+            raise ValueError(
+                f"decoder attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                f"{(batch, past_length + time)} (batch, cached + new tokens)"
+            )
+
+    def run_layers(
+        self,
+        x: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        encoder_mask: torch.Tensor | None,
+        cache: list[LayerCache] | None,
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """`[B, T, d]` embedded tokens -> hidden states `[B, T, d]` and the updated cache (empty without
+        `use_cache`). Masks are `[B, past + T]` and `[B, S]` (True/1 = real). Layers are dropped
+        (`decoder_layerdrop`) only in training calls without `use_cache`."""
+        mask = None if attention_mask is None else padding_to_attention_mask(attention_mask)
+        cross_mask = None if encoder_mask is None else padding_to_attention_mask(encoder_mask)
+        layerdrop = self.config.decoder_layerdrop if self.training and not use_cache else 0.0
+        new_cache = []
+        for index, layer in enumerate(self.layers):
+            if layerdrop > 0 and torch.rand(()) < layerdrop:
+                continue
+            x, layer_cache = layer(x, encoder_hidden_states, mask, cross_mask, None if cache is None else cache[index])
+            new_cache.append(layer_cache)
+        return self.layer_norm(x), new_cache if use_cache else []
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, std: float) -> None:
+    """transformers' initialisation for these models: normal(0, std) weights, zero biases, zero padding row."""
+    if isinstance(module, nn.Linear | nn.Conv1d):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])

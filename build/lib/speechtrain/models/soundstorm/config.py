@@ -1,0 +1,74 @@
+"""SoundStorm hyper-parameters; saved as the model folder's `config.json` (`model_type: "soundstorm"`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from speechtrain.errors import ConfigError
+from speechtrain.layers.attention import check_implementation
+from speechtrain.models.hf_config import hf_config_fields
+
+
+@dataclass
+class SoundStormConfig:
+    """Defaults are the paper's (Borsos et al. 2023): a 12-layer, 1024-wide Conformer with 16 heads over 12 levels
+    of a 1024-entry codebook, conditioned on 50 Hz semantic tokens; `acoustic_rate` is the codec frame rate
+    (SoundStream 50 Hz in the paper, EnCodec 24 kHz 75 Hz). Codes `0..codebook_size-1` are tokens and
+    `codebook_size` is every level's mask id.
+
+    `num_semantic_tokens=0` makes the model unconditional. `self_condition` adds the seed's self-conditioning
+    parameters (the previous prediction's hidden states projected and added to the input).
+    """
+
+    codebook_size: int = 1024
+    num_quantizers: int = 12
+    dim: int = 1024
+    depth: int = 12
+    heads: int = 16
+    dim_head: int = 64
+    ff_mult: int = 4
+    conv_expansion_factor: int = 2
+    conv_kernel_size: int = 31
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    conv_dropout: float = 0.0
+    num_semantic_tokens: int = 500
+    semantic_rate: float = 50.0
+    acoustic_rate: float = 50.0
+    self_condition: bool = False
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("codebook_size", "num_quantizers", "dim", "depth", "heads", "dim_head", "ff_mult",
+                     "conv_expansion_factor", "conv_kernel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"SoundStormConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_semantic_tokens, int) or self.num_semantic_tokens < 0:
+            raise ConfigError(f"SoundStormConfig.num_semantic_tokens must be >= 0 (0 = unconditional), "
+                             f"got {self.num_semantic_tokens!r}")
+        if self.dim_head % 2:
+            raise ConfigError(f"SoundStormConfig.dim_head={self.dim_head} must be even (rotary positions rotate "
+                             "feature pairs)")
+        for name in ("attn_dropout", "ff_dropout", "conv_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"SoundStormConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
+        for name in ("semantic_rate", "acoustic_rate"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"SoundStormConfig.{name}={getattr(self, name)!r} must be a positive rate in Hz")
+        check_implementation(self.attn_implementation)
+
+    @property
+    def mask_id(self) -> int:
+        """The id that marks a masked code at every level."""
+        return self.codebook_size
+
+    @classmethod
+    def from_hf_dict(cls, hf_config: dict[str, Any]) -> SoundStormConfig:
+        """Builds from a `config.json` dict; keys that are not fields (e.g. `architectures`) are ignored."""
+        return cls(**hf_config_fields(cls, hf_config, ("soundstorm",)))
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        return {"architectures": ["SoundStorm"], "model_type": "soundstorm", **dataclasses.asdict(self)}

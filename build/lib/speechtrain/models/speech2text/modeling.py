@@ -1,0 +1,297 @@
+"""Speech2Text (Wang et al. 2020, fairseq S2T) as plain torch modules whose parameter names equal transformers',
+so a Hugging Face state dict loads without renaming. Leaf modules first, root last.
+
+Input is `[batch, frames, n_mels]` Kaldi filterbanks with a `[batch, frames]` frame mask. Strided convolutions
+subsample time (4x with two layers); the model maps the frame mask onto the subsampled axis itself, in `encode`
+and again in `decode`, because `speechtrain.decoding` hands both the same frame-level mask.
+
+The attention, the layers and the layer loops (with the decoder's KV cache) are the shared ones of
+`speechtrain.layers.transformer`; this file holds what is Speech2Text's own: the convolutional subsampler, fairseq's
+sinusoidal positions with their padding offset, the embedding scale and the frame-mask mapping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechtrain.layers.attention import check_implementation
+from speechtrain.layers.transformer import (
+    Attention,
+    DecoderLayer,
+    EncoderLayer,
+    LayerCache,
+    TransformerDecoder,
+    TransformerEncoder,
+    init_weights,
+)
+from speechtrain.models.speech2text.config import Speech2TextConfig
+
+
+def sinusoidal_positions(num_positions: int, channels: int, padding_idx: int) -> torch.Tensor:
+    """`[num_positions, channels]` tensor2tensor sinusoids (sin half, then cos half) with row `padding_idx` zero,
+    computed in the same operation order as transformers and fairseq, so the tables are bit-equal."""
+    half = channels // 2
+    inv_timescales = torch.exp(torch.arange(half, dtype=torch.int64).float() * -(math.log(10000) / (half - 1)))
+    angles = torch.arange(num_positions, dtype=torch.int64).float()[:, None] * inv_timescales[None, :]
+    table = F.pad(torch.cat([angles.sin(), angles.cos()], dim=1), (0, channels % 2))
+    table[padding_idx] = 0
+    return table
+
+
+def make_positions(ids: torch.Tensor, padding_idx: int, past_length: int = 0) -> torch.Tensor:
+    """fairseq's `make_positions`: entries that are not `padding_idx` count up from `padding_idx + 1 + past_length`,
+    the others stay at `padding_idx` (the zero row)."""
+    real = ids.ne(padding_idx).long()
+    return (real.cumsum(dim=1) + past_length) * real + padding_idx
+
+
+def subsampled_lengths(lengths: torch.Tensor | int, num_layers: int) -> torch.Tensor | int:
+    """Frames left after `num_layers` convolutions of stride 2 with odd kernels and `kernel // 2` padding."""
+    for _ in range(num_layers):
+        lengths = (lengths - 1) // 2 + 1
+    return lengths
+
+
+class Speech2TextSinusoidalPositionalEmbedding(nn.Module):
+    """Fixed sinusoidal positions looked up by position id, offset by fairseq's `padding_idx + 1`.
+
+    The table is a non-persistent buffer (not in the state dict, as in transformers). Longer sequences than it
+    holds get a larger table computed for that call (transformers keeps the grown one; we leave module state alone
+    so that DDP ranks keep equal buffers), so no input length is refused.
+    """
+
+    offset = 2
+
+    def __init__(self, num_positions: int, embedding_dim: int, padding_idx: int):
+        super().__init__()
+        self.embedding_dim, self.padding_idx = embedding_dim, padding_idx
+        self.register_buffer(
+            "weights", sinusoidal_positions(num_positions + self.offset, embedding_dim, padding_idx), persistent=False
+        )
+
+    def reset_parameters(self, device: torch.device | str = "cpu") -> None:
+        """Recomputes the table on `device`, e.g. after building the module on the meta device."""
+        self.weights = sinusoidal_positions(self.weights.shape[0], self.embedding_dim, self.padding_idx).to(device)
+
+    def forward(self, position_ids: torch.Tensor, max_position: int) -> torch.Tensor:
+        """`[B, T]` position ids, none above `max_position` -> `[B, T, d]`."""
+        table = self.weights
+        if max_position >= table.shape[0]:
+            table = sinusoidal_positions(max_position + self.offset, self.embedding_dim, self.padding_idx).to(table)
+        return table[position_ids]
+
+
+class Conv1dSubsampler(nn.Module):
+    """Stride-2 convolutions, each followed by a GLU that halves the channels back."""
+
+    def __init__(self, config: Speech2TextConfig):
+        super().__init__()
+        last = config.num_conv_layers - 1
+        self.conv_layers = nn.ModuleList(
+            nn.Conv1d(
+                config.input_size if i == 0 else config.conv_channels // 2,
+                config.conv_channels if i < last else 2 * config.d_model,
+                kernel_size=kernel,
+                stride=2,
+                padding=kernel // 2,
+            )
+            for i, kernel in enumerate(config.conv_kernel_sizes)
+        )
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        """`[B, T, n_features]` -> `[B, S, d_model]` with S = `subsampled_lengths(T)`."""
+        x = input_features.transpose(1, 2)  # [B, n_features, T]
+        for conv in self.conv_layers:
+            x = F.glu(conv(x), dim=1)
+        return x.transpose(1, 2)  # [B, S, d]
+
+
+class Speech2TextAttention(Attention):
+    """Multi-head attention for both self- and cross-attention, every projection with a bias."""
+
+
+class Speech2TextEncoderLayer(EncoderLayer):
+    """Pre-norm self-attention + feed-forward block."""
+
+    attention_class = Speech2TextAttention
+
+
+class Speech2TextDecoderLayer(DecoderLayer):
+    """Causal self-attention, cross-attention to the encoder, feed-forward."""
+
+    attention_class = Speech2TextAttention
+
+
+class Speech2TextEncoder(TransformerEncoder):
+    """Convolutional subsampler, scaled embeddings + sinusoidal positions, transformer layers."""
+
+    def __init__(self, config: Speech2TextConfig, attn_implementation: str):
+        super().__init__()
+        self.config = config
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.conv = Conv1dSubsampler(config)
+        self.embed_positions = Speech2TextSinusoidalPositionalEmbedding(
+            config.max_source_positions, config.d_model, config.pad_token_id
+        )
+        self.layers = nn.ModuleList(
+            Speech2TextEncoderLayer(config, attn_implementation, config.encoder_attention_heads,
+                                    config.encoder_ffn_dim)
+            for _ in range(config.encoder_layers)
+        )
+        self.layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, input_features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, T, n_features]` filterbanks and the subsampled `[B, S]` mask (True = real) -> `[B, S, d]`."""
+        x = self.embed_scale * self.conv(input_features)
+        batch, time, _ = x.shape
+        # fairseq and transformers number positions off the *padding* mask (1 = padded) with padding_idx as the
+        # "pad" value: with the usual pad_token_id=1, real frames count up from 2 and padded frames get row 1 (zeros)
+        padded = torch.zeros(batch, time, dtype=torch.long, device=x.device) if mask is None else (~mask).long()
+        positions = make_positions(padded, self.config.pad_token_id)
+        x = x + self.embed_positions(positions, self.config.pad_token_id + time)
+        x = F.dropout(x, p=self.config.dropout, training=self.training)
+        return self.run_layers(x, mask)
+
+
+class Speech2TextDecoder(TransformerDecoder):
+    """Scaled token embeddings + sinusoidal positions, causal transformer layers with cross-attention."""
+
+    def __init__(self, config: Speech2TextConfig, attn_implementation: str):
+        super().__init__()
+        self.config = config
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.embed_positions = Speech2TextSinusoidalPositionalEmbedding(
+            config.max_target_positions, config.d_model, config.pad_token_id
+        )
+        self.layers = nn.ModuleList(
+            Speech2TextDecoderLayer(config, attn_implementation) for _ in range(config.decoder_layers)
+        )
+        self.layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        use_cache: bool = True,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """`input_ids` `[B, T]` -> hidden states `[B, T, d]` and the updated cache (empty without `use_cache`).
+
+        `encoder_mask` `[B, S]` marks real encoder positions; `attention_mask` `[B, past + T]` real tokens (1)
+        and padding (0) over cached and new positions. Tokens equal to `pad_token_id` get the zero position, as
+        in fairseq. Layers are dropped (`decoder_layerdrop`) only in training calls without `use_cache`.
+        """
+        past_length = self.past_length(cache)
+        batch, time = input_ids.shape
+        self.check_attention_mask(attention_mask, batch, past_length, time)
+        positions = make_positions(input_ids, self.config.pad_token_id, past_length)
+        x = self.embed_scale * self.embed_tokens(input_ids)
+        x = x + self.embed_positions(positions, self.config.pad_token_id + past_length + time)
+        x = F.dropout(x, p=self.config.dropout, training=self.training)
+        return self.run_layers(x, encoder_hidden_states, attention_mask, encoder_mask, cache, use_cache)
+
+
+class Speech2TextModel(nn.Module):
+    """Holds the encoder and decoder under transformers' `model.` prefix; the root module drives them."""
+
+    def __init__(self, config: Speech2TextConfig, attn_implementation: str = "sdpa"):
+        super().__init__()
+        self.encoder = Speech2TextEncoder(config, attn_implementation)
+        self.decoder = Speech2TextDecoder(config, attn_implementation)
+
+
+class Speech2TextForConditionalGeneration(nn.Module):
+    """Speech2Text with its language-model head (`lm_head`, tied to the token embedding by default)."""
+
+    def __init__(self, config: Speech2TextConfig, attn_implementation: str = "sdpa"):
+        super().__init__()
+        self.config = config
+        self.attn_implementation = check_implementation(attn_implementation)
+        self.model = Speech2TextModel(config, attn_implementation)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' initialisation: normal(0, init_std) weights, zero biases, zero padding embedding."""
+        init_weights(module, self.config.init_std)
+
+    def tie_weights(self) -> None:
+        """Shares `lm_head.weight` with `model.decoder.embed_tokens.weight` when `tie_word_embeddings`."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.decoder.embed_tokens.weight
+
+    def get_encoder(self) -> Speech2TextEncoder:
+        """The encoder, e.g. to freeze it (transformers' name for this accessor)."""
+        return self.model.encoder
+
+    def encoder_mask(self, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The `[B, T]` frame mask (True = real frame) mapped onto the encoder's subsampled axis: `[B, S]` bool."""
+        if frame_mask is None:
+            return None
+        if frame_mask.dim() != 2:
+            raise ValueError(f"attention_mask must be a [batch, frames] frame mask, got {tuple(frame_mask.shape)}")
+        lengths = subsampled_lengths(frame_mask.long().sum(dim=1), self.config.num_conv_layers)  # [B]
+        steps = subsampled_lengths(frame_mask.shape[1], self.config.num_conv_layers)
+        return torch.arange(steps, device=frame_mask.device) < lengths[:, None]
+
+    def _encoder_inputs(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None):
+        if input_features.dim() != 3 or input_features.shape[2] != self.config.input_size:
+            raise ValueError(
+                f"Speech2Text expects input_features of shape [batch, frames, {self.config.input_size}] "
+                f"(frames first, input_feat_per_channel * input_channels last), got {tuple(input_features.shape)}"
+            )
+        if attention_mask is not None and attention_mask.shape != input_features.shape[:2]:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected the frame mask "
+                f"{tuple(input_features.shape[:2])} of input_features (the model subsamples it itself)"
+            )
+        return input_features, self.encoder_mask(attention_mask)
+
+    def encode(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, T, n_features]` filterbanks and their `[B, T]` frame mask -> `[B, S, d]` encoder states."""
+        return self.model.encoder(*self._encoder_inputs(input_features, attention_mask))
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """`decoder_input_ids` `[B, T]` (only the new tokens when `cache` is given) -> logits `[B, T, vocab]` and
+        the cache to pass to the next call. `encoder_attention_mask` is the *frame* mask given to `encode`."""
+        encoder_mask = self.encoder_mask(encoder_attention_mask)
+        if encoder_mask is not None and encoder_mask.shape[1] != encoder_hidden_states.shape[1]:
+            raise ValueError(
+                f"encoder_attention_mask has {encoder_attention_mask.shape[1]} frames, which subsample to "
+                f"{encoder_mask.shape[1]} positions, but encoder_hidden_states has {encoder_hidden_states.shape[1]}; "
+                "pass the frame mask that was given to encode()"
+            )
+        hidden, cache = self.model.decoder(decoder_input_ids, encoder_hidden_states, encoder_mask,
+                                           decoder_attention_mask, cache)
+        return self.lm_head(hidden), cache
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced logits `[B, L, vocab]` for `decoder_input_ids` `[B, L]`."""
+        if decoder_input_ids is None:
+            raise ValueError("Speech2TextForConditionalGeneration.forward needs decoder_input_ids [batch, tokens]")
+        input_features, encoder_mask = self._encoder_inputs(input_features, attention_mask)
+        encoder_hidden_states = self.model.encoder(input_features, encoder_mask)
+        hidden, _ = self.model.decoder(decoder_input_ids, encoder_hidden_states, encoder_mask,
+                                       decoder_attention_mask, use_cache=False)
+        return self.lm_head(hidden)

@@ -1,0 +1,104 @@
+"""Whisper hyper-parameters with transformers' field names, so `config.json` round-trips with the Hub."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from speechtrain.errors import ConfigError
+from speechtrain.models.hf_config import hf_config_fields
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+
+@dataclass
+class WhisperConfig:
+    """Defaults are transformers' (whisper-tiny sized widths, multilingual token ids).
+
+    `scale_embedding`, `suppress_tokens`, `begin_suppress_tokens` and `median_filter_width` are kept for the
+    config.json round trip; the model does not use them (transformers' Whisper ignores `scale_embedding` too,
+    and suppression is the decoder's job). The SpecAugment fields are read by the training task.
+    """
+
+    vocab_size: int = 51865
+    num_mel_bins: int = 80
+    encoder_layers: int = 4
+    encoder_attention_heads: int = 6
+    decoder_layers: int = 4
+    decoder_attention_heads: int = 6
+    decoder_ffn_dim: int = 1536
+    encoder_ffn_dim: int = 1536
+    encoder_layerdrop: float = 0.0
+    decoder_layerdrop: float = 0.0
+    d_model: int = 384
+    activation_function: str = "gelu"
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    init_std: float = 0.02
+    scale_embedding: bool = False
+    max_source_positions: int = 1500
+    max_target_positions: int = 448
+    pad_token_id: int = 50256
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+    decoder_start_token_id: int = 50257
+    tie_word_embeddings: bool = True
+    suppress_tokens: list[int] | None = None
+    begin_suppress_tokens: list[int] | None = field(default_factory=lambda: [220, 50256])
+    median_filter_width: int = 7
+    apply_spec_augment: bool = False
+    mask_time_prob: float = 0.05
+    mask_time_length: int = 10
+    mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    mask_feature_min_masks: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "num_mel_bins", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "d_model",
+                     "max_source_positions", "max_target_positions"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"WhisperConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("encoder_attention_heads", "decoder_attention_heads"):
+            if self.d_model % getattr(self, name):
+                raise ConfigError(
+                    f"WhisperConfig.d_model={self.d_model} must be divisible by {name}={getattr(self, name)}"
+                )
+        if self.d_model % 2 or self.d_model < 4:
+            raise ConfigError(f"WhisperConfig.d_model={self.d_model} must be even and >= 4 (sinusoidal positions)")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            token_id = getattr(self, name)
+            if not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+                raise ConfigError(
+                    f"WhisperConfig.{name}={token_id!r} must be an id inside the vocabulary [0, {self.vocab_size})"
+                )
+        if self.activation_function not in ACTIVATIONS:
+            raise ConfigError(
+                f"WhisperConfig.activation_function={self.activation_function!r} is not one of {ACTIVATIONS}"
+            )
+        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "decoder_layerdrop",
+                     "mask_time_prob", "mask_feature_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"WhisperConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
+
+    @classmethod
+    def from_hf_dict(cls, hf_config: dict[str, Any]) -> WhisperConfig:
+        """Builds from a transformers `config.json` dict; keys this model does not use are ignored."""
+        values = hf_config_fields(cls, hf_config, ("whisper",))
+        for key in ("suppress_tokens", "begin_suppress_tokens"):
+            if values.get(key) is not None:
+                values[key] = list(values[key])
+        return cls(**values)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A `config.json` dict that `transformers.WhisperConfig` accepts."""
+        return {
+            "architectures": ["WhisperForConditionalGeneration"],
+            "model_type": "whisper",
+            "is_encoder_decoder": True,
+            "use_cache": True,
+            **dataclasses.asdict(self),
+        }

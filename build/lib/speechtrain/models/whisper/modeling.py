@@ -1,0 +1,194 @@
+"""Whisper (Radford et al. 2022) as plain torch modules whose parameter names equal transformers', so a
+Hugging Face state dict loads without renaming. Leaf modules first, root last. The attention, the layers and the
+layer loops (with the decoder's KV cache) are the shared ones of `speechtrain.layers.transformer`; this file holds
+what is Whisper's own: the convolutional front end, the sinusoidal encoder positions and the learned decoder ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechtrain.layers.attention import check_implementation
+from speechtrain.layers.transformer import (
+    Attention,
+    DecoderLayer,
+    EncoderLayer,
+    LayerCache,
+    TransformerDecoder,
+    TransformerEncoder,
+    init_weights,
+)
+from speechtrain.models.whisper.config import WhisperConfig
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """`[length, channels]` sinusoidal positions of the encoder (sin half, then cos half)."""
+    log_timescale_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2))
+    scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([scaled_time.sin(), scaled_time.cos()], dim=1)
+
+
+class WhisperAttention(Attention):
+    """`k_proj` has no bias, as in openai/whisper; q is scaled before the product, in transformers' order, for
+    bit-closer parity."""
+
+    key_bias = False
+    scale_query_first = True
+
+
+class WhisperEncoderLayer(EncoderLayer):
+    """Pre-norm self-attention + feed-forward block."""
+
+    attention_class = WhisperAttention
+
+
+class WhisperDecoderLayer(DecoderLayer):
+    """Causal self-attention, cross-attention to the encoder, feed-forward."""
+
+    attention_class = WhisperAttention
+
+
+class WhisperEncoder(TransformerEncoder):
+    """Two convolutions (the second halves the frame rate), sinusoidal positions, transformer layers."""
+
+    def __init__(self, config: WhisperConfig, attn_implementation: str):
+        super().__init__()
+        self.config = config
+        self.conv1 = nn.Conv1d(config.num_mel_bins, config.d_model, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(config.d_model, config.d_model, kernel_size=3, stride=2, padding=1)
+        self.embed_positions = nn.Embedding(config.max_source_positions, config.d_model)
+        self.embed_positions.requires_grad_(False)
+        self.layers = nn.ModuleList(
+            WhisperEncoderLayer(config, attn_implementation, config.encoder_attention_heads, config.encoder_ffn_dim)
+            for _ in range(config.encoder_layers)
+        )
+        self.layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        """`[B, n_mels, 2 * max_source_positions]` log-mel features -> `[B, max_source_positions, d]`."""
+        expected_frames = 2 * self.config.max_source_positions
+        if input_features.dim() != 3 or input_features.shape[1:] != (self.config.num_mel_bins, expected_frames):
+            raise ValueError(
+                f"Whisper expects input_features of shape [batch, {self.config.num_mel_bins}, {expected_frames}] "
+                f"(num_mel_bins, 2 * max_source_positions), got {tuple(input_features.shape)}; "
+                f"pad or trim the log-mel features to {expected_frames} frames"
+            )
+        x = F.gelu(self.conv1(input_features))
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # [B, S, d]
+        x = F.dropout(x + self.embed_positions.weight, p=self.config.dropout, training=self.training)
+        return self.run_layers(x)
+
+
+class WhisperDecoder(TransformerDecoder):
+    """Token + learned position embeddings, causal transformer layers with cross-attention."""
+
+    def __init__(self, config: WhisperConfig, attn_implementation: str):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_target_positions, config.d_model)
+        self.layers = nn.ModuleList(
+            WhisperDecoderLayer(config, attn_implementation) for _ in range(config.decoder_layers)
+        )
+        self.layer_norm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        use_cache: bool = True,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """`input_ids` `[B, T]` -> hidden states `[B, T, d]` and the updated cache (empty without `use_cache`).
+
+        `attention_mask` `[B, past + T]` marks real tokens (1) and padding (0) over cached and new positions.
+        Layers are dropped (`decoder_layerdrop`) only in training calls without `use_cache`.
+        """
+        past_length = self.past_length(cache)
+        batch, time = input_ids.shape
+        if past_length + time > self.config.max_target_positions:
+            raise ValueError(
+                f"decoder positions {past_length}+{time} exceed max_target_positions="
+                f"{self.config.max_target_positions}; shorten the labels or the number of decoding steps"
+            )
+        self.check_attention_mask(attention_mask, batch, past_length, time)
+        positions = self.embed_positions.weight[past_length : past_length + time]
+        x = F.dropout(self.embed_tokens(input_ids) + positions, p=self.config.dropout, training=self.training)
+        return self.run_layers(x, encoder_hidden_states, attention_mask, None, cache, use_cache)
+
+
+class WhisperModel(nn.Module):
+    """Holds the encoder and decoder under transformers' `model.` prefix; the root module drives them."""
+
+    def __init__(self, config: WhisperConfig, attn_implementation: str = "sdpa"):
+        super().__init__()
+        self.encoder = WhisperEncoder(config, attn_implementation)
+        self.decoder = WhisperDecoder(config, attn_implementation)
+
+
+class WhisperForConditionalGeneration(nn.Module):
+    """Whisper with its language-model head (`proj_out`, tied to the token embedding by default)."""
+
+    def __init__(self, config: WhisperConfig, attn_implementation: str = "sdpa"):
+        super().__init__()
+        self.config = config
+        self.attn_implementation = check_implementation(attn_implementation)
+        self.model = WhisperModel(config, attn_implementation)
+        self.proj_out = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' initialisation (`init_weights`) plus the sinusoidal encoder positions."""
+        init_weights(module, self.config.init_std)
+        if isinstance(module, WhisperEncoder):
+            module.embed_positions.weight.copy_(sinusoids(*module.embed_positions.weight.shape))
+
+    def tie_weights(self) -> None:
+        """Shares `proj_out.weight` with `model.decoder.embed_tokens.weight` when `tie_word_embeddings`."""
+        if self.config.tie_word_embeddings:
+            self.proj_out.weight = self.model.decoder.embed_tokens.weight
+
+    def get_encoder(self) -> WhisperEncoder:
+        """The encoder, e.g. to freeze it (transformers' name for this accessor)."""
+        return self.model.encoder
+
+    def encode(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`[B, n_mels, frames]` -> `[B, max_source_positions, d]`. Whisper ignores `attention_mask` (as
+        transformers does): it was trained on 30 s windows padded with silence."""
+        return self.model.encoder(input_features)
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """`decoder_input_ids` `[B, T]` (only the new tokens when `cache` is given) -> logits `[B, T, vocab]`
+        and the cache to pass to the next call. `encoder_attention_mask` is ignored, as in `encode`."""
+        hidden, cache = self.model.decoder(decoder_input_ids, encoder_hidden_states, decoder_attention_mask, cache)
+        return self.proj_out(hidden), cache
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced logits `[B, T, vocab]` for `decoder_input_ids` `[B, T]`."""
+        if decoder_input_ids is None:
+            raise ValueError("WhisperForConditionalGeneration.forward needs decoder_input_ids [batch, tokens]")
+        encoder_hidden_states = self.encode(input_features, attention_mask)
+        hidden, _ = self.model.decoder(decoder_input_ids, encoder_hidden_states, decoder_attention_mask,
+                                       use_cache=False)
+        return self.proj_out(hidden)

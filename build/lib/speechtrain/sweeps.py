@@ -1,0 +1,260 @@
+"""Hyper-parameter sweeps as Hydra multiruns: a summary table of every job, and Bayesian search with Optuna.
+
+Grids use Hydra's basic sweeper (`python train.py -m task.optimizer.lr=1e-3,3e-3`). `OptunaSweeper` is a
+Hydra sweeper over current Optuna's ask/tell interface (hydra-optuna-sweeper pins optuna<3); Hydra only
+loads sweepers from the `hydra_plugins` namespace, so `hydra_plugins/speechtrain_sweepers` exposes it
+as `hydra/sweeper=optuna`. Its search space uses the override grammar, in `hydra.sweeper.params` or on
+the command line:
+    choice(a, b, c) and range(start, stop[, step])   a categorical parameter
+    interval(low, high)                               a float, uniform
+    tag(log, interval(low, high))                     a float, log-uniform
+    tag(int, interval(low, high)), tag(int, log, ...) an integer
+Any other override is passed unchanged to every trial. Each trial is one job of the multirun with its
+own folder, and returns `cfg.optimized_metric` (see `speechtrain.train`).
+
+`SweepSummary` (a Hydra callback, on in speechtrain/conf/hydra/default.yaml) writes `summary.md` and `summary.csv`
+into the sweep folder when a multirun ends: one row per job with the keys that vary between jobs and
+the job's `optimized_metric` from its `metrics.json`; the CSV has every other final metric too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from speechtrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+# --- the summary table ----------------------------------------------------------------------------
+
+
+def _read_job(job_dir: Path) -> dict[str, Any]:
+    """A job folder's number, overrides, optimized metric name and final metrics (None if it wrote none)."""
+    hydra_dir = job_dir / ".hydra"
+    overrides = OmegaConf.load(hydra_dir / "overrides.yaml")
+    job_config = OmegaConf.load(hydra_dir / "config.yaml")
+    job_number = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.get("num")
+    metrics_path = job_dir / "metrics.json"
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    return {
+        "job": job_number,
+        "dir": job_dir,
+        "overrides": {o.get_key_element(): o.get_value_element_as_str() for o in parsed},
+        "metric": job_config.get("optimized_metric"),
+        "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
+    }
+
+
+def _format(value: Any, short: bool = False) -> str:
+    """A cell: floats to 6 significant digits; with `short`, numeric override strings too (Optuna's are long)."""
+    if short and isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".e") else value
+        except ValueError:
+            pass
+    return f"{value:.6g}" if isinstance(value, float) else "" if value is None else str(value)
+
+
+def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> list[dict[str, Any]]:
+    """Writes `summary.md` and `summary.csv` for the jobs under `sweep_dir`, prints the table, returns the rows.
+
+    A row holds `job`, the swept keys (every override whose value differs between jobs; all overrides
+    when there is one job), the optimized metric's value under its name, `best` ("*" on the best job
+    by `direction`), `status` and `dir`; the CSV adds every other metric of `metrics.json`.
+    """
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"sweep direction={direction!r}: expected one of {DIRECTIONS}")
+    sweep_dir = Path(sweep_dir)
+    jobs = [_read_job(path.parent.parent) for path in sweep_dir.rglob(".hydra/overrides.yaml")]
+    if not jobs:
+        raise FileNotFoundError(f"{sweep_dir}: no job folders (with .hydra/overrides.yaml) to summarise")
+    jobs.sort(key=lambda job: (job["job"] is None, job["job"] or 0, str(job["dir"])))
+
+    all_keys = list(dict.fromkeys(key for job in jobs for key in job["overrides"]))
+    swept = [k for k in all_keys if len({job["overrides"].get(k) for job in jobs}) > 1] if len(jobs) > 1 else all_keys
+    metric_names = list(dict.fromkeys(job["metric"] for job in jobs if job["metric"]))
+    other_metrics = sorted({name for job in jobs for name in job["metrics"] or {}} - set(metric_names))
+
+    rows = []
+    for job in jobs:
+        metrics = job["metrics"] or {}
+        row = {"job": job["job"], **{key: job["overrides"].get(key) for key in swept}}
+        row |= {name: metrics.get(name) for name in metric_names}
+        row["status"] = "no metrics.json" if job["metrics"] is None else "ok"
+        row["dir"] = str(job["dir"].relative_to(sweep_dir))
+        row["other"] = {name: metrics.get(name) for name in other_metrics}
+        rows.append(row)
+    scored = [r for r in rows if len(metric_names) == 1 and _finite(r[metric_names[0]])]
+    best = (min if direction == "minimize" else max)(scored, key=lambda r: r[metric_names[0]]) if scored else None
+    for row in rows:
+        row["best"] = "*" if row is best else ""
+
+    columns = ["job", *swept, *metric_names, "best", "status", "dir"]
+    table = [columns, *[[_format(row[c], short=True) for c in columns] for row in rows]]
+    markdown = "\n".join("| " + " | ".join(cells) + " |" for cells in table[:1] + [["---"] * len(columns)] + table[1:])
+    title = f"Sweep {sweep_dir}: {len(rows)} jobs, {direction} {', '.join(metric_names) or '(no optimized_metric)'}"
+    (sweep_dir / "summary.md").write_text(f"# {title}\n\n{markdown}\n")
+    with open(sweep_dir / "summary.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(columns + other_metrics)
+        for row in rows:
+            writer.writerow([_format(row[c]) for c in columns] + [_format(row["other"][m]) for m in other_metrics])
+    print(f"{title}\n{markdown}\n(written to {sweep_dir / 'summary.md'} and summary.csv)")
+    return rows
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: the summary table of `write_sweep_summary` when a multirun ends.
+
+    The direction is the sweeper's (`hydra.sweeper.direction`, as `OptunaSweeper` has) or `direction`.
+    Jobs are read back from their folders, so the table is the same whichever launcher ran them.
+    """
+
+    def __init__(self, direction: str = "minimize"):
+        self.direction = direction
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            log.warning("no sweep folder %s: nothing to summarise", sweep_dir)
+            return
+        write_sweep_summary(sweep_dir, config.hydra.sweeper.get("direction", self.direction))
+
+
+# --- Optuna -----------------------------------------------------------------------------------------
+
+
+def optuna_distribution(override: Override) -> Any:
+    """The Optuna distribution of one sweep override (choice, range, interval with `log`/`int` tags)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    sweep = override.value()
+    tags = sweep.tags
+    unknown_tags = tags - {"log", "int"}
+    if unknown_tags:
+        raise ConfigError(f"{override.input_line}: unknown tags {sorted(unknown_tags)}; use log and/or int")
+    if isinstance(sweep, ChoiceSweep | RangeSweep):
+        if tags:
+            raise ConfigError(f"{override.input_line}: tags apply to interval(...), not to choice or range")
+        return CategoricalDistribution(list(override.sweep_string_iterator()))
+    if isinstance(sweep, IntervalSweep):
+        if not sweep.start < sweep.end:
+            raise ConfigError(f"{override.input_line}: interval low {sweep.start} must be below high {sweep.end}")
+        if "int" in tags:
+            return IntDistribution(int(sweep.start), int(sweep.end), log="log" in tags)
+        return FloatDistribution(sweep.start, sweep.end, log="log" in tags)
+    raise ConfigError(f"{override.input_line}: Optuna cannot search {type(sweep).__name__}")
+
+
+def search_space(overrides: Sequence[Override]) -> tuple[dict[str, Any], list[str]]:
+    """Sweep overrides as `{key: distribution}`; every other override as a fixed `key=value` string."""
+    distributions, fixed = {}, []
+    for override in overrides:
+        if override.is_sweep_override():
+            distributions[override.get_key_element()] = optuna_distribution(override)
+        else:
+            fixed.append(override.input_line)
+    if not distributions:
+        raise ConfigError("the Optuna sweeper has nothing to search: give hydra.sweeper.params or sweep overrides "
+                         "such as 'task.optimizer.lr=tag(log, interval(1e-4, 1e-2))'")
+    return distributions, fixed
+
+
+class OptunaSweeper(Sweeper):
+    """Bayesian search: asks Optuna for `n_jobs` trials at a time, runs them as one launcher batch, tells the
+    results back. A trial whose job fails or returns no finite value is told FAIL and the study goes on.
+
+    `sampler` is an Optuna sampler's config (`_target_`), TPE with `seed` when null; `storage` an Optuna
+    storage URL (e.g. sqlite:///study.db) to resume a study by `study_name`. The best trial goes to
+    `optimization_results.yaml` in the sweep folder.
+    """
+
+    def __init__(self, direction: str = "minimize", n_trials: int = 20, n_jobs: int = 1, seed: int | None = None,
+                 sampler: Any = None, storage: str | None = None, study_name: str | None = None,
+                 params: dict[str, str] | None = None):
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"hydra.sweeper.direction={direction!r}: expected one of {DIRECTIONS}")
+        if n_trials < 1 or n_jobs < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be at least 1")
+        self.direction, self.n_trials, self.n_jobs, self.seed = direction, n_trials, n_jobs, seed
+        self.sampler, self.storage, self.study_name = sampler, storage, study_name
+        self.params = dict(params or {})
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        import hydra
+        import optuna
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([f"{key}={value}" for key, value in self.params.items()] + arguments)
+        distributions, fixed = search_space(overrides)
+        sampler = (hydra.utils.instantiate(self.sampler) if self.sampler
+                   else optuna.samplers.TPESampler(seed=self.seed))
+        study = optuna.create_study(direction=self.direction, sampler=sampler, storage=self.storage,
+                                    study_name=self.study_name, load_if_exists=self.storage is not None)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        log.info("Optuna: %d trials of %s over %s", self.n_trials, self.direction,
+                 ", ".join(f"{k}: {d}" for k, d in distributions.items()))
+
+        returns: list[JobReturn] = []
+        while len(returns) < self.n_trials:
+            trials = [study.ask(distributions) for _ in range(min(self.n_jobs, self.n_trials - len(returns)))]
+            batch = [fixed + [f"{key}={trial.params[key]}" for key in distributions] for trial in trials]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=len(returns))
+            for trial, result in zip(trials, results, strict=True):
+                self._tell(study, trial, result)
+            returns += results
+
+        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not finished:
+            raise RuntimeError(f"Optuna: none of the {len(returns)} trials finished with a value; see {sweep_dir}")
+        best = {"best_params": study.best_params, "best_value": study.best_value, "direction": self.direction,
+                "n_trials": len(study.trials), "n_failed": len(study.trials) - len(finished)}
+        OmegaConf.save(OmegaConf.create(best), sweep_dir / "optimization_results.yaml")
+        log.info("Optuna best value %.6g with %s", study.best_value, study.best_params)
+        return returns
+
+    @staticmethod
+    def _tell(study: Any, trial: Any, result: JobReturn) -> None:
+        from optuna.trial import TrialState
+
+        try:
+            value = result.return_value  # re-raises the job's exception if it failed
+            reason = f"returned {value!r} (is optimized_metric logged by the task?)"
+        except Exception as err:  # noqa: BLE001 - a failed trial must not end the study
+            value, reason = None, f"failed: {err!r}"
+        if _finite(value):
+            study.tell(trial, float(value))
+            return
+        log.warning("Optuna trial %d (%s) %s; told FAIL", trial.number, " ".join(result.overrides or []), reason)
+        study.tell(trial, state=TrialState.FAIL)

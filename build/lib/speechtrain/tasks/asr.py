@@ -1,0 +1,146 @@
+"""Sequence-to-sequence ASR training (Whisper, Speech2Text): one LightningModule for every encoder-decoder.
+
+The task receives a built network, tokenizer and feature extractor and owns what training adds around
+them: SpecAugment, label-smoothed cross-entropy, AdamW with warm-up and decay, greedy or beam decoding
+for validation WER/CER, a few predictions logged beside their references, and skipping of batches
+that the data layer emptied or that produce a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechtrain.decoding import decode_to_text
+from speechtrain.layers.specaugment import SpecAugment
+from speechtrain.tasks.checkpointing import attach_pretrained_files
+from speechtrain.tasks.guards import NonFiniteGuard
+from speechtrain.tasks.metrics import error_counts
+from speechtrain.tasks.sample_logging import log_text_table
+from speechtrain.tasks.schedules import warmup_decay_schedule
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+
+
+class Seq2SeqASRTask(L.LightningModule):
+    """Trains an encoder-decoder with the interface of docs/design.md on `AsrCollator` batches."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        feature_extractor: Any,
+        optimizer: OptimizerFactory,
+        warmup_steps: int = 0,
+        lr_decay: str = "linear",
+        min_lr_ratio: float = 0.0,
+        spec_augment: SpecAugment | None = None,
+        label_smoothing: float = 0.0,
+        freeze_encoder: bool = False,
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+        num_logged_predictions: int = 4,
+        max_consecutive_nonfinite: int = 10,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.optimizer_factory = optimizer
+        self.warmup_steps = warmup_steps
+        self.lr_decay = lr_decay
+        self.min_lr_ratio = min_lr_ratio
+        self.spec_augment = spec_augment or SpecAugment()
+        self.label_smoothing = label_smoothing
+        self.num_beams = num_beams
+        self.max_new_tokens = max_new_tokens
+        self.num_logged_predictions = num_logged_predictions
+        self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
+        self.skipped_batches = 0
+        if freeze_encoder:
+            self.model.get_encoder().requires_grad_(False)
+        self._val_counts: dict[str, int] = {}
+        self._val_samples: list[tuple[str, str, str]] = []
+
+    # --- training -------------------------------------------------------------------------------
+
+    def model_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Label-smoothed cross-entropy over the non-padded label tokens."""
+        features = batch["input_features"]
+        if self.training and self.spec_augment.enabled:
+            features = self.spec_augment(features, batch["attention_mask"])
+        logits = self.model(
+            features, batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"]
+        )
+        # [batch, tokens, vocab] -> [batch * tokens, vocab]; the loss in fp32 under mixed precision
+        return F.cross_entropy(
+            logits.float().flatten(0, 1),
+            batch["labels"].flatten(),
+            ignore_index=-100,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every item of the batch failed to load; the dataset has said which
+            self.skipped_batches += 1
+            return None
+        loss = self.model_step(batch)
+        if not self.nonfinite.check(loss, self.global_step, batch["ids"]):
+            self.skipped_batches += 1
+            return None
+        batch_size = len(batch["ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/skipped_items", float(batch.get("num_skipped", 0)), reduce_fx="sum", batch_size=batch_size)
+        return loss
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = {"word_errors": 0, "words": 0, "char_errors": 0, "chars": 0}
+        self._val_samples = []
+
+    def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        batch_size = len(batch["ids"])
+        self.log("val/loss", self.model_step(batch), prog_bar=True, batch_size=batch_size, sync_dist=True)
+        hypotheses = decode_to_text(self.model, self.tokenizer, batch["input_features"], batch["attention_mask"],
+                                    self.num_beams, self.max_new_tokens)
+        for key, value in error_counts(batch["texts"], hypotheses).items():
+            self._val_counts[key] += value
+        room = self.num_logged_predictions - len(self._val_samples)
+        self._val_samples += list(zip(batch["ids"], batch["texts"], hypotheses, strict=True))[: max(room, 0)]
+
+    def on_validation_epoch_end(self) -> None:
+        counts = torch.tensor([self._val_counts[k] for k in ("word_errors", "words", "char_errors", "chars")],
+                              dtype=torch.float64, device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        self.log("val/wer", (counts[0] / counts[1].clamp(min=1)).float(), prog_bar=True)
+        self.log("val/cer", (counts[2] / counts[3].clamp(min=1)).float(), prog_bar=True)
+        if self._val_samples and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log_text_table(self.loggers, "val/predictions", ["id", "reference", "hypothesis"],
+                           self._val_samples, self.global_step)
+
+    # --- optimisation and checkpoints -----------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW-style optimiser (from the config) with no weight decay on biases and norms."""
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for _, p in trainable if p.ndim >= 2]},
+            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = self.optimizer_factory(groups)
+        total = self.trainer.estimated_stepping_batches
+        total_steps = int(total) if math.isfinite(total) else max(self.warmup_steps * 10, 1)
+        scheduler = warmup_decay_schedule(optimizer, self.warmup_steps, total_steps, self.lr_decay, self.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        attach_pretrained_files(checkpoint, self.model, self.tokenizer, self.feature_extractor)

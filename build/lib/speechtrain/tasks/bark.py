@@ -1,0 +1,165 @@
+"""Bark training: one LightningModule for the semantic, coarse and fine sub-models, full or with LoRA adapters.
+
+The model's `config.model_type` picks the forward pass over the batches of `speechtrain.data.bark_data`:
+semantic batches go through `embed_merged_context` (text and history embeddings summed, as generation does),
+coarse batches straight through the causal model, fine batches through the fine model with one target codebook
+per row. The loss is cross-entropy over the positions whose label is not -100 (next-token for the causal models,
+the masked codebook for the fine model). Right padding under a causal mask is never seen by a real position, so
+the causal models run without a padding mask (and keep SDPA's causal kernel).
+
+With `lora={rank, alpha, targets, dropout}` the model's matching linear layers get adapters and everything else
+is frozen. Checkpoints then hold the merged, plain weights under transformers' names in `state_dict` (so
+`speechtrain-export` and any loader see an ordinary Bark model) and, under `lora`, the frozen base weights of the
+adapted layers and the adapters, from which resuming restores the exact training state. At the end of `fit` the
+adapters are merged into the model in place, so the entry point exports a plain model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from speechtrain.layers.lora import LoRALinear, apply_lora, merge_lora
+from speechtrain.models.bark import BarkCausalModel, BarkFineModel
+from speechtrain.models.bark.layouts import DEFAULTS, IGNORE_INDEX
+from speechtrain.tasks.checkpointing import attach_pretrained_files
+from speechtrain.tasks.guards import NonFiniteGuard
+from speechtrain.tasks.schedules import warmup_decay_schedule
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+LORA_KEYS = {"rank", "alpha", "targets", "dropout"}
+LORA_CHECKPOINT_KEY = "lora"
+
+
+def semantic_logits(model: BarkCausalModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """`[B, T, output_vocab]` over the merged positions of a semantic batch."""
+    context = DEFAULTS.semantic.max_input_semantic_length
+    logits, _ = model(input_embeds=model.embed_merged_context(batch["input_ids"], context))
+    return logits
+
+
+def coarse_logits(model: BarkCausalModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    logits, _ = model(batch["input_ids"])
+    return logits
+
+
+def fine_logits(model: BarkFineModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return model(batch["codebook_idx"], batch["input_ids"])
+
+
+FORWARDS = {"semantic": semantic_logits, "coarse_acoustics": coarse_logits, "fine_acoustics": fine_logits}
+
+
+class BarkTask(L.LightningModule):
+    """Trains one Bark sub-model on `bark_data` batches; logs `loss`, `accuracy` (of the scored tokens) and
+    `tokens` (scored tokens, summed) under `train/` and `val/`."""
+
+    def __init__(
+        self,
+        model: BarkCausalModel | BarkFineModel,
+        optimizer: OptimizerFactory,
+        warmup_steps: int = 0,
+        lr_decay: str = "linear",
+        min_lr_ratio: float = 0.0,
+        lora: Mapping[str, Any] | None = None,
+        max_consecutive_nonfinite: int = 10,
+        tokenizer: Any = None,
+        feature_extractor: Any = None,
+    ) -> None:
+        super().__init__()
+        self.forward_logits = FORWARDS[model.config.model_type]
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.warmup_steps, self.lr_decay, self.min_lr_ratio = warmup_steps, lr_decay, min_lr_ratio
+        self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
+        self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
+        self.skipped_batches = 0
+        if lora:
+            unknown = set(lora) - LORA_KEYS
+            if unknown or "targets" not in lora:
+                raise ValueError(f"task.lora={dict(lora)}: expected keys {sorted(LORA_KEYS)} (targets required), "
+                                 f"unknown: {sorted(unknown)}")
+            apply_lora(model, list(lora["targets"]), lora.get("rank", 8), lora.get("alpha", 16.0),
+                       lora.get("dropout", 0.0))
+
+    # --- training -------------------------------------------------------------------------------
+
+    def model_step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cross-entropy, accuracy, number of scored tokens) of one batch."""
+        logits = self.forward_logits(self.model, batch).float()  # [B, T, V], the loss in fp32
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        scored = labels != IGNORE_INDEX
+        tokens = scored.sum()
+        accuracy = ((logits.argmax(dim=-1) == labels) & scored).sum() / tokens.clamp(min=1)
+        return loss, accuracy, tokens
+
+    def _log_step(self, stage: str, loss: torch.Tensor, accuracy: torch.Tensor, tokens: torch.Tensor,
+                  batch_size: int) -> None:
+        sync = stage == "val"
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=sync)
+        self.log(f"{stage}/accuracy", accuracy, batch_size=batch_size, sync_dist=sync)
+        self.log(f"{stage}/tokens", tokens.float(), reduce_fx="sum", batch_size=batch_size, sync_dist=sync)
+
+    def training_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:
+            self.skipped_batches += 1
+            return None
+        loss, accuracy, tokens = self.model_step(batch)
+        if not self.nonfinite.check(loss, self.global_step, batch["ids"]):
+            self.skipped_batches += 1
+            return None
+        self._log_step("train", loss, accuracy, tokens, len(batch["ids"]))
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        self._log_step("val", *self.model_step(batch), len(batch["ids"]))
+
+    # --- optimisation and checkpoints -----------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The configured optimiser over the trainable parameters (the adapters only with LoRA), no weight decay on
+        biases and norms; warm-up then decay per step."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if p.ndim >= 2]},
+                  {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory([group for group in groups if group["params"]])
+        total = self.trainer.estimated_stepping_batches
+        total_steps = int(total) if math.isfinite(total) else max(self.warmup_steps * 10, 1)
+        scheduler = warmup_decay_schedule(optimizer, self.warmup_steps, total_steps, self.lr_decay, self.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _adapted(self) -> dict[str, LoRALinear]:
+        """State-dict prefixes (`model.layers.0.attn.att_proj.`) of the LoRA layers."""
+        return {f"model.{name}.": module for name, module in self.model.named_modules()
+                if isinstance(module, LoRALinear)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        attach_pretrained_files(checkpoint, self.model, self.tokenizer, None)
+        adapted = self._adapted()
+        if not adapted:
+            return
+        state, kept = checkpoint["state_dict"], {}
+        for prefix, module in adapted.items():
+            for key in ("weight", "lora_a", "lora_b"):
+                kept[prefix + key] = state.pop(prefix + key)
+            state[prefix + "weight"] = module.merged().weight.detach()
+        checkpoint[LORA_CHECKPOINT_KEY] = kept
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Puts the base weights and adapters back (a LoRA run resumed) before Lightning loads the state dict."""
+        kept = checkpoint.get(LORA_CHECKPOINT_KEY)
+        if kept and not self._adapted():
+            raise ValueError("this checkpoint was trained with LoRA adapters: resume it with the same task.lora, or "
+                             "export it (speechtrain-export) and fine-tune the exported folder")
+        checkpoint["state_dict"].update(kept or {})
+
+    def on_fit_end(self) -> None:
+        merge_lora(self.model)  # the entry point exports task.model: a plain Bark model

@@ -1,0 +1,178 @@
+"""SoundStorm training: masked cross-entropy on codec tokens corrupted as the paper (`SoundStormMasking`).
+
+Batches (from the codec-token collator): `codes` Long [B, T, Q] (padding 0), `frame_mask` Bool [B, T],
+`semantic_ids` Long [B, S], `semantic_mask` Bool [B, S], `ids`, `texts`. Validation corrupts each batch with a
+generator seeded from `validation_seed` and the batch index, so `val/loss` compares across epochs. Every
+`sample_every_n_epochs` epochs the first validation item is generated from its semantic tokens and a prompt
+of its first `prompt_seconds` (at most half of it); with a `codec` (`decode(codes [1, T, Q]) -> waveform`,
+`sample_rate`) the generated and the reference audio are logged. The codec is not part of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from speechtrain.models.soundstorm import IGNORE_INDEX, SoundStorm, SoundStormMasking, generate
+from speechtrain.tasks.checkpointing import attach_pretrained_files
+from speechtrain.tasks.guards import NonFiniteGuard
+from speechtrain.tasks.sample_logging import log_audio
+from speechtrain.tasks.schedules import warmup_decay_schedule
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+
+
+class SoundStormTask(L.LightningModule):
+    """Trains a `SoundStorm` on codec-token batches; self-conditions when the model has the parameters for it."""
+
+    def __init__(
+        self,
+        model: SoundStorm,
+        optimizer: OptimizerFactory,
+        warmup_steps: int = 0,
+        lr_decay: str = "linear",
+        min_lr_ratio: float = 0.0,
+        schedule: str = "cosine",
+        no_replace_prob: float = 0.15,
+        random_token_prob: float = 0.1,
+        self_condition_prob: float = 0.75,
+        validation_seed: int = 1234,
+        sample_every_n_epochs: int = 1,
+        sample_steps: Sequence[int] = (16, 1),
+        prompt_seconds: float = 3.0,
+        codec: Any = None,
+        max_consecutive_nonfinite: int = 10,
+        tokenizer: Any = None,
+        feature_extractor: Any = None,
+    ) -> None:
+        super().__init__()
+        config = model.config
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.warmup_steps, self.lr_decay, self.min_lr_ratio = warmup_steps, lr_decay, min_lr_ratio
+        self.masking = SoundStormMasking(config.codebook_size, config.num_quantizers, schedule, no_replace_prob,
+                                         random_token_prob)
+        self.schedule = schedule
+        self.self_condition_prob = self_condition_prob
+        self.validation_seed = validation_seed
+        self.sample_every_n_epochs = sample_every_n_epochs
+        self.sample_steps = tuple(sample_steps)
+        self.prompt_seconds = prompt_seconds
+        self.__dict__["codec"] = codec  # not a submodule: kept out of the state dict and the checkpoint
+        self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
+        self.nonfinite = NonFiniteGuard(max_consecutive_nonfinite)
+        self.skipped_batches = 0
+        self._sample_item: dict[str, torch.Tensor] | None = None
+
+    # --- training -------------------------------------------------------------------------------
+
+    def model_step(self, batch: dict[str, Any], generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy, accuracy) over the scored positions of the drawn level."""
+        frame_mask = batch["frame_mask"].bool()
+        masked = self.masking(batch["codes"], frame_mask, generator)
+        conditional = self.model.semantic_token_emb is not None
+        semantic = (batch["semantic_ids"], batch.get("semantic_mask")) if conditional else (None, None)
+        self_condition = None
+        if self.model.config.self_condition and float(
+                torch.rand((), generator=generator, device=frame_mask.device)) < self.self_condition_prob:
+            with torch.no_grad():
+                _, self_condition = self.model(masked.inputs, frame_mask, *semantic, return_hidden=True)
+        logits = self.model(masked.inputs, frame_mask, *semantic, self_condition=self_condition)
+        logits = logits[:, :, masked.level].float()  # [B, T, K]; the loss in fp32 under mixed precision
+        loss = F.cross_entropy(logits.flatten(0, 1), masked.labels.flatten(), ignore_index=IGNORE_INDEX)
+        scored = masked.labels != IGNORE_INDEX
+        accuracy = (logits.argmax(-1) == masked.labels)[scored].float().mean()
+        return loss, accuracy
+
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every item of the batch failed to load; the dataset has said which
+            self.skipped_batches += 1
+            return None
+        loss, accuracy = self.model_step(batch)
+        if not self.nonfinite.check(loss, self.global_step, batch["ids"]):
+            self.skipped_batches += 1
+            return None
+        batch_size = len(batch["ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/accuracy", accuracy, batch_size=batch_size)
+        return loss
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        generator = torch.Generator(device=self.device).manual_seed(self.validation_seed + batch_idx)
+        loss, accuracy = self.model_step(batch, generator)
+        batch_size = len(batch["ids"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("val/accuracy", accuracy, batch_size=batch_size, sync_dist=True)
+        if batch_idx == 0:
+            frames = int(batch["frame_mask"][0].sum())
+            semantic_ids = batch.get("semantic_ids")
+            if semantic_ids is not None:
+                semantic_ids = semantic_ids[0, : int(batch["semantic_mask"][0].sum())]
+            self._sample_item = {"id": batch["ids"][0], "codes": batch["codes"][0, :frames],
+                                 "semantic_ids": semantic_ids}
+
+    def on_validation_epoch_end(self) -> None:
+        due = (self.current_epoch + 1) % max(self.sample_every_n_epochs, 1) == 0
+        if not due or self._sample_item is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        item = self._sample_item
+        generated = self.sample(item["codes"], item["semantic_ids"])
+        self.log("val/sample_level0_match", (generated[:, 0] == item["codes"][:, 0]).float().mean(),
+                 rank_zero_only=True)
+        if self.codec is None:
+            return
+        clips = [(f"{item['id']}_generated", self.decode(generated)), (f"{item['id']}_reference",
+                                                                       self.decode(item["codes"]))]
+        out_dir = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:07d}"
+        log_audio(self.loggers, "val/samples", clips, self.codec.sample_rate, self.global_step, out_dir)
+
+    @torch.no_grad()
+    def sample(self, codes: torch.Tensor, semantic_ids: torch.Tensor | None, seed: int | None = None
+               ) -> torch.Tensor:
+        """Codes [T, Q] for one item from its semantic tokens [S] and a prompt of its first frames (up to
+        `prompt_seconds`, at most half of the item)."""
+        config = self.model.config
+        frames = codes.shape[0]
+        prompt_frames = min(int(self.prompt_seconds * config.acoustic_rate), frames // 2)
+        generator = torch.Generator(device=self.device).manual_seed(self.validation_seed if seed is None else seed)
+        generated = generate(
+            self.model, frames, semantic_ids=None if self.model.semantic_token_emb is None else semantic_ids[None],
+            prompt=codes[None, :prompt_frames], steps=self.sample_steps, schedule=self.schedule, generator=generator,
+        )
+        return generated[0]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """A 1-D waveform of codes [T, Q] through the codec."""
+        device = getattr(self.codec, "device", None)
+        if device is None and isinstance(self.codec, torch.nn.Module):
+            device = next(self.codec.parameters(), torch.empty(0)).device
+        return self.codec.decode(codes[None].to(device or codes.device)).reshape(-1)
+
+    # --- optimisation and checkpoints -----------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW-style optimiser (from the config) with no weight decay on biases, norms and embeddings'
+        vectors (parameters of fewer than 2 dimensions)."""
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory([
+            {"params": [p for p in trainable if p.ndim >= 2]},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        ])
+        total = self.trainer.estimated_stepping_batches
+        total_steps = int(total) if math.isfinite(total) else max(self.warmup_steps * 10, 1)
+        scheduler = warmup_decay_schedule(optimizer, self.warmup_steps, total_steps, self.lr_decay, self.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        attach_pretrained_files(checkpoint, self.model, None, None)

@@ -1,0 +1,244 @@
+"""The training entry point: `train(cfg)` builds every object from the Hydra config and runs Lightning.
+
+`python train.py recipe=NAME key=value ...` goes through `main`, which turns the usual configuration
+mistakes (unknown key, missing data folder, bad value) into one paragraph instead of a stack trace and
+returns the metric a sweep optimises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from speechtrain.config_checks import check_required_values, check_targets
+from speechtrain.distributed import build_strategy
+from speechtrain.errors import DependencyError, SpeechtrainError
+from speechtrain.hub import save_bundle
+from speechtrain.model_card import write_model_card
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "conf"  # package data: found the same way from a checkout and from a wheel
+BUNDLED_DATA_DIR = PACKAGE_DIR / "assets"  # the mini corpus, its codec tokens and the mini Bark vocabulary
+
+
+def _model_config_value(folder: str, key: str) -> Any:
+    config_path = Path(folder) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"model.pretrained={folder}: no config.json there (expected a Hugging Face-format folder)"
+        )
+    config = json.loads(config_path.read_text())
+    if key not in config:
+        raise KeyError(f"{config_path} has no {key!r}")
+    return config[key]
+
+
+def _token_info(folder: str, key: str) -> Any:
+    """A value of a tokens folder's tokens.json by dotted key (`codec.codebook_size`), so that model and data
+    configs follow the tokenization instead of repeating it."""
+    from speechtrain.data.token_shards import read_token_info
+
+    value: Any = read_token_info(folder)
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"{folder}/tokens.json has no {key!r}")
+        value = value[part]
+    return value
+
+
+def _eval_int(expression: str) -> int:
+    if not re.fullmatch(r"[\d\s+\-*/()]+", str(expression)):
+        raise ValueError(f"eval_int accepts integer arithmetic only, got {expression!r}")
+    return int(eval(str(expression), {"__builtins__": {}}))  # noqa: S307 - digits and operators only
+
+
+def register_resolvers() -> None:
+    """Resolvers the configs use; registered once, also when tests compose configs without main()."""
+    resolvers = {
+        "speechtrain_package": lambda: str(PACKAGE_DIR),
+        "working_dir": os.getcwd,
+        "model_config_value": _model_config_value,
+        "token_info": _token_info,
+        # Integer arithmetic on config values, e.g. ${eval_int:${audio.n_fft} // 2 + 1}; digits and + - * // ( ) only.
+        "eval_int": _eval_int,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+register_resolvers()
+
+
+def compose(recipe: str, *overrides: str, output_dir: str | Path | None = None,
+            config_dir: str | Path | None = None) -> DictConfig:
+    """The config of `recipe` with command-line style `overrides`, as `speechtrain-train recipe=NAME ...` builds it,
+    for notebooks and scripts (no Hydra boilerplate). The run goes to `output_dir` (default
+    `outputs/RECIPE/<time>` under the working folder); `config_dir` adds a folder of the user's own config groups
+    and recipes (`config_dir/recipe/NAME.yaml`) in front of the bundled ones, as `--config-dir` does."""
+    if output_dir is None:
+        output_dir = Path("outputs") / recipe / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir is not None else []
+    with initialize_config_module(config_module="speechtrain.conf", version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=[f"recipe={recipe}", *overrides, *extra,
+                                                            f"paths.output_dir={Path(output_dir).resolve()}"])
+
+
+def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"  # a folder of shards under trainer=fsdp
+    return str(last) if last.exists() else None
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
+    check_required_values(cfg)
+    check_targets(cfg)
+    tokenizer = hydra.utils.instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
+    # ASR recipes have a feature extractor; TTS recipes compute spectrograms in their data module and task.
+    feature_extractor = hydra.utils.instantiate(cfg.features) if cfg.get("features") else None
+    model = hydra.utils.instantiate(cfg.model, tokenizer=tokenizer)
+    # Token-only recipes (SoundStorm, Bark's coarse and fine models) have neither tokenizer nor features.
+    data_inputs = {"tokenizer": tokenizer} if tokenizer is not None else {}
+    if feature_extractor is not None:
+        data_inputs["feature_extractor"] = feature_extractor
+    datamodule = hydra.utils.instantiate(cfg.data, **data_inputs)
+    task = hydra.utils.instantiate(cfg.task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    return task, datamodule
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (and export) as `cfg` says; returns the final logged metrics as floats."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Once anything in the process has called torch.set_num_threads (a test, a notebook cell, a library), some CPU
+    # kernels split their work differently and results change in the last bits: setting the count at the start of
+    # every run makes a reused process compute what a fresh one does, which exact resume relies on.
+    torch.set_num_threads(cfg.get("cpu_threads") or torch.get_num_threads())
+    L.seed_everything(cfg.seed, workers=True)
+
+    task, datamodule = build(cfg)
+    model = task.model
+    loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    if not loggers:  # logger=none: Lightning's learning-rate monitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    strategy = cfg.trainer.get("strategy", "auto")
+    strategy = build_strategy(hydra.utils.instantiate(strategy) if OmegaConf.is_dict(strategy) else strategy, task)
+    # The data module's bucketing sampler shards across ranks itself.
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy,
+                                      use_distributed_sampler=False)
+
+    checkpoint_dir = output_dir / "checkpoints"
+    checkpoint_dir.mkdir(exist_ok=True)
+    (checkpoint_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("model: %s, %.2f M parameters", type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6)
+
+    trainer.fit(task, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg, output_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+    if cfg.export and trainer.is_global_zero:
+        export_dir = output_dir / "exported"
+        save_bundle(export_dir, model, task.tokenizer, task.feature_extractor)
+        write_model_card(export_dir, f"the end of the run in `{output_dir}` (step {trainer.global_step})",
+                         (checkpoint_dir / "config.yaml").read_text(), metrics)
+        log.info("exported a Hugging Face-format model to %s", export_dir)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # the next job of a multirun must start its own W&B run
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+# What the user got wrong: speechtrain's own error types, missing paths and config syntax or interpolation errors.
+_USER_ERRORS = (SpeechtrainError, FileNotFoundError, NotADirectoryError, OmegaConfBaseException)
+
+
+def _raised_in(exc: BaseException, function_name: str) -> bool:
+    """True if `exc` was raised by `function_name` itself rather than in something it called."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code.co_name == function_name
+
+
+def user_mistake(exc: BaseException) -> BaseException | None:
+    """The configuration or data mistake behind `exc`, if that is what it is, else None (a bug).
+
+    Hydra wraps what a `_target_` raises in `InstantiationException`, and a target it cannot import in
+    `ImportError`. Unwrapped, a user mistake stays one: an unknown or missing argument (a `TypeError` raised by
+    the call itself, before entering the target), a target that does not exist, speechtrain's own error types.
+    Any other cause is the real error (an extension that does not load, a bug) and must show its traceback."""
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        if isinstance(exc.__cause__, TypeError) and _raised_in(exc.__cause__, "_call_target"):
+            return exc
+        exc = exc.__cause__
+    if isinstance(exc, ImportError) and not isinstance(exc, SpeechtrainError) and exc.__cause__ is not None:
+        cause = exc.__cause__  # Hydra's _locate: "Error loading 'a.b.c'" from what the import raised
+        while isinstance(cause, ImportError) and not isinstance(cause, SpeechtrainError) and cause.__cause__:
+            cause = cause.__cause__
+        if isinstance(cause, SpeechtrainError):
+            return cause
+        target = re.search(r"Error loading '([^']+)'", str(exc))
+        missing_module = isinstance(cause, ModuleNotFoundError) and cause.name is not None and target is not None \
+            and (target.group(1) + ".").startswith(cause.name + ".")
+        missing_attribute = isinstance(cause, AttributeError) and _raised_in(cause, "_locate")
+        return exc if missing_module or missing_attribute else None
+    return exc if isinstance(exc, _USER_ERRORS) else None
+
+
+def _real_error(exc: BaseException) -> BaseException:
+    """The innermost cause of a Hydra-wrapped error, to re-raise with its own traceback."""
+    while isinstance(exc, (InstantiationException, ImportError)) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except Exception as exc:
+        mistake = user_mistake(exc)
+        if mistake is None:
+            real = _real_error(exc)
+            if real is exc:
+                raise
+            raise real from None
+        if os.environ.get("SPEECHTRAIN_DEBUG"):
+            raise
+        message = str(mistake).strip().strip('"')
+        hint = "" if isinstance(mistake, DependencyError) else (
+            " Check the recipe and the overrides on the command line; set SPEECHTRAIN_DEBUG=1 for the full traceback.")
+        print(f"speechtrain: error: {message} ({type(mistake).__name__}).{hint}", file=sys.stderr)
+        sys.exit(1)
+    return metrics.get(cfg.optimized_metric)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
