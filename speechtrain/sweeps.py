@@ -13,8 +13,11 @@ Any other override is passed unchanged to every trial. Each trial is one job of 
 own folder, and returns `cfg.optimized_metric` (see `speechtrain.train`).
 
 `SweepSummary` (a Hydra callback, on in speechtrain/conf/hydra/default.yaml) writes `summary.md` and `summary.csv`
-into the sweep folder when a multirun ends: one row per job with the keys that vary between jobs and
-the job's `optimized_metric` from its `metrics.json`; the CSV has every other final metric too.
+into the sweep folder after every job and when a multirun ends: one row per job with the keys that vary between
+jobs and the job's `optimized_metric` from its `metrics.json`; the CSV has every other final metric too. A job that
+raised is marked `failed` with its error message (from the job folder's `job_status.json`), and the sweep goes on:
+Hydra's basic sweeper re-raises the first failure only after the whole batch of jobs ran, so the multirun's exit
+status is then non-zero but every other job has run and the summary is written.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
+from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from speechtrain.errors import ConfigError
@@ -40,6 +43,7 @@ from speechtrain.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
+JOB_STATUS_FILE = "job_status.json"  # in each multirun job's folder, written by SweepSummary when the job ends
 
 
 # --- the summary table ----------------------------------------------------------------------------
@@ -52,6 +56,7 @@ def _read_job(job_dir: Path) -> dict[str, Any]:
     job_config = OmegaConf.load(hydra_dir / "config.yaml")
     job_number = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.get("num")
     metrics_path = job_dir / "metrics.json"
+    status_path = job_dir / JOB_STATUS_FILE
     parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
     return {
         "job": job_number,
@@ -59,7 +64,22 @@ def _read_job(job_dir: Path) -> dict[str, Any]:
         "overrides": {o.get_key_element(): o.get_value_element_as_str() for o in parsed},
         "metric": job_config.get("optimized_metric"),
         "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
+        "status": json.loads(status_path.read_text()) if status_path.is_file() else None,
     }
+
+
+def _job_status(job: dict[str, Any]) -> tuple[str, str]:
+    """A job's status cell and error message: `failed` with the message of what it raised, `ok` once it wrote its
+    metrics, `no metrics.json` for a job that is still running or was killed."""
+    if job["status"] is not None and job["status"]["status"] == "failed":
+        return "failed", job["status"]["error"]
+    return ("no metrics.json", "") if job["metrics"] is None else ("ok", "")
+
+
+def _one_line(message: str, limit: int = 200) -> str:
+    """An error message as one table cell: newlines and pipes (which would break the Markdown table) replaced."""
+    line = " ".join(message.split()).replace("|", "/")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _format(value: Any, short: bool = False) -> str:
@@ -72,12 +92,15 @@ def _format(value: Any, short: bool = False) -> str:
     return f"{value:.6g}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> list[dict[str, Any]]:
-    """Writes `summary.md` and `summary.csv` for the jobs under `sweep_dir`, prints the table, returns the rows.
+def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize", verbose: bool = True
+                        ) -> list[dict[str, Any]]:
+    """Writes `summary.md` and `summary.csv` for the jobs under `sweep_dir`, prints the table (if `verbose`),
+    returns the rows.
 
     A row holds `job`, the swept keys (every override whose value differs between jobs; all overrides
     when there is one job), the optimized metric's value under its name, `best` ("*" on the best job
-    by `direction`), `status` and `dir`; the CSV adds every other metric of `metrics.json`.
+    by `direction`), `status` (ok, failed, no metrics.json), `error` (a failed job's message) and `dir`;
+    the CSV adds every other metric of `metrics.json`.
     """
     if direction not in DIRECTIONS:
         raise ConfigError(f"sweep direction={direction!r}: expected one of {DIRECTIONS}")
@@ -97,7 +120,7 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> l
         metrics = job["metrics"] or {}
         row = {"job": job["job"], **{key: job["overrides"].get(key) for key in swept}}
         row |= {name: metrics.get(name) for name in metric_names}
-        row["status"] = "no metrics.json" if job["metrics"] is None else "ok"
+        row["status"], row["error"] = _job_status(job)
         row["dir"] = str(job["dir"].relative_to(sweep_dir))
         row["other"] = {name: metrics.get(name) for name in other_metrics}
         rows.append(row)
@@ -106,8 +129,9 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> l
     for row in rows:
         row["best"] = "*" if row is best else ""
 
-    columns = ["job", *swept, *metric_names, "best", "status", "dir"]
-    table = [columns, *[[_format(row[c], short=True) for c in columns] for row in rows]]
+    columns = ["job", *swept, *metric_names, "best", "status", "error", "dir"]
+    table = [columns, *[[_one_line(row[c]) if c == "error" else _format(row[c], short=True) for c in columns]
+                        for row in rows]]
     markdown = "\n".join("| " + " | ".join(cells) + " |" for cells in table[:1] + [["---"] * len(columns)] + table[1:])
     title = f"Sweep {sweep_dir}: {len(rows)} jobs, {direction} {', '.join(metric_names) or '(no optimized_metric)'}"
     (sweep_dir / "summary.md").write_text(f"# {title}\n\n{markdown}\n")
@@ -116,7 +140,8 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> l
         writer.writerow(columns + other_metrics)
         for row in rows:
             writer.writerow([_format(row[c]) for c in columns] + [_format(row["other"][m]) for m in other_metrics])
-    print(f"{title}\n{markdown}\n(written to {sweep_dir / 'summary.md'} and summary.csv)")
+    if verbose:
+        print(f"{title}\n{markdown}\n(written to {sweep_dir / 'summary.md'} and summary.csv)")
     return rows
 
 
@@ -124,8 +149,18 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def write_job_status(job_dir: str | Path, job_return: JobReturn) -> None:
+    """Records in `job_dir/job_status.json` whether a job completed or failed, and the message of what it raised."""
+    status: dict[str, str] = {"status": "ok" if job_return.status == JobStatus.COMPLETED else "failed"}
+    if job_return.status != JobStatus.COMPLETED:
+        error = job_return._return_value  # the exception; `return_value` would re-raise it
+        status["error"] = f"{type(error).__name__}: {error}"
+    Path(job_dir, JOB_STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+
+
 class SweepSummary(Callback):
-    """Hydra callback: the summary table of `write_sweep_summary` when a multirun ends.
+    """Hydra callback: each multirun job's status, and the summary table of `write_sweep_summary` after every job
+    (so that it exists even when a failed job makes Hydra end the multirun with an error) and when a multirun ends.
 
     The direction is the sweeper's (`hydra.sweeper.direction`, as `OptunaSweeper` has) or `direction`.
     Jobs are read back from their folders, so the table is the same whichever launcher ran them.
@@ -134,12 +169,23 @@ class SweepSummary(Callback):
     def __init__(self, direction: str = "minimize"):
         self.direction = direction
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        write_job_status(config.hydra.runtime.output_dir, job_return)
+        if job_return.status != JobStatus.COMPLETED:
+            log.error("job %s failed, the sweep goes on: %s", config.hydra.job.get("num"), job_return._return_value)
+        write_sweep_summary(config.hydra.sweep.dir, self._direction(config), verbose=False)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             log.warning("no sweep folder %s: nothing to summarise", sweep_dir)
             return
-        write_sweep_summary(sweep_dir, config.hydra.sweeper.get("direction", self.direction))
+        write_sweep_summary(sweep_dir, self._direction(config))
+
+    def _direction(self, config: DictConfig) -> str:
+        return config.hydra.sweeper.get("direction", self.direction)
 
 
 # --- Optuna -----------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ import lightning as L
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -231,6 +233,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         hint = "" if isinstance(mistake, DependencyError) else (
             " Check the recipe and the overrides on the command line; set SPEECHTRAIN_DEBUG=1 for the full traceback.")
         print(f"speechtrain: error: {message} ({type(mistake).__name__}).{hint}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise mistake from None  # Hydra records the job as failed and runs the next; exiting would end the sweep
         sys.exit(1)
     return metrics.get(cfg.optimized_metric)
 

@@ -24,11 +24,11 @@ TINY = ["recipe=whisper_mini", "trainer.max_epochs=1", "+trainer.limit_train_bat
 REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
 
 
-def run_sweep(*overrides: str, sweep_dir: Path) -> subprocess.CompletedProcess:
+def run_sweep(*overrides: str, sweep_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, str(REPO_DIR / "train.py"), "--multirun", *TINY, *overrides,
                              f"hydra.sweep.dir={sweep_dir}"], cwd=sweep_dir.parent, capture_output=True, text=True,
                             timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0 or not check, result.stderr[-3000:]
     return result
 
 
@@ -60,6 +60,20 @@ def test_grid_sweep_runs_each_job_in_its_folder_and_writes_the_summary(tmp_path)
     markdown = (sweep_dir / "summary.md").read_text()
     assert markdown.count("\n| ") == 1 + 1 + 4 and "| task.optimizer.lr | task.warmup_steps | val/cer |" in markdown
     assert "| 2 | 0.003 | 0 |" in result.stdout  # printed as well
+
+
+def test_a_failed_job_is_marked_in_the_summary_and_the_sweep_runs_the_others(tmp_path):
+    sweep_dir = tmp_path / "grid"
+    # job 1's corpus format is a configuration mistake (ConfigError), which a single run reports with exit status 1
+    result = run_sweep("data.train.format=ljspeech,nonsense,ljspeech", sweep_dir=sweep_dir, check=False)
+    assert sorted(job_metrics(sweep_dir)) == ["0", "2"], result.stderr[-3000:]  # the job after the failure ran too
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "failed"), ("2", "ok")]
+    assert rows[1]["error"].startswith("ConfigError: unknown corpus format 'nonsense'") and rows[1]["val/cer"] == ""
+    assert rows[0]["error"] == rows[2]["error"] == ""
+    assert "| 1 | nonsense |  |  | failed | ConfigError: unknown corpus format 'nonsense'" in (
+        sweep_dir / "summary.md").read_text()
+    assert result.returncode != 0  # Hydra's basic sweeper re-raises the failure once every job has run
 
 
 def test_optuna_search_is_a_multirun_with_a_summary_and_the_best_trial(tmp_path):
@@ -130,7 +144,7 @@ def test_summary_marks_the_best_by_direction_and_names_jobs_without_metrics(tmp_
     assert [r["best"] for r in rows] == ["", "*", "", "", ""]
     assert rows[2]["status"] == "no metrics.json" and rows[2]["val/acc"] is None
     assert "seed" not in rows[0]  # the same in every job: not swept
-    assert "| 1 | 0.2 | 0.9 | * | ok | 1 |" in capsys.readouterr().out
+    assert "| 1 | 0.2 | 0.9 | * | ok |  | 1 |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="direction='up'"):
         write_sweep_summary(tmp_path, direction="up")
     with pytest.raises(FileNotFoundError, match="no job folders"):
