@@ -232,7 +232,10 @@ class OptunaSweeper(Sweeper):
     results back. A trial whose job fails or returns no finite value is told FAIL and the study goes on.
 
     `sampler` is an Optuna sampler's config (`_target_`), TPE with `seed` when null; `storage` an Optuna
-    storage URL (e.g. sqlite:///study.db) to resume a study by `study_name`. The best trial goes to
+    storage URL (e.g. sqlite:///study.db) to resume a study by `study_name`: `n_trials` counts the study's trials
+    in all sweeps, so a killed sweep run again with the same storage and name runs only the trials still missing.
+    A trial that a killed sweep left running is told FAIL (listed in the study's `interrupted_trials`), not
+    counted, and its parameters are asked again first. Job N of the sweep folder is trial N. The best trial goes to
     `optimization_results.yaml` in the sweep folder.
     """
 
@@ -243,6 +246,9 @@ class OptunaSweeper(Sweeper):
             raise ConfigError(f"hydra.sweeper.direction={direction!r}: expected one of {DIRECTIONS}")
         if n_trials < 1 or n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be at least 1")
+        if storage is not None and study_name is None:
+            raise ConfigError(f"hydra.sweeper.storage={storage} needs hydra.sweeper.study_name: a stored study is "
+                              "resumed by its name")
         self.direction, self.n_trials, self.n_jobs, self.seed = direction, n_trials, n_jobs, seed
         self.sampler, self.storage, self.study_name = sampler, storage, study_name
         self.params = dict(params or {})
@@ -271,12 +277,16 @@ class OptunaSweeper(Sweeper):
         log.info("Optuna: %d trials of %s over %s", self.n_trials, self.direction,
                  ", ".join(f"{k}: {d}" for k, d in distributions.items()))
 
+        _fail_interrupted_trials(study)
+        if _counted_trials(study):
+            log.info("Optuna: study %r resumed with %d of %d trials done", self.study_name, _counted_trials(study),
+                     self.n_trials)
         returns: list[JobReturn] = []
-        while len(returns) < self.n_trials:
-            trials = [study.ask(distributions) for _ in range(min(self.n_jobs, self.n_trials - len(returns)))]
+        while (missing := self.n_trials - _counted_trials(study)) > 0:
+            trials = [study.ask(distributions) for _ in range(min(self.n_jobs, missing))]
             batch = [fixed + [f"{key}={trial.params[key]}" for key in distributions] for trial in trials]
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=len(returns))
+            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
             returns += results
@@ -284,8 +294,9 @@ class OptunaSweeper(Sweeper):
         finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not finished:
             raise RuntimeError(f"Optuna: none of the {len(returns)} trials finished with a value; see {sweep_dir}")
+        counted = _counted_trials(study)
         best = {"best_params": study.best_params, "best_value": study.best_value, "direction": self.direction,
-                "n_trials": len(study.trials), "n_failed": len(study.trials) - len(finished)}
+                "n_trials": counted, "n_failed": counted - len(finished)}
         OmegaConf.save(OmegaConf.create(best), sweep_dir / "optimization_results.yaml")
         log.info("Optuna best value %.6g with %s", study.best_value, study.best_params)
         return returns
@@ -304,3 +315,29 @@ class OptunaSweeper(Sweeper):
             return
         log.warning("Optuna trial %d (%s) %s; told FAIL", trial.number, " ".join(result.overrides or []), reason)
         study.tell(trial, state=TrialState.FAIL)
+
+
+INTERRUPTED_TRIALS = "interrupted_trials"  # the study's user attribute: numbers of trials a killed sweep left running
+
+
+def _counted_trials(study: Any) -> int:
+    """Trials that ran to an end (complete, failed, pruned) in a job; not those a killed sweep left behind."""
+    interrupted = set(study.user_attrs.get(INTERRUPTED_TRIALS, []))
+    return sum(t.state.is_finished() and t.number not in interrupted for t in study.get_trials(deepcopy=False))
+
+
+def _fail_interrupted_trials(study: Any) -> None:
+    """Tells FAIL the trials a killed sweep left RUNNING (noting them in the study's `interrupted_trials`) and asks
+    their parameters again first, so that a resumed study neither counts them nor loses the points they were to
+    evaluate. (Assumes one sweep at a time per study, as Hydra's launchers run it.)"""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return
+    study.set_user_attr(INTERRUPTED_TRIALS, [*study.user_attrs.get(INTERRUPTED_TRIALS, []),
+                                             *(t.number for t in running)])
+    for trial in running:
+        log.warning("Optuna: trial %d was left running by a killed sweep; told FAIL and asked again", trial.number)
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)
