@@ -106,10 +106,19 @@ def compose(recipe: str, *overrides: str, output_dir: str | Path | None = None,
 
 
 def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """`ckpt_path=last`: the newest checkpoint that a run in `output_dir` left, whichever wrote it: checkpoints/
+    last.ckpt (ModelCheckpoint, on validation or every train_time_interval), checkpoints/on_exception.ckpt (an
+    exception or SIGTERM) or hpc_ckpt_N.ckpt (Lightning on SLURM's SIGUSR1, in the run folder itself). Each may be a
+    folder of shards under trainer=fsdp. None (a fresh start) when there is none."""
     if cfg.ckpt_path != "last":
         return cfg.ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"  # a folder of shards under trainer=fsdp
-    return str(last) if last.exists() else None
+    candidates = [output_dir / "checkpoints" / "last.ckpt", output_dir / "checkpoints" / "on_exception.ckpt",
+                  *output_dir.glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.exists()]
+    newest = max(existing, key=lambda path: path.stat().st_mtime_ns, default=None)
+    if newest is not None:
+        log.info("resuming from %s, the newest checkpoint of %s", newest, output_dir)
+    return None if newest is None else str(newest)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
