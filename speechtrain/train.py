@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from speechtrain.config_checks import check_targets
 from speechtrain.distributed import build_strategy
-from speechtrain.errors import DependencyError, SpeechtrainError
+from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import save_bundle
 from speechtrain.model_card import write_model_card
 
@@ -121,6 +121,20 @@ def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return None if newest is None else str(newest)
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def _set_float32_matmul_precision(precision: str | None) -> None:
+    """TF32 for fp32 matmuls on CUDA (`float32_matmul_precision: high`); nothing on the CPU, where it changes no
+    result, so that CPU runs stay bit-exact whatever the setting."""
+    if precision is None:
+        return
+    if precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"float32_matmul_precision={precision!r}: expected one of {MATMUL_PRECISIONS} or null")
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(precision)
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
     check_targets(cfg)
@@ -145,6 +159,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # kernels split their work differently and results change in the last bits: setting the count at the start of
     # every run makes a reused process compute what a fresh one does, which exact resume relies on.
     torch.set_num_threads(cfg.get("cpu_threads") or torch.get_num_threads())
+    _set_float32_matmul_precision(cfg.get("float32_matmul_precision"))
     L.seed_everything(cfg.seed, workers=True)
 
     task, datamodule = build(cfg)
