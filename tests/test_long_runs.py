@@ -131,3 +131,12 @@ def test_slurm_preemption_checkpoint_is_the_one_the_resume_picks(compose, tmp_pa
     assert whole.keys() == resumed.keys()
     different = [k for k in whole if not torch.equal(whole[k], resumed[k])]
     assert not different, different[:5]
+
+
+def test_average_command_says_what_is_wrong(tmp_path, capsys):
+    from speechtrain.cli.average import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt"), "-o", str(tmp_path / "out.ckpt")])
+    assert exit_info.value.code == 1
+    assert f"speechtrain-average: error: checkpoint {tmp_path / 'a.ckpt'} not found" in capsys.readouterr().err
