@@ -1,7 +1,7 @@
 #!/bin/bash
 # Multi-node training under SLURM: one task per GPU, Lightning reads the ranks from SLURM's variables
 # (SLURMEnvironment), so `srun` starts every process and Lightning starts none. Submit with
-#   sbatch scripts/slurm_train.sh RUN_DIR recipe=whisper_librispeech [key=value ...]
+#   sbatch scripts/slurm_train.sh RUN_DIR recipe=whisper_librispeech model.pretrained=models/whisper-small [key=value]
 # RUN_DIR is the run's own folder on a shared file system (checkpoints, logs, hpc_ckpt_N.ckpt). Preemption and the
 # time limit: 120 s before the end SLURM sends SIGUSR1 (--signal), Lightning saves RUN_DIR/hpc_ckpt_N.ckpt and
 # requeues the job (--requeue); the requeued job runs this same script and `ckpt_path=last` resumes from the newest

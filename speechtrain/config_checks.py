@@ -1,4 +1,4 @@
-"""Checks a composed config against the signatures of its `_target_`s before anything is built.
+"""Checks a composed config before anything is built: values left to the user, and the signatures of its `_target_`s.
 
 A mistyped key (`task.optimizer.lrr`) or value (`trainer.max_epochs=two`) would otherwise surface as a
 `TypeError` from deep inside a constructor, indistinguishable from a bug. Here each one becomes a
@@ -107,3 +107,44 @@ def check_targets(cfg: DictConfig, prefix: str = "") -> None:
         if accepted is not None and not isinstance(value, accepted):
             raise ConfigError(f"{full_key}={value!r} should be {_type_names(accepted)} (an argument of "
                               f"{cfg._target_})")
+
+
+# Where to get a model folder for model.pretrained, by the builder that reads it (model._target_'s last part).
+PRETRAINED_EXAMPLES = {
+    "build_whisper": "openai/whisper-tiny, downloaded with "
+                     "`huggingface-cli download openai/whisper-tiny --local-dir models/whisper-tiny`",
+    "build_speech2text": "facebook/s2t-small-librispeech-asr, downloaded with `huggingface-cli download "
+                         "facebook/s2t-small-librispeech-asr --local-dir models/s2t-small-librispeech-asr`",
+    "build_vits": "facebook/mms-tts-eng, downloaded with "
+                  "`huggingface-cli download facebook/mms-tts-eng --local-dir models/mms-tts-eng`",
+    "build_bark": "one part of suno/bark saved by transformers, e.g. `BarkModel.from_pretrained('suno/bark')"
+                  ".semantic.save_pretrained('models/bark/semantic')` (.coarse_acoustics, .fine_acoustics likewise)",
+}
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose value is Hydra's `???` (a value the user must give), found without resolving."""
+    if isinstance(node, dict):
+        return [key for name, value in node.items() for key in _missing_keys(value, f"{prefix}{name}.")]
+    if isinstance(node, list):
+        return [key for index, value in enumerate(node) for key in _missing_keys(value, f"{prefix}{index}.")]
+    return [prefix.removesuffix(".")] if node == "???" else []
+
+
+def check_required_values(cfg: DictConfig) -> None:
+    """Raises a `ConfigError` naming the first value the recipe leaves to the user (`???`) and what to put there;
+    without it the first interpolation that reads the value fails with OmegaConf's 'Missing value at index 0'."""
+    missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
+    if not missing:
+        return
+    recipe = cfg.get("recipe_name") or "this recipe"
+    if "model.pretrained" in missing:
+        builder = str(cfg.model.get("_target_", "")).rpartition(".")[2]
+        example = PRETRAINED_EXAMPLES.get(builder, "a model of this family")
+        raise ConfigError(
+            f"model.pretrained is not set: {recipe} starts from a pretrained model. Add model.pretrained=PATH, "
+            f"PATH a Hugging Face-format model folder (config.json and the weights, with its tokenizer files), "
+            f"e.g. {example}; a folder exported by speechtrain works too"
+        )
+    raise ConfigError(f"{missing[0]} is not set: {recipe} needs a value there; add {missing[0]}=VALUE to the command "
+                      "line (see the recipe's comments)")

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from speechtrain.errors import CheckpointError, ConfigError
+from speechtrain.safe_load import load_untrusted
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -169,7 +170,7 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
         shards = sorted(set(json.loads((folder / SAFETENSORS_INDEX_NAME).read_text())["weight_map"].values()))
         return {key: value for shard in shards for key, value in load_file(folder / shard).items()}
     if (folder / PYTORCH_NAME).is_file():
-        return torch.load(folder / PYTORCH_NAME, map_location="cpu", weights_only=True)
+        return load_untrusted(folder / PYTORCH_NAME, "state dict")
     raise FileNotFoundError(
         f"{folder}: no weights found; expected {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} or {PYTORCH_NAME}"
     )

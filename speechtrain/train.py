@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from speechtrain.config_checks import check_targets
+from speechtrain.config_checks import check_required_values, check_targets
 from speechtrain.distributed import build_strategy
 from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import save_bundle
@@ -137,6 +137,7 @@ def _set_float32_matmul_precision(precision: str | None) -> None:
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
+    check_required_values(cfg)
     check_targets(cfg)
     tokenizer = hydra.utils.instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
     # ASR recipes have a feature extractor; TTS recipes compute spectrograms in their data module and task.

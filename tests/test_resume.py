@@ -1,6 +1,7 @@
 """Resuming: a run SIGKILLed at any moment (between steps, halfway through a checkpoint write, during validation,
 at an epoch boundary) and restarted with `ckpt_path=last` ends with the weights of a run that was never
-interrupted (deterministic mode, same seed), for the ASR task, the VITS GAN and SoundStorm."""
+interrupted (deterministic mode, same seed), for the ASR task, the VITS GAN and SoundStorm; their checkpoints load
+with `weights_only` (speechtrain/safe_load.py) and export."""
 
 import os
 import signal
@@ -12,8 +13,10 @@ import lightning as L
 import pytest
 import torch
 
+from speechtrain.cli.export import export_checkpoint
 from speechtrain.data.datamodule import ResumableDataLoader
 from speechtrain.data.samplers import DynamicBucketSampler
+from speechtrain.safe_load import load_checkpoint
 from speechtrain.train import train
 
 REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
@@ -26,12 +29,13 @@ COMMON = ["trainer.deterministic=true", "+trainer.limit_val_batches=1", "trainer
 RECIPES = {
     # 4 batches an epoch from the token data module (the same resumable loader): killed mid-epoch 1
     "soundstorm_mini": (["trainer.max_steps=7", "task.warmup_steps=2", "task.sample_every_n_epochs=1"], 5),
-    # 3 batches an epoch: 5 steps cross an epoch boundary and the kill lands mid-epoch
+    # 4 batches an epoch (13 windows of 3 s fit the 40 s budget): 5 steps cross an epoch boundary, the kill lands
+    # mid-epoch
     "whisper_mini": (["trainer.max_steps=5", "task.warmup_steps=2"], 2),
     # 2 batches an epoch and 2 optimiser steps a batch (global_step counts both): 3 batches, killed before the
     # first of epoch 1, so the last checkpoint is epoch 0's last batch (Lightning then skips on_train_epoch_start)
     "vits_mini": (["trainer.max_steps=6", "data.max_batch_seconds=6", "data.max_duration=5",
-                   "+data.max_batch_size=2", "+trainer.limit_train_batches=2"], 4),
+                   "data.max_batch_size=2", "+trainer.limit_train_batches=2"], 4),
 }
 # Where a real kill can land. `step` (from RECIPES) applies to the first two; the others kill in epoch 0's
 # validation and at the start of epoch 1, when the newest checkpoint is epoch 0's last batch.
@@ -78,7 +82,7 @@ def uninterrupted_runs(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
 
 
 class RandomItems(torch.utils.data.Dataset):
@@ -184,7 +188,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(recipe, moment, compose
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    interrupted = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    interrupted = load_checkpoint(killed / "checkpoints" / "last.ckpt")  # with weights_only: no unsafe types inside
     if moment == "between_steps":
         assert interrupted["global_step"] == kill_step
         loader_state = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
@@ -202,13 +206,16 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(recipe, moment, compose
     assert not different, different[:5]
     before = interrupted["state_dict"]
     assert any(not torch.equal(before[k], resumed[k]) for k in before)  # the resumed run did train on
+    if moment == "between_steps":  # speechtrain-export reads the resumed run's checkpoint with the same safe loader
+        exported = export_checkpoint(killed / "checkpoints" / "last.ckpt", tmp_path / "exported")
+        assert (exported / "config.json").is_file()
 
 
 def test_vits_skips_non_finite_generator_losses_then_stops_with_a_clear_message(compose, tmp_path, caplog):
     """The ASR task's guard is tested in tests/tasks/test_asr_task.py; here the GAN's, end to end."""
     from speechtrain.tasks.guards import NonFiniteLossError
 
-    overrides = ["recipe=vits_mini", "data.max_batch_seconds=6", "data.max_duration=5", "+data.max_batch_size=2",
+    overrides = ["recipe=vits_mini", "data.max_batch_seconds=6", "data.max_duration=5", "data.max_batch_size=2",
                  "+trainer.limit_val_batches=0", "logger=none", "~callbacks.learning_rate_monitor", "export=false",
                  "task.mel_weight=nan", "task.max_consecutive_nonfinite=2"]
     with pytest.raises(NonFiniteLossError, match="2 consecutive steps had a non-finite loss"):

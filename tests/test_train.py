@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from speechtrain.safe_load import load_checkpoint
 from speechtrain.train import BUNDLED_DATA_DIR, train
 
 REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
@@ -68,9 +69,9 @@ def test_exported_checkpoint_loads_in_transformers_with_same_logits(train_and_ex
 
 def test_resume_from_last_continues_the_run(compose, tmp_path):
     train(compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path))
-    first = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    first = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     train(compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=2", "ckpt_path=last", output_dir=tmp_path))
-    second = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    second = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert (first["epoch"], second["epoch"]) == (0, 1)
     assert second["global_step"] == 2 * first["global_step"]
 

@@ -9,6 +9,7 @@ import torch
 from speechtrain.cli.synthesize import main as synthesize_main
 from speechtrain.cli.synthesize import synthesize
 from speechtrain.hub import load_bundle
+from speechtrain.safe_load import load_checkpoint
 from speechtrain.train import train
 
 REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
@@ -31,7 +32,7 @@ def test_recipe_writes_samples_and_a_full_gan_checkpoint(run_dir):
     audio, rate = soundfile.read(samples[0])
     assert rate == 22050 and len(audio) > 0 and abs(audio).max() > 0
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert any(k.startswith("discriminator.") for k in checkpoint["state_dict"])  # resumable GAN state
     assert len(checkpoint["optimizer_states"]) == 2 and len(checkpoint["lr_schedulers"]) == 2
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torchaudio
 
+from speechtrain.safe_load import load_untrusted
+
 logger = logging.getLogger(__name__)
 
 OFFICIAL_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
@@ -41,10 +43,7 @@ def _load_state_dict(model: torch.nn.Module, checkpoint: str | Path) -> None:
             f"EnCodec checkpoint {path} not found; give the official {OFFICIAL_CHECKPOINT} "
             "(https://dl.fbaipublicfiles.com/encodec/v0/" + OFFICIAL_CHECKPOINT + ")"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read an EnCodec state dict ({err})") from err
+    state = load_untrusted(path, "EnCodec state dict")
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (a mapping of tensors), got {type(state).__name__}")
     expected = set(model.state_dict())

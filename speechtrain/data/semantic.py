@@ -21,6 +21,8 @@ import torchaudio
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from speechtrain.safe_load import load_untrusted
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -134,10 +136,7 @@ def _hubert_from_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, st
     if not path.is_file():
         raise FileNotFoundError(f"HuBERT checkpoint {path} not found; give a torchaudio-format state dict such as "
                                 "hubert_fairseq_base_ls960.pth (what torchaudio.pipelines.HUBERT_BASE downloads)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read a HuBERT state dict ({err})") from err
+    state = load_untrusted(path, "HuBERT state dict")
     if not isinstance(state, dict) or "encoder.feature_projection.projection.weight" not in state:
         raise ValueError(f"{path} is not a torchaudio-format HuBERT state dict "
                          "(no 'encoder.feature_projection.projection.weight')")

@@ -24,6 +24,7 @@ from torch import nn
 from speechtrain.data.spectrogram import mel_spectrogram, spectrogram_to_mel
 from speechtrain.models.vits import VitsModel, slice_segments
 from speechtrain.models.vits.modeling import lengths_to_mask
+from speechtrain.safe_load import load_untrusted
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.gan_losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from speechtrain.tasks.guards import NonFiniteGuard
@@ -65,8 +66,7 @@ class VitsTask(L.LightningModule):
         self.model, self.tokenizer, self.discriminator = model, tokenizer, discriminator
         self.feature_extractor = feature_extractor
         if discriminator_checkpoint is not None:
-            discriminator.load_original_state_dict(torch.load(discriminator_checkpoint, map_location="cpu",
-                                                              weights_only=False))
+            discriminator.load_original_state_dict(load_untrusted(discriminator_checkpoint, "VITS discriminator"))
         self.generator_optimizer, self.discriminator_optimizer = generator_optimizer, discriminator_optimizer
         self.lr_decay = lr_decay
         self.segment_size = segment_size
