@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 IGNORE_INDEX = -100
 
@@ -138,3 +138,13 @@ class ValidationKeepsTrainingRandomness(Callback):
         random.setstate(states["python"])
         if states["cuda"] is not None:
             torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class TimedLastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every `train_time_interval` of training (mid-epoch, for long epochs), beside the validation-time
+    ModelCheckpoint that writes the same file. Unlike a plain ModelCheckpoint it writes nothing when training ends,
+    so that a finished run's `last.ckpt` stays the main checkpoint's, at the last validation."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: ModelCheckpoint would write `last.ckpt` here once more, as the time interval never saved."""
+

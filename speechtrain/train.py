@@ -21,7 +21,9 @@ import lightning as L
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from speechtrain.config_checks import check_required_values, check_targets
 from speechtrain.distributed import build_strategy
-from speechtrain.errors import DependencyError, SpeechtrainError
+from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import save_bundle
 from speechtrain.model_card import write_model_card
 
@@ -104,10 +106,33 @@ def compose(recipe: str, *overrides: str, output_dir: str | Path | None = None,
 
 
 def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """`ckpt_path=last`: the newest checkpoint that a run in `output_dir` left, whichever wrote it: checkpoints/
+    last.ckpt (ModelCheckpoint, on validation or every train_time_interval), checkpoints/on_exception.ckpt (an
+    exception or SIGTERM) or hpc_ckpt_N.ckpt (Lightning on SLURM's SIGUSR1, in the run folder itself). Each may be a
+    folder of shards under trainer=fsdp. None (a fresh start) when there is none."""
     if cfg.ckpt_path != "last":
         return cfg.ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"  # a folder of shards under trainer=fsdp
-    return str(last) if last.exists() else None
+    candidates = [output_dir / "checkpoints" / "last.ckpt", output_dir / "checkpoints" / "on_exception.ckpt",
+                  *output_dir.glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.exists()]
+    newest = max(existing, key=lambda path: path.stat().st_mtime_ns, default=None)
+    if newest is not None:
+        log.info("resuming from %s, the newest checkpoint of %s", newest, output_dir)
+    return None if newest is None else str(newest)
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def _set_float32_matmul_precision(precision: str | None) -> None:
+    """TF32 for fp32 matmuls on CUDA (`float32_matmul_precision: high`); nothing on the CPU, where it changes no
+    result, so that CPU runs stay bit-exact whatever the setting."""
+    if precision is None:
+        return
+    if precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"float32_matmul_precision={precision!r}: expected one of {MATMUL_PRECISIONS} or null")
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(precision)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
@@ -135,6 +160,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # kernels split their work differently and results change in the last bits: setting the count at the start of
     # every run makes a reused process compute what a fresh one does, which exact resume relies on.
     torch.set_num_threads(cfg.get("cpu_threads") or torch.get_num_threads())
+    _set_float32_matmul_precision(cfg.get("float32_matmul_precision"))
     L.seed_everything(cfg.seed, workers=True)
 
     task, datamodule = build(cfg)
@@ -232,6 +258,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         hint = "" if isinstance(mistake, DependencyError) else (
             " Check the recipe and the overrides on the command line; set SPEECHTRAIN_DEBUG=1 for the full traceback.")
         print(f"speechtrain: error: {message} ({type(mistake).__name__}).{hint}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise mistake from None  # Hydra records the job as failed and runs the next; exiting would end the sweep
         sys.exit(1)
     return metrics.get(cfg.optimized_metric)
 

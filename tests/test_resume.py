@@ -119,6 +119,53 @@ def test_loader_resumes_the_batches_and_random_draws_of_an_uninterrupted_run(bat
     assert all(torch.equal(a, b) for a, b in zip(whole[batches_before_kill:], resumed, strict=True))
 
 
+def test_loader_saved_by_two_ranks_restarts_the_epoch_in_one_with_rank_0s_random_states(caplog):
+    from speechtrain.data import datamodule
+
+    torch.manual_seed(0)
+    saver = random_items_loader()
+    saver.batch_sampler.set_epoch(1)
+    for _ in zip(range(2), saver, strict=False):  # 2 of the epoch's 4 batches done
+        pass
+    state = saver.state_dict()
+    rank_0_states = state["random_states"][0]
+    torch.manual_seed(5)
+    state["random_states"] = [rank_0_states, datamodule._random_states()]  # as two ranks save it
+
+    torch.manual_seed(1)  # a new process
+    loader = random_items_loader()
+    loader.load_state_dict(state)
+    loader.batch_sampler.set_epoch(1)  # Lightning's, for the epoch the checkpoint is in
+    resumed = list(loader)
+    assert "saved by 2 ranks, this run has 1: epoch 1's data order starts again from its first batch" in caplog.text
+
+    datamodule._set_random_states(rank_0_states)
+    expected_loader = random_items_loader()
+    expected_loader.batch_sampler.set_epoch(1)
+    expected = list(expected_loader)
+    assert len(resumed) == len(expected) == 4  # the whole epoch, not a skip count meant for other shards
+    assert all(torch.equal(a, b) for a, b in zip(expected, resumed, strict=True))
+
+
+def test_only_the_current_cuda_device_s_generator_is_restored(monkeypatch):
+    from speechtrain.data import datamodule
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", restored.append)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(("all", states)))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: torch.tensor([7], dtype=torch.uint8))
+    states = datamodule._random_states()
+    assert torch.equal(states["cuda_device"], torch.tensor([7], dtype=torch.uint8))
+    datamodule._set_random_states(states)
+    # an older checkpoint with every device's state (8 GPUs visible): this rank's device, 1, not all 8
+    older = {**states, "cuda": [torch.tensor([i], dtype=torch.uint8) for i in range(8)]}
+    del older["cuda_device"]
+    datamodule._set_random_states(older)
+    assert [t.tolist() for t in restored] == [[7], [1]]
+
+
 @pytest.mark.parametrize("moment", MOMENTS)
 @pytest.mark.parametrize("recipe", ["whisper_mini", "vits_mini", "soundstorm_mini"])
 def test_killed_run_resumes_to_the_uninterrupted_weights(recipe, moment, compose, tmp_path, uninterrupted_runs):

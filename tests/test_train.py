@@ -180,3 +180,26 @@ def test_training_without_any_logger_runs_with_the_default_callbacks(compose, tm
                             output_dir=tmp_path))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert math.isfinite(metrics["train/loss"])
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_float32_matmul_precision_is_set_on_cuda_only(monkeypatch, cuda):
+    from speechtrain.errors import ConfigError
+    from speechtrain.train import _set_float32_matmul_precision
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    _set_float32_matmul_precision("high")
+    _set_float32_matmul_precision(None)
+    assert calls == (["high"] if cuda else [])  # the CPU keeps full fp32 whatever the setting
+    with pytest.raises(ConfigError, match="float32_matmul_precision='tf32'"):
+        _set_float32_matmul_precision("tf32")
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_turns_on_tf32(compose, tmp_path):
+    torch.set_float32_matmul_precision("highest")
+    train(compose("recipe=whisper_mini", "trainer.max_steps=1", "export=false",  # set by train() whatever the device
+                  "logger=none", "~callbacks.learning_rate_monitor", output_dir=tmp_path))
+    assert torch.get_float32_matmul_precision() == "high"

@@ -38,11 +38,12 @@ def split_off(utterances: list[Utterance], fraction: float, seed: int) -> tuple[
 
 
 def _random_states() -> dict[str, Any]:
-    """The generators' states in types that Lightning's `weights_only` checkpoint loading accepts."""
+    """The generators' states in types that Lightning's `weights_only` checkpoint loading accepts. Of CUDA, only the
+    rank's own device: the ranks of a run with another GPU count or layout restore what their device had."""
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda_device": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def _set_random_states(states: dict[str, Any]) -> None:
@@ -50,8 +51,13 @@ def _set_random_states(states: dict[str, Any]) -> None:
     name, keys, position, has_gauss, cached_gaussian = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     random.setstate(states["python"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if not torch.cuda.is_available():
+        return
+    device_state = states.get("cuda_device")
+    if device_state is None and states.get("cuda"):  # older checkpoints: every visible device's state
+        device_state = states["cuda"][torch.cuda.current_device() % len(states["cuda"])]
+    if device_state is not None:
+        torch.cuda.set_rng_state(device_state)  # the current device only
 
 
 class ResumableDataLoader(DataLoader):
@@ -63,6 +69,10 @@ class ResumableDataLoader(DataLoader):
     loop so far (Lightning does not prefetch from a loader with a length, so that is the number trained
     on) and every rank's random number generator states at that point, restored when the first resumed
     batch is drawn, so dropout, noise and random segments continue as in the uninterrupted run.
+
+    Resumed with another number of ranks (8 GPUs, then 4), the saved position does not map onto the new sharding:
+    the epoch's data order starts again from its first batch (not a rescaled skip count), and each rank restores
+    the random states of rank `rank % saved ranks`, with a warning that the run does not continue exactly.
     """
 
     batch_sampler: DynamicBucketSampler
@@ -103,10 +113,14 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         random_states = state["random_states"]
-        if len(random_states) != self.batch_sampler.num_replicas:
-            logger.warning("the checkpoint holds random states of %d ranks, this run has %d: dropout and noise "
-                           "will not continue as before", len(random_states), self.batch_sampler.num_replicas)
         self._random_states_to_restore = random_states[rank % len(random_states)]
+        if len(random_states) != self.batch_sampler.num_replicas:
+            logger.warning("the checkpoint was saved by %d ranks, this run has %d: epoch %d's data order starts "
+                           "again from its first batch (the %d batches done per rank do not map onto %d ranks), "
+                           "and dropout and noise do not continue as before", len(random_states),
+                           self.batch_sampler.num_replicas, state["epoch"], state["batches_done"],
+                           self.batch_sampler.num_replicas)
+            return
         if state["batches_done"] < len(self.batch_sampler):
             self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
