@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from speechtrain.errors import CheckpointError
 from speechtrain.hub import load_processors, model_from_folder_config, save_bundle
 from speechtrain.model_card import write_model_card
 from speechtrain.safe_load import load_checkpoint
@@ -29,7 +30,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, trust_ch
     checkpoint = load_checkpoint(checkpoint_path, trust=trust_checkpoint)
     files = checkpoint.get(PRETRAINED_FILES_KEY)
     if not files:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint_path} has no '{PRETRAINED_FILES_KEY}': it was not written by a speechtrain task"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +39,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, trust_ch
     model = model_from_folder_config(out_dir)
     missing, unexpected = model.load_state_dict(model_state_dict(checkpoint), strict=False)
     if missing or unexpected:  # tied weights are saved under both names, so nothing may be missing
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint_path}: weights do not fit config.json (missing {missing}, unexpected {unexpected})"
         )
     tokenizer, feature_extractor = load_processors(out_dir)
