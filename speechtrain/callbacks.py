@@ -1,5 +1,5 @@
-"""Lightning callbacks every recipe shares: per-rank seeding, training throughput, and a progress bar that shows the
-learning rate.
+"""Lightning callbacks every recipe shares: per-rank seeding, training throughput, a progress bar that shows the
+learning rate, and validation that leaves training's random numbers alone.
 
 Throughput is read from the batch itself, so any task works whose collator follows this protocol
 (`AsrCollator` and `TtsCollator` do):
@@ -11,14 +11,16 @@ Throughput is read from the batch itself, so any task works whose collator follo
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 IGNORE_INDEX = -100
 
@@ -125,3 +127,46 @@ class SpeechProgressBar(TQDMProgressBar):
         if trainer.optimizers:
             items["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.2e}"
         return items
+
+
+class ValidationKeepsTrainingRandomness(Callback):
+    """Puts every random generator back, after validation, where the last training batch left it.
+
+    Validation draws random numbers: the validation loader's iterator draws its base seed from torch's global
+    generator, and VITS's and SoundStorm's sample generation and Bark's sampling draw more. Without this, the
+    training steps after a validation depend on whether, and how often, it ran; a run resumed from an epoch's
+    last batch skips that epoch's validation, and exact resume needs the same stream either way. The state is
+    taken at the end of each training batch because Lightning creates the validation iterator (and draws its
+    seed) before `on_validation_start`.
+    """
+
+    def __init__(self) -> None:
+        self._after_last_batch: dict[str, Any] | None = None
+
+    @staticmethod
+    def _states() -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._after_last_batch = self._states()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_last_batch is None or trainer.sanity_checking:
+            return
+        states = self._after_last_batch
+        torch.set_rng_state(states["torch"])
+        np.random.set_state(states["numpy"])
+        random.setstate(states["python"])
+        if states["cuda"] is not None:
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class TimedLastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every `train_time_interval` of training (mid-epoch, for long epochs), beside the validation-time
+    ModelCheckpoint that writes the same file. Unlike a plain ModelCheckpoint it writes nothing when training ends,
+    so that a finished run's `last.ckpt` stays the main checkpoint's, at the last validation."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: ModelCheckpoint would write `last.ckpt` here once more, as the time interval never saved."""
+

@@ -5,18 +5,24 @@ system temp folder and moves it over: across file systems that move is a copy on
 nothing is fsynced, so a crash or a full disk during a save can leave a truncated `last.ckpt` that
 `ckpt_path=last` then fails to load. `AtomicCheckpointIO` writes a hidden temporary file beside the
 target, fsyncs it, renames it over the target (`os.replace`, atomic on POSIX) and fsyncs the folder.
+
+Loading (resume) is `weights_only` with speechtrain's allowlist (speechtrain/safe_load.py) unless the run says
+`trust_checkpoint=true`: a checkpoint handed to `ckpt_path` may come from anywhere.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from speechtrain.safe_load import checkpoint_unpickling
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """`TorchCheckpointIO` with `atomic_torch_save` for local paths (remote URLs keep Lightning's fsspec path).
 
     Configured as a Trainer plugin (`speechtrain/conf/trainer/default.yaml`), so every checkpoint `ModelCheckpoint`
-    writes, `last.ckpt` included (`save_last: true` writes a full copy, not a link), goes through it.
+    writes, `last.ckpt` included (`save_last: true` writes a full copy, not a link), goes through it, and so does
+    every checkpoint Lightning reads back (`ckpt_path` of fit, validate, test): with `weights_only=True` and
+    speechtrain's allowlist unless `trust_checkpoint` (the run's `trust_checkpoint` key).
     """
+
+    def __init__(self, trust_checkpoint: bool = False) -> None:
+        super().__init__()
+        self.trust_checkpoint = trust_checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -74,3 +86,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         log.debug("saving checkpoint %s atomically", path)
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Lightning's load, refusing content that could run code (a `CheckpointError` naming type and file) unless
+        `trust_checkpoint`; the `weights_only` Lightning passes (None unless `trainer.fit(weights_only=...)`) is
+        overridden by that setting."""
+        if self.trust_checkpoint:
+            return super().load_checkpoint(path, map_location, weights_only=False)
+        with checkpoint_unpickling(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)

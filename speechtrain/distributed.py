@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from speechtrain.errors import CheckpointError
 from speechtrain.layers.transformer import EncoderLayer
 from speechtrain.models.bark.modeling import BarkBlock
 from speechtrain.models.soundstorm.conformer import ConformerBlock
@@ -27,6 +30,7 @@ from speechtrain.models.vits.decoder import HifiGanResidualBlock
 from speechtrain.models.vits.discriminator import PeriodDiscriminator, ScaleDiscriminator
 from speechtrain.models.vits.flow import VitsResidualCouplingLayer
 from speechtrain.models.vits.text_encoder import VitsEncoderLayer
+from speechtrain.safe_load import checkpoint_unpickling
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,23 @@ class FullyShardedStrategy(ModelParallelStrategy):
             shard_module, module, self.device_mesh["data_parallel"], block_classes(module),
             self.activation_checkpointing, self.param_dtype, self.reshard_after_forward,
         )
+
+    def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's load (this strategy reads checkpoints itself, not through the `CheckpointIO` plugin) with the
+        plugin's rule: a single file `weights_only` with speechtrain's allowlist unless `trust_checkpoint`; a folder
+        of shards only with `trust_checkpoint`, since torch's distributed checkpoint reader unpickles the folder's
+        `.metadata` without any restriction."""
+        if getattr(self.checkpoint_io, "trust_checkpoint", False):
+            return super().load_checkpoint(checkpoint_path, weights_only=False)
+        if Path(checkpoint_path).is_dir():
+            raise CheckpointError(
+                f"{checkpoint_path} is a folder of FSDP shards, which torch's distributed checkpoint reader unpickles "
+                "with no restriction on what runs; resume it with trust_checkpoint=true if your own run wrote it, "
+                "or save single-file checkpoints (trainer.strategy.save_distributed_checkpoint=false), which resume "
+                "without that risk"
+            )
+        with checkpoint_unpickling(checkpoint_path):
+            return super().load_checkpoint(checkpoint_path, weights_only=True)
 
 
 def unused_parameters_reason(module: nn.Module) -> str | None:

@@ -19,6 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from speechtrain.errors import CheckpointError, ConfigError
+from speechtrain.safe_load import load_untrusted
+
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -77,7 +80,7 @@ def read_model_type(folder: str | Path) -> str:
         raise FileNotFoundError(f"{config_path} not found: expected a Hugging Face-format model folder")
     model_type = json.loads(config_path.read_text()).get("model_type")
     if model_type not in FAMILIES:
-        raise ValueError(
+        raise CheckpointError(
             f"{config_path}: model_type {model_type!r} is not supported; known: {', '.join(sorted(FAMILIES))}"
         )
     return model_type
@@ -85,7 +88,7 @@ def read_model_type(folder: str | Path) -> str:
 
 def family_of(model_type: str) -> Family:
     if model_type not in FAMILIES:
-        raise ValueError(f"model_type {model_type!r} is not supported; known: {', '.join(sorted(FAMILIES))}")
+        raise CheckpointError(f"model_type {model_type!r} is not supported; known: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type]
 
 
@@ -139,7 +142,7 @@ def check_config_keys(values: Mapping[str, Any], config_class: type, where: str)
     known = {field.name for field in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown {config_class.__name__} keys {unknown}; valid keys are {sorted(known)}")
+        raise ConfigError(f"{where}: unknown {config_class.__name__} keys {unknown}; valid keys are {sorted(known)}")
 
 
 def load_config(folder: str | Path, config_class: Any, overrides: Mapping[str, Any] | None = None) -> Any:
@@ -155,7 +158,7 @@ def load_config(folder: str | Path, config_class: Any, overrides: Mapping[str, A
     try:
         return config_class.from_hf_dict(hf_config)
     except ValueError as error:
-        raise ValueError(f"{config_path}: {error}") from error
+        raise CheckpointError(f"{config_path}: {error}") from error
 
 
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -167,7 +170,7 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
         shards = sorted(set(json.loads((folder / SAFETENSORS_INDEX_NAME).read_text())["weight_map"].values()))
         return {key: value for shard in shards for key, value in load_file(folder / shard).items()}
     if (folder / PYTORCH_NAME).is_file():
-        return torch.load(folder / PYTORCH_NAME, map_location="cpu", weights_only=True)
+        return load_untrusted(folder / PYTORCH_NAME, "state dict")
     raise FileNotFoundError(
         f"{folder}: no weights found; expected {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} or {PYTORCH_NAME}"
     )
@@ -187,7 +190,7 @@ def check_state_dict(
         if state[key].shape != expected[key]
     ]
     if missing or unexpected or wrong_shape:
-        raise ValueError(
+        raise CheckpointError(
             f"{where}: weights do not fit {type(model).__name__} built from its {CONFIG_NAME}: "
             f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {wrong_shape}"
         )
@@ -208,7 +211,7 @@ def write_model_folder(
 def check_tokenizer_fits(tokenizer_size: int, vocab_size: int, where: str) -> None:
     """A pretrained model's embedding must have a row for every token of the tokenizer."""
     if tokenizer_size > vocab_size:
-        raise ValueError(f"{where}: the tokenizer has {tokenizer_size} tokens but the model's vocab_size is "
+        raise ConfigError(f"{where}: the tokenizer has {tokenizer_size} tokens but the model's vocab_size is "
                          f"{vocab_size}; use the folder's own tokenizer")
 
 
@@ -218,7 +221,7 @@ def scratch_vocab_size(tokenizer: Any, values: Mapping[str, Any], config_class: 
     check_config_keys(values, config_class, where)
     vocab_size = values.get("vocab_size", len(tokenizer))
     if vocab_size < len(tokenizer):
-        raise ValueError(f"{where}: vocab_size={vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
+        raise ConfigError(f"{where}: vocab_size={vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
     return vocab_size
 
 

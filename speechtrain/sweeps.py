@@ -13,8 +13,11 @@ Any other override is passed unchanged to every trial. Each trial is one job of 
 own folder, and returns `cfg.optimized_metric` (see `speechtrain.train`).
 
 `SweepSummary` (a Hydra callback, on in speechtrain/conf/hydra/default.yaml) writes `summary.md` and `summary.csv`
-into the sweep folder when a multirun ends: one row per job with the keys that vary between jobs and
-the job's `optimized_metric` from its `metrics.json`; the CSV has every other final metric too.
+into the sweep folder after every job and when a multirun ends: one row per job with the keys that vary between
+jobs and the job's `optimized_metric` from its `metrics.json`; the CSV has every other final metric too. A job that
+raised is marked `failed` with its error message (from the job folder's `job_status.json`), and the sweep goes on:
+Hydra's basic sweeper re-raises the first failure only after the whole batch of jobs ran, so the multirun's exit
+status is then non-zero but every other job has run and the summary is written.
 """
 
 from __future__ import annotations
@@ -29,15 +32,18 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
+from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from speechtrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
+JOB_STATUS_FILE = "job_status.json"  # in each multirun job's folder, written by SweepSummary when the job ends
 
 
 # --- the summary table ----------------------------------------------------------------------------
@@ -50,6 +56,7 @@ def _read_job(job_dir: Path) -> dict[str, Any]:
     job_config = OmegaConf.load(hydra_dir / "config.yaml")
     job_number = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.job.get("num")
     metrics_path = job_dir / "metrics.json"
+    status_path = job_dir / JOB_STATUS_FILE
     parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
     return {
         "job": job_number,
@@ -57,7 +64,22 @@ def _read_job(job_dir: Path) -> dict[str, Any]:
         "overrides": {o.get_key_element(): o.get_value_element_as_str() for o in parsed},
         "metric": job_config.get("optimized_metric"),
         "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
+        "status": json.loads(status_path.read_text()) if status_path.is_file() else None,
     }
+
+
+def _job_status(job: dict[str, Any]) -> tuple[str, str]:
+    """A job's status cell and error message: `failed` with the message of what it raised, `ok` once it wrote its
+    metrics, `no metrics.json` for a job that is still running or was killed."""
+    if job["status"] is not None and job["status"]["status"] == "failed":
+        return "failed", job["status"]["error"]
+    return ("no metrics.json", "") if job["metrics"] is None else ("ok", "")
+
+
+def _one_line(message: str, limit: int = 200) -> str:
+    """An error message as one table cell: newlines and pipes (which would break the Markdown table) replaced."""
+    line = " ".join(message.split()).replace("|", "/")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _format(value: Any, short: bool = False) -> str:
@@ -70,15 +92,18 @@ def _format(value: Any, short: bool = False) -> str:
     return f"{value:.6g}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> list[dict[str, Any]]:
-    """Writes `summary.md` and `summary.csv` for the jobs under `sweep_dir`, prints the table, returns the rows.
+def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize", verbose: bool = True
+                        ) -> list[dict[str, Any]]:
+    """Writes `summary.md` and `summary.csv` for the jobs under `sweep_dir`, prints the table (if `verbose`),
+    returns the rows.
 
     A row holds `job`, the swept keys (every override whose value differs between jobs; all overrides
     when there is one job), the optimized metric's value under its name, `best` ("*" on the best job
-    by `direction`), `status` and `dir`; the CSV adds every other metric of `metrics.json`.
+    by `direction`), `status` (ok, failed, no metrics.json), `error` (a failed job's message) and `dir`;
+    the CSV adds every other metric of `metrics.json`.
     """
     if direction not in DIRECTIONS:
-        raise ValueError(f"sweep direction={direction!r}: expected one of {DIRECTIONS}")
+        raise ConfigError(f"sweep direction={direction!r}: expected one of {DIRECTIONS}")
     sweep_dir = Path(sweep_dir)
     jobs = [_read_job(path.parent.parent) for path in sweep_dir.rglob(".hydra/overrides.yaml")]
     if not jobs:
@@ -95,7 +120,7 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> l
         metrics = job["metrics"] or {}
         row = {"job": job["job"], **{key: job["overrides"].get(key) for key in swept}}
         row |= {name: metrics.get(name) for name in metric_names}
-        row["status"] = "no metrics.json" if job["metrics"] is None else "ok"
+        row["status"], row["error"] = _job_status(job)
         row["dir"] = str(job["dir"].relative_to(sweep_dir))
         row["other"] = {name: metrics.get(name) for name in other_metrics}
         rows.append(row)
@@ -104,8 +129,9 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> l
     for row in rows:
         row["best"] = "*" if row is best else ""
 
-    columns = ["job", *swept, *metric_names, "best", "status", "dir"]
-    table = [columns, *[[_format(row[c], short=True) for c in columns] for row in rows]]
+    columns = ["job", *swept, *metric_names, "best", "status", "error", "dir"]
+    table = [columns, *[[_one_line(row[c]) if c == "error" else _format(row[c], short=True) for c in columns]
+                        for row in rows]]
     markdown = "\n".join("| " + " | ".join(cells) + " |" for cells in table[:1] + [["---"] * len(columns)] + table[1:])
     title = f"Sweep {sweep_dir}: {len(rows)} jobs, {direction} {', '.join(metric_names) or '(no optimized_metric)'}"
     (sweep_dir / "summary.md").write_text(f"# {title}\n\n{markdown}\n")
@@ -114,7 +140,8 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize") -> l
         writer.writerow(columns + other_metrics)
         for row in rows:
             writer.writerow([_format(row[c]) for c in columns] + [_format(row["other"][m]) for m in other_metrics])
-    print(f"{title}\n{markdown}\n(written to {sweep_dir / 'summary.md'} and summary.csv)")
+    if verbose:
+        print(f"{title}\n{markdown}\n(written to {sweep_dir / 'summary.md'} and summary.csv)")
     return rows
 
 
@@ -122,8 +149,18 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def write_job_status(job_dir: str | Path, job_return: JobReturn) -> None:
+    """Records in `job_dir/job_status.json` whether a job completed or failed, and the message of what it raised."""
+    status: dict[str, str] = {"status": "ok" if job_return.status == JobStatus.COMPLETED else "failed"}
+    if job_return.status != JobStatus.COMPLETED:
+        error = job_return._return_value  # the exception; `return_value` would re-raise it
+        status["error"] = f"{type(error).__name__}: {error}"
+    Path(job_dir, JOB_STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+
+
 class SweepSummary(Callback):
-    """Hydra callback: the summary table of `write_sweep_summary` when a multirun ends.
+    """Hydra callback: each multirun job's status, and the summary table of `write_sweep_summary` after every job
+    (so that it exists even when a failed job makes Hydra end the multirun with an error) and when a multirun ends.
 
     The direction is the sweeper's (`hydra.sweeper.direction`, as `OptunaSweeper` has) or `direction`.
     Jobs are read back from their folders, so the table is the same whichever launcher ran them.
@@ -132,12 +169,23 @@ class SweepSummary(Callback):
     def __init__(self, direction: str = "minimize"):
         self.direction = direction
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        write_job_status(config.hydra.runtime.output_dir, job_return)
+        if job_return.status != JobStatus.COMPLETED:
+            log.error("job %s failed, the sweep goes on: %s", config.hydra.job.get("num"), job_return._return_value)
+        write_sweep_summary(config.hydra.sweep.dir, self._direction(config), verbose=False)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             log.warning("no sweep folder %s: nothing to summarise", sweep_dir)
             return
-        write_sweep_summary(sweep_dir, config.hydra.sweeper.get("direction", self.direction))
+        write_sweep_summary(sweep_dir, self._direction(config))
+
+    def _direction(self, config: DictConfig) -> str:
+        return config.hydra.sweeper.get("direction", self.direction)
 
 
 # --- Optuna -----------------------------------------------------------------------------------------
@@ -151,18 +199,18 @@ def optuna_distribution(override: Override) -> Any:
     tags = sweep.tags
     unknown_tags = tags - {"log", "int"}
     if unknown_tags:
-        raise ValueError(f"{override.input_line}: unknown tags {sorted(unknown_tags)}; use log and/or int")
+        raise ConfigError(f"{override.input_line}: unknown tags {sorted(unknown_tags)}; use log and/or int")
     if isinstance(sweep, ChoiceSweep | RangeSweep):
         if tags:
-            raise ValueError(f"{override.input_line}: tags apply to interval(...), not to choice or range")
+            raise ConfigError(f"{override.input_line}: tags apply to interval(...), not to choice or range")
         return CategoricalDistribution(list(override.sweep_string_iterator()))
     if isinstance(sweep, IntervalSweep):
         if not sweep.start < sweep.end:
-            raise ValueError(f"{override.input_line}: interval low {sweep.start} must be below high {sweep.end}")
+            raise ConfigError(f"{override.input_line}: interval low {sweep.start} must be below high {sweep.end}")
         if "int" in tags:
             return IntDistribution(int(sweep.start), int(sweep.end), log="log" in tags)
         return FloatDistribution(sweep.start, sweep.end, log="log" in tags)
-    raise ValueError(f"{override.input_line}: Optuna cannot search {type(sweep).__name__}")
+    raise ConfigError(f"{override.input_line}: Optuna cannot search {type(sweep).__name__}")
 
 
 def search_space(overrides: Sequence[Override]) -> tuple[dict[str, Any], list[str]]:
@@ -174,7 +222,7 @@ def search_space(overrides: Sequence[Override]) -> tuple[dict[str, Any], list[st
         else:
             fixed.append(override.input_line)
     if not distributions:
-        raise ValueError("the Optuna sweeper has nothing to search: give hydra.sweeper.params or sweep overrides "
+        raise ConfigError("the Optuna sweeper has nothing to search: give hydra.sweeper.params or sweep overrides "
                          "such as 'task.optimizer.lr=tag(log, interval(1e-4, 1e-2))'")
     return distributions, fixed
 
@@ -184,7 +232,10 @@ class OptunaSweeper(Sweeper):
     results back. A trial whose job fails or returns no finite value is told FAIL and the study goes on.
 
     `sampler` is an Optuna sampler's config (`_target_`), TPE with `seed` when null; `storage` an Optuna
-    storage URL (e.g. sqlite:///study.db) to resume a study by `study_name`. The best trial goes to
+    storage URL (e.g. sqlite:///study.db) to resume a study by `study_name`: `n_trials` counts the study's trials
+    in all sweeps, so a killed sweep run again with the same storage and name runs only the trials still missing.
+    A trial that a killed sweep left running is told FAIL (listed in the study's `interrupted_trials`), not
+    counted, and its parameters are asked again first. Job N of the sweep folder is trial N. The best trial goes to
     `optimization_results.yaml` in the sweep folder.
     """
 
@@ -192,9 +243,12 @@ class OptunaSweeper(Sweeper):
                  sampler: Any = None, storage: str | None = None, study_name: str | None = None,
                  params: dict[str, str] | None = None):
         if direction not in DIRECTIONS:
-            raise ValueError(f"hydra.sweeper.direction={direction!r}: expected one of {DIRECTIONS}")
+            raise ConfigError(f"hydra.sweeper.direction={direction!r}: expected one of {DIRECTIONS}")
         if n_trials < 1 or n_jobs < 1:
-            raise ValueError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be at least 1")
+            raise ConfigError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be at least 1")
+        if storage is not None and study_name is None:
+            raise ConfigError(f"hydra.sweeper.storage={storage} needs hydra.sweeper.study_name: a stored study is "
+                              "resumed by its name")
         self.direction, self.n_trials, self.n_jobs, self.seed = direction, n_trials, n_jobs, seed
         self.sampler, self.storage, self.study_name = sampler, storage, study_name
         self.params = dict(params or {})
@@ -223,12 +277,16 @@ class OptunaSweeper(Sweeper):
         log.info("Optuna: %d trials of %s over %s", self.n_trials, self.direction,
                  ", ".join(f"{k}: {d}" for k, d in distributions.items()))
 
+        _fail_interrupted_trials(study)
+        if _counted_trials(study):
+            log.info("Optuna: study %r resumed with %d of %d trials done", self.study_name, _counted_trials(study),
+                     self.n_trials)
         returns: list[JobReturn] = []
-        while len(returns) < self.n_trials:
-            trials = [study.ask(distributions) for _ in range(min(self.n_jobs, self.n_trials - len(returns)))]
+        while (missing := self.n_trials - _counted_trials(study)) > 0:
+            trials = [study.ask(distributions) for _ in range(min(self.n_jobs, missing))]
             batch = [fixed + [f"{key}={trial.params[key]}" for key in distributions] for trial in trials]
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=len(returns))
+            results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
             returns += results
@@ -236,8 +294,9 @@ class OptunaSweeper(Sweeper):
         finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not finished:
             raise RuntimeError(f"Optuna: none of the {len(returns)} trials finished with a value; see {sweep_dir}")
+        counted = _counted_trials(study)
         best = {"best_params": study.best_params, "best_value": study.best_value, "direction": self.direction,
-                "n_trials": len(study.trials), "n_failed": len(study.trials) - len(finished)}
+                "n_trials": counted, "n_failed": counted - len(finished)}
         OmegaConf.save(OmegaConf.create(best), sweep_dir / "optimization_results.yaml")
         log.info("Optuna best value %.6g with %s", study.best_value, study.best_params)
         return returns
@@ -256,3 +315,29 @@ class OptunaSweeper(Sweeper):
             return
         log.warning("Optuna trial %d (%s) %s; told FAIL", trial.number, " ".join(result.overrides or []), reason)
         study.tell(trial, state=TrialState.FAIL)
+
+
+INTERRUPTED_TRIALS = "interrupted_trials"  # the study's user attribute: numbers of trials a killed sweep left running
+
+
+def _counted_trials(study: Any) -> int:
+    """Trials that ran to an end (complete, failed, pruned) in a job; not those a killed sweep left behind."""
+    interrupted = set(study.user_attrs.get(INTERRUPTED_TRIALS, []))
+    return sum(t.state.is_finished() and t.number not in interrupted for t in study.get_trials(deepcopy=False))
+
+
+def _fail_interrupted_trials(study: Any) -> None:
+    """Tells FAIL the trials a killed sweep left RUNNING (noting them in the study's `interrupted_trials`) and asks
+    their parameters again first, so that a resumed study neither counts them nor loses the points they were to
+    evaluate. (Assumes one sweep at a time per study, as Hydra's launchers run it.)"""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return
+    study.set_user_attr(INTERRUPTED_TRIALS, [*study.user_attrs.get(INTERRUPTED_TRIALS, []),
+                                             *(t.number for t in running)])
+    for trial in running:
+        log.warning("Optuna: trial %d was left running by a killed sweep; told FAIL and asked again", trial.number)
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=False)

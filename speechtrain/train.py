@@ -12,20 +12,27 @@ import logging
 import os
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from speechtrain.callbacks import RankSeed
+from speechtrain.config_checks import check_required_values, check_targets
 from speechtrain.distributed import build_strategy
+from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import save_bundle
 from speechtrain.model_card import write_model_card
 
@@ -85,15 +92,54 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
+def compose(recipe: str, *overrides: str, output_dir: str | Path | None = None,
+            config_dir: str | Path | None = None) -> DictConfig:
+    """The config of `recipe` with command-line style `overrides`, as `speechtrain-train recipe=NAME ...` builds it,
+    for notebooks and scripts (no Hydra boilerplate). The run goes to `output_dir` (default
+    `outputs/RECIPE/<time>` under the working folder); `config_dir` adds a folder of the user's own config groups
+    and recipes (`config_dir/recipe/NAME.yaml`) in front of the bundled ones, as `--config-dir` does."""
+    if output_dir is None:
+        output_dir = Path("outputs") / recipe / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir is not None else []
+    with initialize_config_module(config_module="speechtrain.conf", version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=[f"recipe={recipe}", *overrides, *extra,
+                                                            f"paths.output_dir={Path(output_dir).resolve()}"])
+
+
 def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """`ckpt_path=last`: the newest checkpoint that a run in `output_dir` left, whichever wrote it: checkpoints/
+    last.ckpt (ModelCheckpoint, on validation or every train_time_interval), checkpoints/on_exception.ckpt (an
+    exception or SIGTERM) or hpc_ckpt_N.ckpt (Lightning on SLURM's SIGUSR1, in the run folder itself). Each may be a
+    folder of shards under trainer=fsdp. None (a fresh start) when there is none."""
     if cfg.ckpt_path != "last":
         return cfg.ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"  # a folder of shards under trainer=fsdp
-    return str(last) if last.exists() else None
+    candidates = [output_dir / "checkpoints" / "last.ckpt", output_dir / "checkpoints" / "on_exception.ckpt",
+                  *output_dir.glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.exists()]
+    newest = max(existing, key=lambda path: path.stat().st_mtime_ns, default=None)
+    if newest is not None:
+        log.info("resuming from %s, the newest checkpoint of %s", newest, output_dir)
+    return None if newest is None else str(newest)
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def _set_float32_matmul_precision(precision: str | None) -> None:
+    """TF32 for fp32 matmuls on CUDA (`float32_matmul_precision: high`); nothing on the CPU, where it changes no
+    result, so that CPU runs stay bit-exact whatever the setting."""
+    if precision is None:
+        return
+    if precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"float32_matmul_precision={precision!r}: expected one of {MATMUL_PRECISIONS} or null")
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(precision)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
+    check_required_values(cfg)
+    check_targets(cfg)
     tokenizer = hydra.utils.instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
     # ASR recipes have a feature extractor; TTS recipes compute spectrograms in their data module and task.
     feature_extractor = hydra.utils.instantiate(cfg.features) if cfg.get("features") else None
@@ -111,6 +157,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and export) as `cfg` says; returns the final logged metrics as floats."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Once anything in the process has called torch.set_num_threads (a test, a notebook cell, a library), some CPU
+    # kernels split their work differently and results change in the last bits: setting the count at the start of
+    # every run makes a reused process compute what a fresh one does, which exact resume relies on.
+    torch.set_num_threads(cfg.get("cpu_threads") or torch.get_num_threads())
+    _set_float32_matmul_precision(cfg.get("float32_matmul_precision"))
     L.seed_everything(cfg.seed, workers=True)
 
     task, datamodule = build(cfg)
@@ -147,14 +198,48 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-_USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError, OmegaConfBaseException)
+# What the user got wrong: speechtrain's own error types, missing paths and config syntax or interpolation errors.
+_USER_ERRORS = (SpeechtrainError, FileNotFoundError, NotADirectoryError, OmegaConfBaseException)
 
 
-def _user_error(exc: BaseException) -> BaseException | None:
-    """The configuration or data mistake behind `exc`, if that is what it is (Hydra wraps them)."""
+def _raised_in(exc: BaseException, function_name: str) -> bool:
+    """True if `exc` was raised by `function_name` itself rather than in something it called."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and frame.tb_frame.f_code.co_name == function_name
+
+
+def user_mistake(exc: BaseException) -> BaseException | None:
+    """The configuration or data mistake behind `exc`, if that is what it is, else None (a bug).
+
+    Hydra wraps what a `_target_` raises in `InstantiationException`, and a target it cannot import in
+    `ImportError`. Unwrapped, a user mistake stays one: an unknown or missing argument (a `TypeError` raised by
+    the call itself, before entering the target), a target that does not exist, speechtrain's own error types.
+    Any other cause is the real error (an extension that does not load, a bug) and must show its traceback."""
     while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        if isinstance(exc.__cause__, TypeError) and _raised_in(exc.__cause__, "_call_target"):
+            return exc
         exc = exc.__cause__
-    return exc if isinstance(exc, _USER_ERRORS + (InstantiationException,)) else None
+    if isinstance(exc, ImportError) and not isinstance(exc, SpeechtrainError) and exc.__cause__ is not None:
+        cause = exc.__cause__  # Hydra's _locate: "Error loading 'a.b.c'" from what the import raised
+        while isinstance(cause, ImportError) and not isinstance(cause, SpeechtrainError) and cause.__cause__:
+            cause = cause.__cause__
+        if isinstance(cause, SpeechtrainError):
+            return cause
+        target = re.search(r"Error loading '([^']+)'", str(exc))
+        missing_module = isinstance(cause, ModuleNotFoundError) and cause.name is not None and target is not None \
+            and (target.group(1) + ".").startswith(cause.name + ".")
+        missing_attribute = isinstance(cause, AttributeError) and _raised_in(cause, "_locate")
+        return exc if missing_module or missing_attribute else None
+    return exc if isinstance(exc, _USER_ERRORS) else None
+
+
+def _real_error(exc: BaseException) -> BaseException:
+    """The innermost cause of a Hydra-wrapped error, to re-raise with its own traceback."""
+    while isinstance(exc, (InstantiationException, ImportError)) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -162,15 +247,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as exc:
-        cause = _user_error(exc)
-        if cause is None or os.environ.get("SPEECHTRAIN_DEBUG"):
+        mistake = user_mistake(exc)
+        if mistake is None:
+            real = _real_error(exc)
+            if real is exc:
+                raise
+            raise real from None
+        if os.environ.get("SPEECHTRAIN_DEBUG"):
             raise
-        message = str(cause).strip().strip('"')
-        print(
-            f"speechtrain: error: {message} ({type(cause).__name__}). Check the recipe and the overrides on the "
-            "command line; set SPEECHTRAIN_DEBUG=1 for the full traceback.",
-            file=sys.stderr,
-        )
+        message = str(mistake).strip().strip('"')
+        hint = "" if isinstance(mistake, DependencyError) else (
+            " Check the recipe and the overrides on the command line; set SPEECHTRAIN_DEBUG=1 for the full traceback.")
+        print(f"speechtrain: error: {message} ({type(mistake).__name__}).{hint}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise mistake from None  # Hydra records the job as failed and runs the next; exiting would end the sweep
         sys.exit(1)
     return metrics.get(cfg.optimized_metric)
 

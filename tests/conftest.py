@@ -45,12 +45,13 @@ def train_and_export(compose, tmp_path) -> Callable[..., tuple]:
     feature_extractor) loaded back with eager attention, the checkpoint's state dict)` for parity tests."""
     from speechtrain.cli.export import export_checkpoint
     from speechtrain.hub import load_bundle
+    from speechtrain.safe_load import load_checkpoint
 
     def _train_and_export(recipe: str, *overrides: str) -> tuple:
         train(compose(f"recipe={recipe}", *overrides, "trainer.max_epochs=1", output_dir=tmp_path / "run"))
         checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
         folder = export_checkpoint(checkpoint, tmp_path / "hf")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_checkpoint(checkpoint)["state_dict"]
         return folder, load_bundle(folder, attn_implementation="eager"), state
 
     return _train_and_export

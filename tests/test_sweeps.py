@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
 
 from speechtrain.sweeps import OptunaSweeper, search_space, write_sweep_summary
 
@@ -22,13 +25,26 @@ TINY = ["recipe=whisper_mini", "trainer.max_epochs=1", "+trainer.limit_train_bat
         "~callbacks.progress_bar", "optimized_metric=val/cer"]
 
 REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
+TESTS_DIR = Path(__file__).resolve().parent
 
 
-def run_sweep(*overrides: str, sweep_dir: Path) -> subprocess.CompletedProcess:
+class KillSweepAtJob(Callback):
+    """A Hydra callback that SIGKILLs the sweep as job `number` starts, as a preempted or cancelled sweep dies."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def on_job_start(self, config, **kwargs) -> None:
+        if config.hydra.job.num == self.number:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_sweep(*overrides: str, sweep_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, str(REPO_DIR / "train.py"), "--multirun", *TINY, *overrides,
                              f"hydra.sweep.dir={sweep_dir}"], cwd=sweep_dir.parent, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+                            timeout=300, env=environment)
+    assert result.returncode == 0 or not check, result.stderr[-3000:]
     return result
 
 
@@ -62,6 +78,20 @@ def test_grid_sweep_runs_each_job_in_its_folder_and_writes_the_summary(tmp_path)
     assert "| 2 | 0.003 | 0 |" in result.stdout  # printed as well
 
 
+def test_a_failed_job_is_marked_in_the_summary_and_the_sweep_runs_the_others(tmp_path):
+    sweep_dir = tmp_path / "grid"
+    # job 1's corpus format is a configuration mistake (ConfigError), which a single run reports with exit status 1
+    result = run_sweep("data.train.format=ljspeech,nonsense,ljspeech", sweep_dir=sweep_dir, check=False)
+    assert sorted(job_metrics(sweep_dir)) == ["0", "2"], result.stderr[-3000:]  # the job after the failure ran too
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "failed"), ("2", "ok")]
+    assert rows[1]["error"].startswith("ConfigError: unknown corpus format 'nonsense'") and rows[1]["val/cer"] == ""
+    assert rows[0]["error"] == rows[2]["error"] == ""
+    assert "| 1 | nonsense |  |  | failed | ConfigError: unknown corpus format 'nonsense'" in (
+        sweep_dir / "summary.md").read_text()
+    assert result.returncode != 0  # Hydra's basic sweeper re-raises the failure once every job has run
+
+
 def test_optuna_search_is_a_multirun_with_a_summary_and_the_best_trial(tmp_path):
     sweep_dir = tmp_path / "optuna"
     run_sweep("hparams_search=whisper_mini_optuna", "hydra.sweeper.n_trials=3",
@@ -80,6 +110,35 @@ def test_optuna_search_is_a_multirun_with_a_summary_and_the_best_trial(tmp_path)
     rows = read_csv(sweep_dir / "summary.csv")
     assert len(rows) == 3 and {"task.optimizer.lr", "task.label_smoothing", "val/cer"} <= rows[0].keys()
     assert [r["job"] for r in rows if r["best"] == "*"] == [best_job]
+
+
+def test_a_killed_optuna_study_in_sqlite_resumes_with_the_trials_still_missing(tmp_path):
+    sweep_dir, database = tmp_path / "optuna", tmp_path / "study.db"
+    search = ["hparams_search=whisper_mini_optuna", "hydra.sweeper.n_trials=3",
+              f"hydra.sweeper.storage=sqlite:///{database}", "hydra.sweeper.study_name=lr",
+              "task.optimizer.lr=tag(log, interval(1e-3, 1e-2))"]
+    kill = ["+hydra.callbacks.kill._target_=test_sweeps.KillSweepAtJob", "+hydra.callbacks.kill.number=1"]
+    killed = run_sweep(*search, *kill, sweep_dir=sweep_dir, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    study = optuna.load_study(study_name="lr", storage=f"sqlite:///{database}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
+    interrupted_lr = study.trials[1].params["task.optimizer.lr"]
+
+    run_sweep(*search, sweep_dir=sweep_dir)
+    study = optuna.load_study(study_name="lr", storage=f"sqlite:///{database}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert study.user_attrs["interrupted_trials"] == [1]  # the killed trial is not counted: 3 trials ran to the end
+    assert study.trials[2].params["task.optimizer.lr"] == interrupted_lr  # the interrupted point is evaluated first
+    assert sorted(job_metrics(sweep_dir)) == ["0", "2", "3"]  # job N is trial N: the resume writes new folders
+    assert {t.number: t.value for t in study.trials if t.value is not None} == {
+        int(job): metrics["val/cer"] for job, metrics in job_metrics(sweep_dir).items()}
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["n_trials"] == 3 and results["n_failed"] == 0
+
+
+def test_a_stored_study_needs_a_name():
+    with pytest.raises(ValueError, match="storage=sqlite:///s.db needs hydra.sweeper.study_name"):
+        OptunaSweeper(storage="sqlite:///s.db")
 
 
 def parse(*overrides: str):
@@ -130,7 +189,7 @@ def test_summary_marks_the_best_by_direction_and_names_jobs_without_metrics(tmp_
     assert [r["best"] for r in rows] == ["", "*", "", "", ""]
     assert rows[2]["status"] == "no metrics.json" and rows[2]["val/acc"] is None
     assert "seed" not in rows[0]  # the same in every job: not swept
-    assert "| 1 | 0.2 | 0.9 | * | ok | 1 |" in capsys.readouterr().out
+    assert "| 1 | 0.2 | 0.9 | * | ok |  | 1 |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="direction='up'"):
         write_sweep_summary(tmp_path, direction="up")
     with pytest.raises(FileNotFoundError, match="no job folders"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from speechtrain.safe_load import load_checkpoint
 from speechtrain.train import BUNDLED_DATA_DIR, train
 
 REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
@@ -68,9 +69,9 @@ def test_exported_checkpoint_loads_in_transformers_with_same_logits(train_and_ex
 
 def test_resume_from_last_continues_the_run(compose, tmp_path):
     train(compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path))
-    first = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    first = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     train(compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=2", "ckpt_path=last", output_dir=tmp_path))
-    second = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    second = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert (first["epoch"], second["epoch"]) == (0, 1)
     assert second["global_step"] == 2 * first["global_step"]
 
@@ -179,3 +180,26 @@ def test_training_without_any_logger_runs_with_the_default_callbacks(compose, tm
                             output_dir=tmp_path))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert math.isfinite(metrics["train/loss"])
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_float32_matmul_precision_is_set_on_cuda_only(monkeypatch, cuda):
+    from speechtrain.errors import ConfigError
+    from speechtrain.train import _set_float32_matmul_precision
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    _set_float32_matmul_precision("high")
+    _set_float32_matmul_precision(None)
+    assert calls == (["high"] if cuda else [])  # the CPU keeps full fp32 whatever the setting
+    with pytest.raises(ConfigError, match="float32_matmul_precision='tf32'"):
+        _set_float32_matmul_precision("tf32")
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_turns_on_tf32(compose, tmp_path):
+    torch.set_float32_matmul_precision("highest")
+    train(compose("recipe=whisper_mini", "trainer.max_steps=1", "export=false",  # set by train() whatever the device
+                  "logger=none", "~callbacks.learning_rate_monitor", output_dir=tmp_path))
+    assert torch.get_float32_matmul_precision() == "high"

@@ -9,6 +9,7 @@ import torch
 from speechtrain.cli.synthesize import main as synthesize_main
 from speechtrain.cli.synthesize import synthesize
 from speechtrain.hub import load_bundle
+from speechtrain.safe_load import load_checkpoint
 from speechtrain.train import train
 
 REPO_DIR = Path(__file__).resolve().parents[1]  # the checkout: train.py and recipes/
@@ -31,7 +32,7 @@ def test_recipe_writes_samples_and_a_full_gan_checkpoint(run_dir):
     audio, rate = soundfile.read(samples[0])
     assert rate == 22050 and len(audio) > 0 and abs(audio).max() > 0
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert any(k.startswith("discriminator.") for k in checkpoint["state_dict"])  # resumable GAN state
     assert len(checkpoint["optimizer_states"]) == 2 and len(checkpoint["lr_schedulers"]) == 2
 
@@ -92,3 +93,27 @@ def test_ljspeech_recipe_without_the_corpus_says_how_to_get_it(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{tmp_path}/LJSpeech-1.1" in result.stderr and "recipes/ljspeech/prepare.py" in result.stderr
+
+
+def test_ljspeech_recipe_reads_espeak_phonemes_as_the_original(compose, tmp_path):
+    """configs/ljs_base.json trains on english_cleaners2: lower case, abbreviations, then phonemizer's espeak
+    en-us with stress and punctuation, whitespace collapsed, blanks interspersed."""
+    cfg = compose("recipe=vits_ljspeech", output_dir=tmp_path)
+    assert (cfg.tokenizer.phonemize, cfg.tokenizer.phonemizer_language, cfg.tokenizer.cleaners,
+            cfg.tokenizer.add_blank) == (True, "en-us", "english", True)
+    phonemizer = pytest.importorskip("phonemizer")
+    from phonemizer.backend import EspeakBackend
+
+    if not EspeakBackend.is_available():
+        pytest.skip("needs espeak-ng (apt-get install espeak-ng)")
+    from hydra.utils import instantiate
+
+    tokenizer = instantiate(cfg.tokenizer)
+    text = "Dr. Smith said, in the only sense with which we are at present concerned: printing differs!"
+    original = phonemizer.phonemize("doctor smith said, in the only sense with which we are at present concerned: "
+                                    "printing differs!", language="en-us", backend="espeak", strip=True,
+                                    preserve_punctuation=True, with_stress=True)
+    original = " ".join(original.split())  # collapse_whitespace
+    assert tokenizer.text_to_symbols(text) == original and tokenizer.dropped_characters == {}
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == original and ids[0::2] == [0] * (len(original) + 1)

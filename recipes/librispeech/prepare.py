@@ -3,9 +3,9 @@
     python recipes/librispeech/prepare.py --root data --parts train-clean-100 dev-clean test-clean
     python recipes/librispeech/prepare.py --root data --no-download   # already unpacked by hand
 
-Downloads the parts from openslr.org (resumable), unpacks them into `<root>/LibriSpeech/<part>`, and
-writes a NeMo-style manifest per part (`<root>/LibriSpeech/<part>.jsonl`, with durations read from the
-flac headers) so that training starts without scanning the folders again:
+Downloads the parts from openslr.org (resumable, each checked against openslr's md5 sum), unpacks them
+into `<root>/LibriSpeech/<part>`, and writes a NeMo-style manifest per part (`<root>/LibriSpeech/<part>.jsonl`,
+with durations read from the flac headers) so that training starts without scanning the folders again:
 `data.train.format=manifest data.train.path=data/LibriSpeech/train-clean-100.jsonl`.
 """
 
@@ -21,12 +21,23 @@ from download import prepare_openslr_subsets  # noqa: E402
 from speechtrain.data.corpora import read_librispeech  # noqa: E402
 
 URL = "https://www.openslr.org/resources/12/{subset}.tar.gz"
-PARTS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360", "train-other-500")
+# openslr's published md5 sums (https://www.openslr.org/resources/12/md5sum.txt); every archive is checked before
+# it is unpacked.
+CHECKSUMS = {
+    "dev-clean": "md5:42e2234ba48799c1f50f24a7926300a1",
+    "dev-other": "md5:c8d0bcc9cca99d4f8b62fcc847357931",
+    "test-clean": "md5:32fa31d27d2e1cad72775fee3f4849a9",
+    "test-other": "md5:fb5a50374b501bb3bac4815ee91d3135",
+    "train-clean-100": "md5:2a93770f6d5c6c964bc36631d331a522",
+    "train-clean-360": "md5:c0e676e450a7ff2f54aeade5171606fa",
+    "train-other-500": "md5:d1a0fd59409feb2c614ce4d30c387708",
+}
+PARTS = tuple(CHECKSUMS)
 
 
 def prepare_librispeech(root: Path, parts: list[str], fetch: bool = True) -> list[Path]:
     """Download (optionally), unpack and write one manifest per part; returns the manifest paths."""
-    return prepare_openslr_subsets(root, parts, URL, "LibriSpeech", read_librispeech, fetch)
+    return prepare_openslr_subsets(root, parts, URL, CHECKSUMS, "LibriSpeech", read_librispeech, fetch)
 
 
 def main() -> None:

@@ -5,8 +5,8 @@
         --tokens tokens/libritts --codec-checkpoint encodec_24khz-d7cc33bc.th \\
         --hubert-checkpoint hubert_fairseq_base_ls960.pth --device cuda
 
-Downloads the subsets from openslr.org (resumable), unpacks them into `<root>/LibriTTS/<subset>`
-(`<speaker>/<chapter>/<utterance>.wav` + `<utterance>.normalized.txt`, read directly by the
+Downloads the subsets from openslr.org (resumable, each checked against its md5 sum), unpacks them into
+`<root>/LibriTTS/<subset>` (`<speaker>/<chapter>/<utterance>.wav` + `<utterance>.normalized.txt`, read directly by the
 `libritts` corpus format) and writes a NeMo manifest per subset with durations from the wav headers
 (`<root>/LibriTTS/<subset>.jsonl`). With `--tokens DIR` each subset is then tokenized into
 `DIR/<subset>` by `speechtrain-tokenize`; options this script does not know are passed on to it.
@@ -27,13 +27,22 @@ from speechtrain.cli import tokenize  # noqa: E402
 from speechtrain.data.corpora import read_libritts  # noqa: E402
 
 URL = "https://www.openslr.org/resources/60/{subset}.tar.gz"
-SUBSETS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100", "train-clean-360",
-           "train-other-500")
+# The md5 sums of openslr's SLR60 archives; every archive is checked before it is unpacked.
+CHECKSUMS = {
+    "dev-clean": "md5:0c3076c1e5245bb3f0af7d82087ee207",
+    "dev-other": "md5:815555d8d75995782ac3ccd7f047213d",
+    "test-clean": "md5:7bed3bdb047c4c197f1ad3bc412db59f",
+    "test-other": "md5:ae3258249472a13b5abef2a816f733e4",
+    "train-clean-100": "md5:4a8c202b78fe1bc0c47916a98f3a2ea8",
+    "train-clean-360": "md5:a84ef10ddade5fd25df69596a2767b2d",
+    "train-other-500": "md5:7b181dd5ace343a5f38427999684aa6f",
+}
+SUBSETS = tuple(CHECKSUMS)
 
 
 def prepare_libritts(root: Path, subsets: list[str], fetch: bool = True) -> list[Path]:
     """Download (optionally), unpack and write one manifest per subset; returns the manifest paths."""
-    return prepare_openslr_subsets(root, subsets, URL, "LibriTTS", read_libritts, fetch)
+    return prepare_openslr_subsets(root, subsets, URL, CHECKSUMS, "LibriTTS", read_libritts, fetch)
 
 
 def tokenize_subsets(manifests: list[Path], tokens: Path, tokenize_args: list[str]) -> list[Path]:

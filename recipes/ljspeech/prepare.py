@@ -2,36 +2,32 @@
 
     python recipes/ljspeech/prepare.py --root data
 
-Downloads the archive from keithito.com (2.6 GB, resumable), unpacks it into `<root>/LJSpeech-1.1`
-(`metadata.csv` + `wavs/`, read directly by the `ljspeech` corpus format) and checks that every
-transcript has its wav file.
+Downloads the archive from keithito.com (2.6 GB, resumable, checked against its sha256), unpacks it into
+`<root>/LJSpeech-1.1` (`metadata.csv` + `wavs/`, read directly by the `ljspeech` corpus format) and checks
+that every transcript has its wav file.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tarfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from download import download  # noqa: E402
+from download import fetch_and_extract  # noqa: E402
 
 from speechtrain.data.corpora import read_ljspeech  # noqa: E402
 
 URL = "https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2"
+# The archive's sha256 (2,748,572,632 bytes); checked before it is unpacked.
+CHECKSUM = "sha256:be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5"
 
 
 def prepare_ljspeech(root: Path, fetch: bool = True) -> Path:
     """Download (optionally) and unpack LJSpeech; returns its folder after checking it reads."""
     corpus = root / "LJSpeech-1.1"
     if fetch and not (corpus / "metadata.csv").is_file():
-        archive = download(URL, root / "downloads" / "LJSpeech-1.1.tar.bz2")
-        with tarfile.open(archive) as tar:
-            for member in tqdm(tar.getmembers(), desc="unpacking LJSpeech", unit="file"):
-                tar.extract(member, root, filter="data")
+        fetch_and_extract(URL, root / "downloads" / "LJSpeech-1.1.tar.bz2", root, CHECKSUM)
     utterances = read_ljspeech(corpus)
     missing = [u.audio_path for u in utterances if not Path(u.audio_path).is_file()]
     print(f"{corpus}: {len(utterances)} utterances, {len(missing)} without audio"

@@ -19,6 +19,7 @@ import torch
 
 from speechtrain.data.bark_text import BarkTextTokenizer
 from speechtrain.data.codecs import EncodecCodec
+from speechtrain.errors import CheckpointError, ConfigError
 from speechtrain.models.bark import generate_audio, load_pretrained
 from speechtrain.models.bark.layouts import DEFAULTS
 
@@ -26,7 +27,7 @@ from speechtrain.models.bark.layouts import DEFAULTS
 def _load(folder: str | Path, kind: str, device: str) -> torch.nn.Module:
     model = load_pretrained(folder)
     if model.config.model_type != kind:
-        raise ValueError(f"{folder}: holds a {model.config.model_type!r} model, expected {kind!r}")
+        raise CheckpointError(f"{folder}: holds a {model.config.model_type!r} model, expected {kind!r}")
     return model.to(device).eval()
 
 
@@ -46,7 +47,7 @@ def bark_generate(
     """A 1-D waveform for `text` and its sampling rate (24 kHz); the same seed gives the same audio.
     `max_semantic_tokens` bounds the length (default Bark's 768 semantic tokens, about 15 s)."""
     if not text.strip():
-        raise ValueError("nothing to say: the text is empty")
+        raise ConfigError("nothing to say: the text is empty")
     tokenizer = BarkTextTokenizer.from_pretrained(tokenizer_dir or semantic_dir)
     semantic = _load(semantic_dir, "semantic", device)
     coarse = _load(coarse_dir, "coarse_acoustics", device)

@@ -2,7 +2,8 @@
 
 The checkpoint carries config.json, tokenizer and preprocessor files (see tasks/checkpointing.py), so
 no Hydra config is needed; the run's resolved config and metrics, when found beside the checkpoint, go
-into a short model card.
+into a short model card. The checkpoint is unpickled with torch's `weights_only` rules (speechtrain/safe_load.py)
+and refused if it holds anything that could run code, unless `--trust-checkpoint`.
 """
 
 from __future__ import annotations
@@ -12,22 +13,24 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
+from speechtrain.errors import CheckpointError
 from speechtrain.hub import load_processors, model_from_folder_config, save_bundle
 from speechtrain.model_card import write_model_card
+from speechtrain.safe_load import load_checkpoint
 from speechtrain.tasks.checkpointing import PRETRAINED_FILES_KEY, model_state_dict
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
-    """Write the checkpoint's model, tokenizer and feature extractor as a Hugging Face-format folder."""
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, trust_checkpoint: bool = False) -> Path:
+    """Write the checkpoint's model, tokenizer and feature extractor as a Hugging Face-format folder.
+
+    `trust_checkpoint` unpickles anything the file holds (it may run code): only for a file whose origin is known."""
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
     if not checkpoint_path.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint_path} not found")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(checkpoint_path, trust=trust_checkpoint)
     files = checkpoint.get(PRETRAINED_FILES_KEY)
     if not files:
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint_path} has no '{PRETRAINED_FILES_KEY}': it was not written by a speechtrain task"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -36,7 +39,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
     model = model_from_folder_config(out_dir)
     missing, unexpected = model.load_state_dict(model_state_dict(checkpoint), strict=False)
     if missing or unexpected:  # tied weights are saved under both names, so nothing may be missing
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint_path}: weights do not fit config.json (missing {missing}, unexpected {unexpected})"
         )
     tokenizer, feature_extractor = load_processors(out_dir)
@@ -60,10 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a .ckpt written by python train.py (outputs/.../checkpoints/last.ckpt)")
     parser.add_argument("out_dir", help="folder to write (config.json, model.safetensors, tokenizer, ...)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle whatever the checkpoint holds, which can run code it carries; only for a file "
+                             "whose origin you know (by default anything but tensors, numbers and strings is refused)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     try:
-        out = export_checkpoint(args.checkpoint, args.out_dir)
+        out = export_checkpoint(args.checkpoint, args.out_dir, trust_checkpoint=args.trust_checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"speechtrain-export: error: {exc}\n")
     print(f"exported {args.checkpoint} to {out}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import soundfile
 import torch
 
+from speechtrain.errors import ConfigError
 from speechtrain.hub import load_bundle
 
 
@@ -27,7 +28,7 @@ def synthesize(
 ) -> tuple[list[torch.Tensor], int]:
     """One 1-D waveform per text and the sampling rate; the same seed gives the same audio."""
     if speaking_rate <= 0:
-        raise ValueError(f"speaking_rate must be positive, got {speaking_rate}")
+        raise ConfigError(f"speaking_rate must be positive, got {speaking_rate}")
     model, tokenizer, _ = load_bundle(model_dir)
     model.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -35,7 +36,7 @@ def synthesize(
     for text in texts:
         ids = tokenizer.encode(text)
         if all(i == tokenizer.pad_id for i in ids):  # unknown characters dropped: blanks alone are left
-            raise ValueError(f"nothing to say in {text!r}: no symbol of it is in the model's vocabulary")
+            raise ConfigError(f"nothing to say in {text!r}: no symbol of it is in the model's vocabulary")
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         with torch.no_grad():
             waveform, lengths = model(torch.tensor([ids], device=device), speaker_id=speaker_id,

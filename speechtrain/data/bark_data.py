@@ -35,6 +35,7 @@ import torch
 
 from speechtrain.data.token_data import TokenDataModule
 from speechtrain.data.token_shards import INFO_FILE, TokenizedUtterance, read_token_info
+from speechtrain.errors import ConfigError, DataError
 from speechtrain.models.bark.config import MODEL_TYPES, BarkGenerationConfig
 from speechtrain.models.bark.layouts import (
     DEFAULTS,
@@ -75,12 +76,12 @@ class BarkSemanticCollator:
         semantic = config.semantic
         room = semantic.text_pad_token - semantic.text_encoding_offset
         if tokenizer is None:
-            raise ValueError("the semantic model's batches need the text tokenizer (tokenizer: bark_text)")
+            raise ConfigError("the semantic model's batches need the text tokenizer (tokenizer: bark_text)")
         if len(tokenizer) > room:
-            raise ValueError(f"the text tokenizer has {len(tokenizer)} tokens, but Bark's semantic input holds "
+            raise ConfigError(f"the text tokenizer has {len(tokenizer)} tokens, but Bark's semantic input holds "
                              f"{room} text ids ({semantic.text_encoding_offset} to {semantic.text_pad_token})")
         if block_size <= semantic.max_input_semantic_length + 1:
-            raise ValueError(f"block_size={block_size} leaves no room for semantic tokens after the "
+            raise ConfigError(f"block_size={block_size} leaves no room for semantic tokens after the "
                              f"{semantic.max_input_semantic_length + 1} merged prompt positions")
         self.tokenizer, self.block_size, self.config = tokenizer, block_size, config
 
@@ -99,7 +100,7 @@ class _WindowCollator:
     def __init__(self, windows_per_utterance: int | None = None, seed: int | None = None,
                  config: BarkGenerationConfig = DEFAULTS):
         if windows_per_utterance is not None and windows_per_utterance < 1:
-            raise ValueError(f"windows_per_utterance must be at least 1 or None, got {windows_per_utterance}")
+            raise ConfigError(f"windows_per_utterance must be at least 1 or None, got {windows_per_utterance}")
         self.windows_per_utterance, self.config = windows_per_utterance, config
         self.generator = _generator(seed)
 
@@ -168,7 +169,7 @@ def check_token_info(info: Mapping[str, Any], kind: str, where: str | Path = "to
             problems.append(f"semantic.frame_rate is {rate}, Bark's semantic tokens are "
                             f"{config.semantic.semantic_rate_hz} frames/s")
     if problems:
-        raise ValueError(f"{where}: these tokens do not fit Bark's {kind} model: {'; '.join(problems)}; "
+        raise DataError(f"{where}: these tokens do not fit Bark's {kind} model: {'; '.join(problems)}; "
                          "tokenize with speechtrain-tokenize at its defaults (EnCodec 24 kHz, 6 kbps; HuBERT)")
 
 
@@ -182,7 +183,7 @@ def bark_collator(kind: str, tokenizer: Any = None, block_size: int = 1024,
         return BarkCoarseCollator(windows_per_utterance, seed, config)
     if kind == "fine_acoustics":
         return BarkFineCollator(seed, windows_per_utterance, config)
-    raise ValueError(f"Bark data: kind={kind!r} is not one of {MODEL_TYPES}")
+    raise ConfigError(f"Bark data: kind={kind!r} is not one of {MODEL_TYPES}")
 
 
 class BarkTokenDataModule(TokenDataModule):

@@ -11,6 +11,8 @@ from typing import Any
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
+from speechtrain.errors import DataError
+
 VOCAB_FILE = "vocab.txt"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
@@ -25,7 +27,7 @@ class BarkTextTokenizer:
     def __init__(self, vocab: list[str], do_lower_case: bool = True, strip_accents: bool | None = None,
                  tokenize_chinese_chars: bool = True, special_tokens: dict[str, str] | None = None):
         if not vocab:
-            raise ValueError("the WordPiece vocabulary is empty")
+            raise DataError("the WordPiece vocabulary is empty")
         self.vocab = list(vocab)
         self.do_lower_case, self.strip_accents = do_lower_case, strip_accents
         self.tokenize_chinese_chars = tokenize_chinese_chars
@@ -33,7 +35,7 @@ class BarkTextTokenizer:
         ids = {token: index for index, token in enumerate(self.vocab)}
         unk = self.special_tokens["unk_token"]
         if unk not in ids:
-            raise ValueError(f"the vocabulary has no unknown token {unk!r}")
+            raise DataError(f"the vocabulary has no unknown token {unk!r}")
         self._tokenizer = Tokenizer(models.WordPiece(ids, unk_token=unk, max_input_chars_per_word=100))
         self._tokenizer.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=tokenize_chinese_chars, strip_accents=strip_accents,
@@ -77,7 +79,7 @@ class BarkTextTokenizer:
         try:
             config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path}: invalid JSON ({error})") from error
+            raise DataError(f"{config_path}: invalid JSON ({error})") from error
         special = {key: _token_text(config[key]) for key in SPECIAL_TOKENS if _token_text(config.get(key))}
         return cls(vocab, do_lower_case=config.get("do_lower_case", True), strip_accents=config.get("strip_accents"),
                    tokenize_chinese_chars=config.get("tokenize_chinese_chars", True), special_tokens=special)

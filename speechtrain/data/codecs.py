@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 import torchaudio
 
+from speechtrain.errors import CheckpointError, ConfigError
+from speechtrain.safe_load import load_untrusted
+
 logger = logging.getLogger(__name__)
 
 OFFICIAL_CHECKPOINT = "encodec_24khz-d7cc33bc.th"
@@ -41,23 +44,20 @@ def _load_state_dict(model: torch.nn.Module, checkpoint: str | Path) -> None:
             f"EnCodec checkpoint {path} not found; give the official {OFFICIAL_CHECKPOINT} "
             "(https://dl.fbaipublicfiles.com/encodec/v0/" + OFFICIAL_CHECKPOINT + ")"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read an EnCodec state dict ({err})") from err
+    state = load_untrusted(path, "EnCodec state dict")
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (a mapping of tensors), got {type(state).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of tensors), got {type(state).__name__}")
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not an {OFFICIAL_CHECKPOINT} state dict: {len(missing)} keys missing (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path}: tensor shapes do not match the 24 kHz EnCodec model ({err})") from err
+        raise CheckpointError(f"{path}: tensor shapes do not match the 24 kHz EnCodec model ({err})") from err
 
 
 class EncodecCodec:
@@ -76,7 +76,7 @@ class EncodecCodec:
         model: torch.nn.Module | None = None,
     ):
         if sample_rate != SUPPORTED_SAMPLE_RATE:
-            raise ValueError(
+            raise ConfigError(
                 f"sample_rate={sample_rate}: only the {SUPPORTED_SAMPLE_RATE} Hz EnCodec model is supported "
                 "(the one whose codes Bark and SoundStorm use)"
             )
@@ -92,7 +92,7 @@ class EncodecCodec:
                            "fine for tests and smoke runs only")
             self._randomise_empty_codebooks(model)
         if bandwidth not in model.target_bandwidths:
-            raise ValueError(f"bandwidth={bandwidth} kbps is not one of EnCodec's {model.target_bandwidths}")
+            raise ConfigError(f"bandwidth={bandwidth} kbps is not one of EnCodec's {model.target_bandwidths}")
         model.set_target_bandwidth(bandwidth)
         self.model = model.eval().requires_grad_(False)
         self.bandwidth = float(bandwidth)

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from speechtrain.data.audio import AudioError, audio_info
+from speechtrain.errors import ConfigError, DataError
 
 LJSPEECH_LAYOUT = "expected metadata.csv and wavs/ (LJSpeech layout)"
 LIBRISPEECH_LAYOUT = "expected <speaker>/<chapter>/*.trans.txt files with <id>.flac beside them (LibriSpeech layout)"
@@ -59,7 +60,7 @@ def read_ljspeech(root: str | Path) -> list[Utterance]:
                 continue
             columns = line.rstrip("\r\n").split("|")
             if len(columns) < 2 or not columns[0]:
-                raise ValueError(f"{metadata}:{line_number}: expected 'id|text|normalized_text', got {line!r}")
+                raise DataError(f"{metadata}:{line_number}: expected 'id|text|normalized_text', got {line!r}")
             text = columns[2] if len(columns) > 2 and columns[2].strip() else columns[1]
             audio_path = root / "wavs" / f"{columns[0]}.wav"
             utterances.append(Utterance(columns[0], str(audio_path), text.strip()))
@@ -118,15 +119,15 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from err
+                raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from err
             if not isinstance(entry, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
+                raise DataError(f"{where}: expected a JSON object, got {type(entry).__name__}")
             for key in ("audio_filepath", "text"):
                 if key not in entry:
-                    raise ValueError(f"{where}: missing key {key!r} (keys: {', '.join(entry) or 'none'})")
+                    raise DataError(f"{where}: missing key {key!r} (keys: {', '.join(entry) or 'none'})")
             duration = entry.get("duration")
             if duration is not None and not isinstance(duration, (int, float)):
-                raise ValueError(f"{where}: duration must be a number of seconds, got {duration!r}")
+                raise DataError(f"{where}: duration must be a number of seconds, got {duration!r}")
             audio_path = os.path.normpath(path.parent / Path(entry["audio_filepath"]).expanduser())
             speaker = entry.get("speaker")
             utterances.append(
@@ -148,7 +149,7 @@ def write_manifest(utterances: Iterable[Utterance], path: str | Path) -> None:
     with path.open("w", encoding="utf-8") as out:
         for utterance in utterances:
             if utterance.audio_bytes is not None and not Path(utterance.audio_path).is_file():
-                raise ValueError(
+                raise DataError(
                     f"utterance {utterance.id!r} keeps its audio in memory (audio_bytes) and {utterance.audio_path} "
                     "is not a file; write the audio to disk before listing it in a manifest"
                 )
@@ -199,10 +200,10 @@ def read_hf_dataset(
 def _pick_split(path: Path, split: str | None, available: list[str]) -> str:
     if split is None:
         if len(available) != 1:
-            raise ValueError(f"{path} holds splits {available}; choose one with split=")
+            raise ConfigError(f"{path} holds splits {available}; choose one with split=")
         return available[0]
     if split not in available:
-        raise ValueError(f"{path} has no split {split!r}; it holds {available}")
+        raise ConfigError(f"{path} has no split {split!r}; it holds {available}")
     return split
 
 
@@ -213,10 +214,10 @@ def _read_saved_dataset(path: Path, split: str | None, audio_column: str, text_c
     if isinstance(dataset, datasets.DatasetDict):
         dataset = dataset[_pick_split(path, split, list(dataset))]
     elif split is not None:
-        raise ValueError(f"{path} is a single dataset without splits; remove split={split!r}")
+        raise ConfigError(f"{path} is a single dataset without splits; remove split={split!r}")
     for column in (audio_column, text_column):
         if column not in dataset.column_names:
-            raise ValueError(f"{path}: no column {column!r}; columns are {dataset.column_names}")
+            raise DataError(f"{path}: no column {column!r}; columns are {dataset.column_names}")
     if isinstance(dataset.features[audio_column], datasets.Audio):
         dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
     speaker_column = next((c for c in ("speaker", "speaker_id") if c in dataset.column_names), None)
@@ -230,7 +231,7 @@ def _read_saved_dataset(path: Path, split: str | None, audio_column: str, text_c
         audio_path, audio_bytes = (audio["path"], audio["bytes"]) if isinstance(audio, dict) else (audio, None)
         if audio_bytes is None:
             if audio_path is None:
-                raise ValueError(f"{path}: row {index} has neither a path nor bytes in column {audio_column!r}")
+                raise DataError(f"{path}: row {index} has neither a path nor bytes in column {audio_column!r}")
             if not Path(audio_path).is_absolute():  # relative to the dataset folder, else to the current one
                 audio_path = str(path / audio_path if (path / audio_path).exists() else Path(audio_path).resolve())
         speaker = row.get(speaker_column) if speaker_column else None
@@ -258,7 +259,7 @@ def _metadata_rows(metadata: Path) -> Iterable[tuple[int, dict]]:
                 try:
                     yield line_number, json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{metadata}:{line_number}: invalid JSON ({err.msg})") from err
+                    raise DataError(f"{metadata}:{line_number}: invalid JSON ({err.msg})") from err
 
 
 def _read_audiofolder(path: Path, split: str | None, text_column: str) -> list[Utterance]:
@@ -279,7 +280,7 @@ def _read_audiofolder(path: Path, split: str | None, text_column: str) -> list[U
     for line_number, row in _metadata_rows(metadata):
         for column in ("file_name", text_column):
             if column not in row:
-                raise ValueError(f"{metadata}:{line_number}: no column {column!r}; columns are {list(row)}")
+                raise DataError(f"{metadata}:{line_number}: no column {column!r}; columns are {list(row)}")
         audio_path = metadata.parent / row["file_name"]
         speaker = row.get("speaker", row.get("speaker_id"))
         duration = row.get("duration")
@@ -323,7 +324,7 @@ class CorpusSpec:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(spec) - names)
         if unknown or "format" not in spec or "path" not in spec:
-            raise ValueError(
+            raise ConfigError(
                 f"corpus spec {dict(spec)}: needs 'format' and 'path'"
                 + (f"; unknown keys {unknown}" if unknown else "")
                 + f" (allowed: {sorted(names)})"
@@ -335,9 +336,9 @@ def read_corpus(spec: CorpusSpec | Mapping) -> list[Utterance]:
     """Reads any supported corpus; relative paths are resolved against the current directory."""
     spec = CorpusSpec.coerce(spec)
     if spec.format not in FORMATS:
-        raise ValueError(f"unknown corpus format {spec.format!r} for {spec.path}; expected one of {list(FORMATS)}")
+        raise ConfigError(f"unknown corpus format {spec.format!r} for {spec.path}; expected one of {list(FORMATS)}")
     if spec.split is not None and spec.format != "hf":
-        raise ValueError(f"split={spec.split!r} only applies to format 'hf'; point path at the split for {spec.format}")
+        raise ConfigError(f"split={spec.split!r} only applies to format 'hf'; point path at the split ({spec.format})")
     path = Path(spec.path).expanduser().resolve()
     if spec.download_hint and not path.exists():
         raise FileNotFoundError(f"{path} not found ({spec.format} corpus): {spec.download_hint}")

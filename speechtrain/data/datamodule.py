@@ -19,6 +19,7 @@ from speechtrain.data.corpora import CorpusSpec, Utterance, read_corpus
 from speechtrain.data.datasets import CheckedDataset, SpeechDataset
 from speechtrain.data.features import FeatureExtractor
 from speechtrain.data.samplers import DynamicBucketSampler
+from speechtrain.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ def split_off(utterances: list[Utterance], fraction: float, seed: int) -> tuple[
     """A seeded random `fraction` of `utterances` (at least one) held out: returns (kept, held out), in order."""
     held_out_count = max(1, round(len(utterances) * fraction))
     if held_out_count >= len(utterances):
-        raise ValueError(
-            f"val_fraction={fraction} of {len(utterances)} utterances leaves nothing to train on; "
+        raise ConfigError(
+            f"data.val_fraction={fraction} of {len(utterances)} utterances leaves nothing to train on; "
             "lower val_fraction or give a separate val corpus"
         )
     held_out = set(np.random.default_rng(seed).permutation(len(utterances))[:held_out_count].tolist())
@@ -37,11 +38,12 @@ def split_off(utterances: list[Utterance], fraction: float, seed: int) -> tuple[
 
 
 def _random_states() -> dict[str, Any]:
-    """The generators' states in types that Lightning's `weights_only` checkpoint loading accepts."""
+    """The generators' states in types that Lightning's `weights_only` checkpoint loading accepts. Of CUDA, only the
+    rank's own device: the ranks of a run with another GPU count or layout restore what their device had."""
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda_device": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def _set_random_states(states: dict[str, Any]) -> None:
@@ -49,8 +51,13 @@ def _set_random_states(states: dict[str, Any]) -> None:
     name, keys, position, has_gauss, cached_gaussian = states["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     random.setstate(states["python"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if not torch.cuda.is_available():
+        return
+    device_state = states.get("cuda_device")
+    if device_state is None and states.get("cuda"):  # older checkpoints: every visible device's state
+        device_state = states["cuda"][torch.cuda.current_device() % len(states["cuda"])]
+    if device_state is not None:
+        torch.cuda.set_rng_state(device_state)  # the current device only
 
 
 class ResumableDataLoader(DataLoader):
@@ -62,6 +69,10 @@ class ResumableDataLoader(DataLoader):
     loop so far (Lightning does not prefetch from a loader with a length, so that is the number trained
     on) and every rank's random number generator states at that point, restored when the first resumed
     batch is drawn, so dropout, noise and random segments continue as in the uninterrupted run.
+
+    Resumed with another number of ranks (8 GPUs, then 4), the saved position does not map onto the new sharding:
+    the epoch's data order starts again from its first batch (not a rescaled skip count), and each rank restores
+    the random states of rank `rank % saved ranks`, with a warning that the run does not continue exactly.
     """
 
     batch_sampler: DynamicBucketSampler
@@ -102,10 +113,14 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         random_states = state["random_states"]
-        if len(random_states) != self.batch_sampler.num_replicas:
-            logger.warning("the checkpoint holds random states of %d ranks, this run has %d: dropout and noise "
-                           "will not continue as before", len(random_states), self.batch_sampler.num_replicas)
         self._random_states_to_restore = random_states[rank % len(random_states)]
+        if len(random_states) != self.batch_sampler.num_replicas:
+            logger.warning("the checkpoint was saved by %d ranks, this run has %d: epoch %d's data order starts "
+                           "again from its first batch (the %d batches done per rank do not map onto %d ranks), "
+                           "and dropout and noise do not continue as before", len(random_states),
+                           self.batch_sampler.num_replicas, state["epoch"], state["batches_done"],
+                           self.batch_sampler.num_replicas)
+            return
         if state["batches_done"] < len(self.batch_sampler):
             self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
@@ -124,12 +139,14 @@ class BucketedDataModule(L.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if has_val and val_fraction > 0:
-            raise ValueError(f"give either {val_name} or val_fraction={val_fraction}, not both; set one to null/0")
+            raise ConfigError(f"give either {val_name} or data.val_fraction={val_fraction}, not both; "
+                              "set one to null/0")
         self.max_batch_seconds = max_batch_seconds
         self.val_fraction = val_fraction
         self.max_batch_size = max_batch_size
+        self.min_item_seconds: float | None = None  # a subclass whose items are padded to a fixed window sets it
         self.num_buckets = num_buckets
         self.num_workers = num_workers
         self.seed = seed
@@ -146,7 +163,7 @@ class BucketedDataModule(L.LightningDataModule, ABC):
     def _bucketed_loader(self, dataset: Any, durations: Sequence[float], shuffle: bool) -> DataLoader:
         sampler = DynamicBucketSampler(
             durations, self.max_batch_seconds, num_buckets=self.num_buckets, shuffle=shuffle,
-            seed=self.seed, max_batch_size=self.max_batch_size,
+            seed=self.seed, max_batch_size=self.max_batch_size, min_item_seconds=self.min_item_seconds,
         )
         loader_class = ResumableDataLoader if shuffle else DataLoader  # only training resumes mid-epoch
         return loader_class(
@@ -211,9 +228,9 @@ class SpeechDataModule(BucketedDataModule):
         super().__init__(max_batch_seconds, val_fraction, val is not None, "a val corpus", max_batch_size, num_buckets,
                          num_workers, seed)
         if max_duration > max_batch_seconds:
-            raise ValueError(
-                f"max_batch_seconds={max_batch_seconds} cannot hold one utterance of max_duration={max_duration} s; "
-                "raise max_batch_seconds or lower max_duration"
+            raise ConfigError(
+                f"data.max_batch_seconds={max_batch_seconds} cannot hold one utterance of data.max_duration="
+                f"{max_duration} s; raise data.max_batch_seconds or lower data.max_duration"
             )
         self.train_spec = CorpusSpec.coerce(train)
         self.val_spec = None if val is None else CorpusSpec.coerce(val)
@@ -231,7 +248,7 @@ class SpeechDataModule(BucketedDataModule):
         self._prepare(train)
         self.train_dataset = self._dataset(train, "train")
         if len(self.train_dataset) == 0:
-            raise ValueError(
+            raise DataError(
                 f"no usable training utterances in {self.train_spec.path} ({len(train)} read, all skipped; "
                 "the warning above says why)"
             )
@@ -256,8 +273,13 @@ class AsrDataModule(SpeechDataModule):
     """Reads the train (and val) corpora, checks every utterance and serves `AsrCollator` batches.
 
     Corpora, validation split and batching are `SpeechDataModule`'s. Utterances longer than
-    `max_duration` seconds or with more than `max_label_tokens` decoder labels are dropped with one
-    summary warning per split (`strict=True` raises on the first instead).
+    `max_duration` seconds, shorter than the feature extractor's `min_samples` (Speech2Text's one
+    25 ms frame) or with more than `max_label_tokens` decoder labels are dropped with one summary
+    warning per split (`strict=True` raises on the first instead).
+
+    A feature extractor with a `chunk_length` pads every waveform to that many seconds (Whisper's
+    window), so the encoder's cost is per item, not per second of audio: the sampler then costs each
+    item at `chunk_length` seconds, and `max_duration=None` means the window itself.
     """
 
     def __init__(
@@ -267,7 +289,7 @@ class AsrDataModule(SpeechDataModule):
         tokenizer: Any,
         feature_extractor: FeatureExtractor,
         max_batch_seconds: float,
-        max_duration: float,
+        max_duration: float | None,
         max_label_tokens: int,
         num_workers: int = 0,
         strict: bool = False,
@@ -276,16 +298,25 @@ class AsrDataModule(SpeechDataModule):
         num_buckets: int = 10,
         max_batch_size: int | None = None,
     ):
+        chunk_length = getattr(feature_extractor, "chunk_length", None)
+        if max_duration is None:
+            if chunk_length is None:
+                raise ConfigError(f"data.max_duration is null, which means the feature extractor's window, but "
+                                  f"{type(feature_extractor).__name__} has none; set data.max_duration in seconds")
+            max_duration = float(chunk_length)
+        if chunk_length is not None and max_duration > chunk_length:
+            raise ConfigError(
+                f"data.max_duration={max_duration} s is longer than the feature extractor's {chunk_length} s chunk; "
+                f"set data.max_duration <= {chunk_length} (or null for the window)"
+            )
         super().__init__(
             train, val, max_batch_seconds, max_duration, num_workers=num_workers, strict=strict,
             val_fraction=val_fraction, seed=seed, num_buckets=num_buckets, max_batch_size=max_batch_size,
         )
-        chunk_length = getattr(feature_extractor, "chunk_length", None)
-        if chunk_length is not None and max_duration > chunk_length:
-            raise ValueError(
-                f"max_duration={max_duration} s is longer than the feature extractor's {chunk_length} s chunk; "
-                f"set max_duration <= {chunk_length}"
-            )
+        if chunk_length is not None and chunk_length > max_batch_seconds:
+            raise ConfigError(f"data.max_batch_seconds={max_batch_seconds} cannot hold one {chunk_length} s chunk of "
+                              "the feature extractor (every item is padded to it); raise data.max_batch_seconds")
+        self.min_item_seconds = None if chunk_length is None else float(chunk_length)
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.max_label_tokens = max_label_tokens
@@ -295,4 +326,5 @@ class AsrDataModule(SpeechDataModule):
         return SpeechDataset(
             utterances, self.feature_extractor.sampling_rate, self.tokenizer, self.max_duration,
             self.max_label_tokens, strict=self.strict, name=name,
+            min_samples=self.feature_extractor.min_samples,
         )

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from speechtrain.data.audio import AudioError, audio_info, load_audio
 from speechtrain.data.corpora import Utterance
+from speechtrain.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class CheckedDataset(Dataset, ABC):
                 continue
             reason, detail = problem
             if strict:
-                raise ValueError(f"{utterance.audio_path}: {reason} ({detail}) in {name}; fix or remove it, "
+                raise DataError(f"{utterance.audio_path}: {reason} ({detail}) in {name}; fix or remove it, "
                                  "or set strict=False to skip bad utterances")
             self.skipped[reason] = self.skipped.get(reason, 0) + 1
             examples.setdefault(reason, f"{utterance.audio_path}: {detail}")
@@ -167,8 +168,9 @@ class SpeechDataset(CheckedDataset):
     """Transcribed speech for ASR, checked once at construction.
 
     Construction drops (and counts by reason in `skipped`) every utterance with a missing or
-    unreadable audio file, an empty transcript, audio longer than `max_duration` seconds, or more
-    than `max_label_tokens` decoder labels (`len(prefix_ids) + len(text ids) + 1` for the end
+    unreadable audio file, an empty transcript, audio longer than `max_duration` seconds or shorter
+    than `min_samples` at `sample_rate` (the feature extractor's shortest input), or more than
+    `max_label_tokens` decoder labels (`len(prefix_ids) + len(text ids) + 1` for the end
     token); one warning summarises what was dropped. With `strict=True` the first bad utterance
     raises a `ValueError` naming its file instead.
 
@@ -194,9 +196,11 @@ class SpeechDataset(CheckedDataset):
         strict: bool = False,
         name: str = "dataset",
         num_threads: int = 8,
+        min_samples: int = 1,
     ):
         self.tokenizer = tokenizer
         self.max_label_tokens = max_label_tokens
+        self.min_samples = min_samples
         super().__init__(utterances, sample_rate, max_duration, strict=strict, name=name, num_threads=num_threads)
 
     def _check(self, utterance: Utterance) -> tuple[float, Problem | None, list[int]]:
@@ -208,10 +212,14 @@ class SpeechDataset(CheckedDataset):
         if num_labels > self.max_label_tokens:
             return math.nan, (f"more than {self.max_label_tokens} label tokens", f"{num_labels} tokens"), []
         duration, problem = self._check_audio(utterance)
+        if problem is None and math.floor(duration * self.sample_rate + 1e-6) < self.min_samples:
+            shortest = f"{1000 * self.min_samples / self.sample_rate:g} ms"
+            return math.nan, (f"shorter than {shortest}", f"{duration * 1000:.1f} ms, fewer than the "
+                              f"{self.min_samples} samples the features need"), []
         return duration, problem, token_ids
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        audio = self._load_audio(index)
+        audio = self._load_audio(index, min_samples=self.min_samples)
         if audio is None:
             return None
         utterance = self.utterances[index]

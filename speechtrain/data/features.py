@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from speechtrain.errors import CheckpointError, ConfigError
+
 CONFIG_NAME = "preprocessor_config.json"
 
 
@@ -22,9 +24,12 @@ class FeatureExtractor(Protocol):
     `__call__` turns 1-D waveforms at `sampling_rate` into `(features [B, n_features, frames],
     frame_mask [B, frames] bool)`, True on frames that hold audio. `save_pretrained(dir)` writes the
     HF `preprocessor_config.json` and the class's `from_pretrained(dir)` reads it back.
+    `min_samples` is the shortest waveform it accepts; an extractor that pads every waveform to a
+    fixed window has that window's length in seconds as `chunk_length` (data modules cost items by it).
     """
 
     sampling_rate: int
+    min_samples: int
 
     def __call__(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -87,10 +92,10 @@ class PretrainedFeatureExtractor(ABC):
         try:
             config = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: invalid JSON ({err})") from err
+            raise CheckpointError(f"{path}: invalid JSON ({err})") from err
         kind = config.get("feature_extractor_type", cls.__name__)
         if kind != cls.__name__:
-            raise ValueError(f"{path}: feature_extractor_type is {kind!r}, expected {cls.__name__!r}")
+            raise CheckpointError(f"{path}: feature_extractor_type is {kind!r}, expected {cls.__name__!r}")
         names = inspect.signature(cls).parameters
         return cls(**{name: value for name, value in config.items() if name in names})
 
@@ -122,6 +127,7 @@ class WhisperFeatureExtractor(PretrainedFeatureExtractor):
         self.dither = dither
         self.n_samples = chunk_length * sampling_rate
         self.nb_max_frames = self.n_samples // hop_length
+        self.min_samples = 1  # anything is padded to the window
         self.mel_filters = slaney_mel_filters(1 + n_fft // 2, feature_size, sampling_rate, 0.0, 8000.0)
         self.window = torch.hann_window(n_fft)
 
@@ -194,7 +200,7 @@ class Speech2TextFeatureExtractor(PretrainedFeatureExtractor):
         normalize_vars: bool = True,
     ):
         if feature_size != num_mel_bins:
-            raise ValueError(f"feature_size={feature_size} must equal num_mel_bins={num_mel_bins}")
+            raise ConfigError(f"feature_size={feature_size} must equal num_mel_bins={num_mel_bins}")
         self.feature_size = feature_size
         self.sampling_rate = sampling_rate
         self.num_mel_bins = num_mel_bins
@@ -205,6 +211,7 @@ class Speech2TextFeatureExtractor(PretrainedFeatureExtractor):
         self.normalize_vars = normalize_vars
         self.frame_length = sampling_rate * 25 // 1000  # Kaldi's 25 ms window, 10 ms shift
         self.frame_shift = sampling_rate * 10 // 1000
+        self.min_samples = self.frame_length  # one frame: Kaldi's fbank makes none of a shorter waveform
 
     def num_frames(self, num_samples: int) -> int:
         return 0 if num_samples < self.frame_length else 1 + (num_samples - self.frame_length) // self.frame_shift

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from speechtrain.errors import ConfigError
+
 
 class DynamicBucketSampler(Sampler[list[int]]):
     """A batch sampler (`DataLoader(batch_sampler=...)`) whose batches cost at most `max_batch_seconds`.
@@ -16,7 +18,9 @@ class DynamicBucketSampler(Sampler[list[int]]):
     Utterances are sorted by duration and cut into `num_buckets` buckets of equal count; with
     `shuffle` each bucket is shuffled (by `seed`) before packing, so neighbours vary while lengths
     stay alike. A batch's cost is its padded length, `batch_size * longest duration`, and packing
-    closes a batch before that exceeds `max_batch_seconds` (or `max_batch_size` items).
+    closes a batch before that exceeds `max_batch_seconds` (or `max_batch_size` items). A model that
+    pads every input to a fixed window (Whisper's 30 s) computes on the window, not on the audio:
+    `min_item_seconds` costs each item at least that long, so the budget counts windows.
 
     Batches are packed once and their order is shuffled every epoch from `seed + epoch`
     (`set_epoch`, which Lightning calls through the `sampler` attribute). Packing once keeps
@@ -42,6 +46,7 @@ class DynamicBucketSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
         max_batch_size: int | None = None,
+        min_item_seconds: float | None = None,
     ):
         if num_replicas is None:
             num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -50,13 +55,16 @@ class DynamicBucketSampler(Sampler[list[int]]):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas}) for num_replicas={num_replicas}")
         if max_batch_seconds <= 0:
-            raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
+            raise ConfigError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
         if max_batch_size is not None and max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+            raise ConfigError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if min_item_seconds is not None and min_item_seconds > max_batch_seconds:
+            raise ConfigError(f"max_batch_seconds={max_batch_seconds} cannot hold one item padded to "
+                             f"min_item_seconds={min_item_seconds}; raise max_batch_seconds")
         durations = np.asarray(durations, dtype=np.float64)
         if len(durations) and durations.max() > max_batch_seconds:
             longest = int(durations.argmax())
-            raise ValueError(
+            raise ConfigError(
                 f"utterance {longest} lasts {durations[longest]:.2f} s, more than max_batch_seconds="
                 f"{max_batch_seconds}; raise max_batch_seconds or lower max_duration"
             )
@@ -68,18 +76,21 @@ class DynamicBucketSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.max_batch_size = max_batch_size
+        self.min_item_seconds = min_item_seconds
         self.epoch = 0
         self._resume_at: tuple[int, int] | None = None
-        self.batches = self._pack(durations)
+        # what each item costs in the budget; buckets still follow the real durations
+        costs = durations if min_item_seconds is None else np.maximum(durations, min_item_seconds)
+        self.batches = self._pack(durations, costs)
         if not drop_last:
-            self.batches = self._balance_across_ranks(self.batches, durations)
+            self.batches = self._balance_across_ranks(self.batches, costs)
 
     @property
     def sampler(self) -> DynamicBucketSampler:
         """Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`; pointing it here gets the call."""
         return self
 
-    def _pack(self, durations: np.ndarray) -> list[list[int]]:
+    def _pack(self, durations: np.ndarray, costs: np.ndarray) -> list[list[int]]:
         order = np.argsort(durations, kind="stable")
         rng = np.random.default_rng(self.seed)
         batches = []
@@ -88,29 +99,29 @@ class DynamicBucketSampler(Sampler[list[int]]):
                 bucket = rng.permutation(bucket)
             batch, longest = [], 0.0
             for index in bucket.tolist():
-                cost = (len(batch) + 1) * max(longest, durations[index])
+                cost = (len(batch) + 1) * max(longest, costs[index])
                 if batch and (cost > self.max_batch_seconds or len(batch) == self.max_batch_size):
                     batches.append(batch)
                     batch, longest = [], 0.0
                 batch.append(index)
-                longest = max(longest, durations[index])
+                longest = max(longest, costs[index])
             if batch:
                 batches.append(batch)
         return batches
 
-    def _balance_across_ranks(self, batches: list[list[int]], durations: np.ndarray) -> list[list[int]]:
+    def _balance_across_ranks(self, batches: list[list[int]], costs: np.ndarray) -> list[list[int]]:
         """Makes `num_replicas` divide the batch count without repeating items: halves the largest batches
         (which never raises a cost) or, when all are single items, pairs the shortest where the budget
         allows. Only when neither works (e.g. fewer items than ranks) are batches repeated from the start."""
         replicas, batches = self.num_replicas, list(batches)
         while len(batches) % replicas and max(map(len, batches)) > 1:
             largest = max(range(len(batches)), key=lambda i: len(batches[i]))
-            batch = sorted(batches.pop(largest), key=lambda i: durations[i])
+            batch = sorted(batches.pop(largest), key=lambda i: costs[i])
             batches += [batch[::2], batch[1::2]]
         merges = len(batches) % replicas
         if merges and len(batches) > replicas and self.max_batch_size != 1:
-            singles = sorted(batches, key=lambda batch: durations[batch[0]])  # every batch holds one item here
-            if 2 * durations[singles[2 * merges - 1][0]] <= self.max_batch_seconds:
+            singles = sorted(batches, key=lambda batch: costs[batch[0]])  # every batch holds one item here
+            if 2 * costs[singles[2 * merges - 1][0]] <= self.max_batch_seconds:
                 batches = [singles[2 * k] + singles[2 * k + 1] for k in range(merges)] + singles[2 * merges :]
         return batches + [batches[i % len(batches)] for i in range(-len(batches) % replicas)]
 

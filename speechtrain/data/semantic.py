@@ -21,6 +21,9 @@ import torchaudio
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from speechtrain.errors import CheckpointError, ConfigError
+from speechtrain.safe_load import load_untrusted
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -42,7 +45,7 @@ class KMeans:
 
     def __init__(self, num_clusters: int, iterations: int = 50, seed: int = 0, centroids: torch.Tensor | None = None):
         if num_clusters < 1:
-            raise ValueError(f"num_clusters must be at least 1, got {num_clusters}")
+            raise ConfigError(f"num_clusters must be at least 1, got {num_clusters}")
         self.num_clusters = num_clusters
         self.iterations = iterations
         self.seed = seed
@@ -120,9 +123,9 @@ class KMeans:
                 fitted = json.loads((handle.metadata() or {}).get("kmeans", "{}"))
                 centroids = handle.get_tensor("centroids")
         except (SafetensorError, OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not a k-means safetensors file with a 'centroids' tensor ({err})") from err
+            raise CheckpointError(f"{path}: not a k-means safetensors file with a 'centroids' tensor ({err})") from err
         if centroids.dim() != 2:
-            raise ValueError(f"{path}: centroids must be [clusters, dim], got shape {tuple(centroids.shape)}")
+            raise CheckpointError(f"{path}: centroids must be [clusters, dim], got shape {tuple(centroids.shape)}")
         kmeans = cls(centroids.shape[0], fitted.get("iterations", 50), fitted.get("seed", 0), centroids.float())
         kmeans.source = path.name
         return kmeans
@@ -134,25 +137,22 @@ def _hubert_from_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, st
     if not path.is_file():
         raise FileNotFoundError(f"HuBERT checkpoint {path} not found; give a torchaudio-format state dict such as "
                                 "hubert_fairseq_base_ls960.pth (what torchaudio.pipelines.HUBERT_BASE downloads)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read a HuBERT state dict ({err})") from err
+    state = load_untrusted(path, "HuBERT state dict")
     if not isinstance(state, dict) or "encoder.feature_projection.projection.weight" not in state:
-        raise ValueError(f"{path} is not a torchaudio-format HuBERT state dict "
+        raise CheckpointError(f"{path} is not a torchaudio-format HuBERT state dict "
                          "(no 'encoder.feature_projection.projection.weight')")
     state = {k: v for k, v in state.items() if not k.startswith("aux.")}  # an ASR head, not needed for features
     embed_dim = state["encoder.feature_projection.projection.weight"].shape[0]
     num_layers = len({k.split(".")[3] for k in state if k.startswith("encoder.transformer.layers.")})
     architecture = ARCHITECTURES.get((embed_dim, num_layers))
     if architecture is None:
-        raise ValueError(f"{path}: a HuBERT with {num_layers} layers of width {embed_dim} is none of "
+        raise CheckpointError(f"{path}: a HuBERT with {num_layers} layers of width {embed_dim} is none of "
                          f"{sorted(ARCHITECTURES.values())}")
     model = getattr(torchaudio.models, architecture)()
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path}: does not match torchaudio's {architecture} ({err})") from err
+        raise CheckpointError(f"{path}: does not match torchaudio's {architecture} ({err})") from err
     return model, architecture
 
 
@@ -186,7 +186,7 @@ class HubertSemanticTokenizer:
                            "fine for tests and smoke runs only")
         num_layers = len(model.encoder.transformer.layers)
         if not 1 <= layer <= num_layers:
-            raise ValueError(f"layer={layer}: this HuBERT has transformer layers 1 to {num_layers}")
+            raise ConfigError(f"layer={layer}: this HuBERT has transformer layers 1 to {num_layers}")
         self.model = model.eval().requires_grad_(False)
         self.name = architecture
         self.layer = layer

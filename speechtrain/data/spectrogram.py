@@ -13,14 +13,16 @@ from functools import lru_cache
 import torch
 import torchaudio
 
+from speechtrain.errors import ConfigError
+
 
 def check_stft_sizes(n_fft: int, hop_length: int, win_length: int) -> None:
     """Raises a ValueError naming the sizes when `linear_spectrogram` cannot use them."""
     if not 0 < hop_length <= n_fft or (n_fft - hop_length) % 2:
-        raise ValueError(f"n_fft={n_fft} and hop_length={hop_length}: need 0 < hop_length <= n_fft with an even "
+        raise ConfigError(f"n_fft={n_fft} and hop_length={hop_length}: need 0 < hop_length <= n_fft with an even "
                          "difference, so that the padding gives samples // hop_length frames")
     if not 0 < win_length <= n_fft:
-        raise ValueError(f"win_length={win_length} must be in (0, n_fft={n_fft}]")
+        raise ConfigError(f"win_length={win_length} must be in (0, n_fft={n_fft}]")
 
 
 @lru_cache(maxsize=16)

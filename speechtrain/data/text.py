@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from speechtrain.errors import DataError
+from speechtrain.errors import ConfigError, DataError, DependencyError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ IPA_LETTERS = (
 SYMBOLS = (PAD, *PUNCTUATION, *LETTERS, *IPA_LETTERS)  # the original table: 178 entries, ids 0..177
 
 VOCAB_FILE, CONFIG_FILE = "vocab.json", "tokenizer_config.json"
-INSTALL_PHONEMIZER = "install it with `pip install phonemizer` (or speechtrain[phonemes]) and `apt install espeak-ng`"
+INSTALL_PHONEMIZER = "`pip install phonemizer` (or `pip install speechtrain[phonemes]`)"
+INSTALL_ESPEAK = "`apt-get install espeak-ng` (Debian, Ubuntu) or `brew install espeak-ng` (macOS)"
 
 ABBREVIATIONS = [(re.compile(rf"\b{short}\.", re.IGNORECASE), full) for short, full in [
     ("mrs", "misess"), ("mr", "mister"), ("dr", "doctor"), ("st", "saint"), ("co", "company"), ("jr", "junior"),
@@ -93,7 +94,7 @@ def _cleaner(name: str | None):
     if name is None:
         return lambda text: text
     if name not in CLEANERS:
-        raise ValueError(f"unknown cleaners {name!r}; expected one of {sorted(CLEANERS)} or None")
+        raise ConfigError(f"unknown cleaners {name!r}; expected one of {sorted(CLEANERS)} or None")
     return CLEANERS[name]
 
 
@@ -132,15 +133,15 @@ class VitsTextTokenizer:
     ):
         vocab = dict(symbols) if isinstance(symbols, Mapping) else {symbol: i for i, symbol in enumerate(symbols)}
         if not vocab:
-            raise ValueError("the symbol table is empty")
+            raise DataError("the symbol table is empty")
         for symbol, index in vocab.items():
             if not isinstance(index, int) or index < 0:
-                raise ValueError(f"symbol {symbol!r} has id {index!r}; ids must be non-negative integers")
+                raise DataError(f"symbol {symbol!r} has id {index!r}; ids must be non-negative integers")
             if len(symbol) != 1 and symbol not in (pad_token, unk_token):
-                raise ValueError(f"symbol {symbol!r} is not a single character; VITS tokenizes character by character")
+                raise DataError(f"symbol {symbol!r} is not a single character; VITS tokenizes character by character")
         self.id_to_symbol = {index: symbol for symbol, index in vocab.items()}
         if add_blank and 0 not in self.id_to_symbol:
-            raise ValueError("add_blank intersperses id 0, but no symbol has id 0; put the blank (e.g. '_') first")
+            raise DataError("add_blank intersperses id 0, but no symbol has id 0; put the blank (e.g. '_') first")
         _cleaner(cleaners)
         self.vocab = vocab
         self.cleaners = cleaners
@@ -229,18 +230,29 @@ class VitsTextTokenizer:
         """espeak-ng IPA with stress and punctuation kept, as `VitsTokenizer` and the original english_cleaners2."""
         with self._lock:
             if self._phonemizer is None:
-                try:
-                    from phonemizer.backend import EspeakBackend
-                except ImportError as err:
-                    raise ImportError(f"phonemize=True needs the phonemizer package; {INSTALL_PHONEMIZER}") from err
-                try:
-                    self._phonemizer = EspeakBackend(self.phonemizer_language, preserve_punctuation=True,
-                                                     with_stress=True)
-                except RuntimeError as err:
-                    raise RuntimeError(f"phonemizer cannot start espeak-ng for {self.phonemizer_language!r} ({err}); "
-                                       f"{INSTALL_PHONEMIZER}") from err
+                self._phonemizer = self._start_espeak()
             lines = [line for line in text.strip("\n").split("\n") if line.strip()]  # as phonemizer.phonemize(str)
             return "\n".join(self._phonemizer.phonemize(lines, strip=True)) if lines else ""
+
+    def _start_espeak(self) -> Any:
+        """phonemizer's espeak-ng backend. Every way it can fail to start is a `DependencyError` (an ImportError,
+        so that the datasets, which skip an utterance on a ValueError, do not take it for a bad transcript)."""
+        fallback = "or train on characters (tokenizer=vits_characters)"
+        try:
+            from phonemizer.backend import EspeakBackend
+        except ImportError as err:
+            raise DependencyError(f"tokenizer.phonemize=true needs the phonemizer package, which is not installed: "
+                                  f"{INSTALL_PHONEMIZER}, and the espeak-ng program: {INSTALL_ESPEAK}; {fallback}"
+                                  ) from err
+        if not EspeakBackend.is_available():
+            raise DependencyError(f"tokenizer.phonemize=true runs espeak-ng, which phonemizer cannot find: install it "
+                                  f"with {INSTALL_ESPEAK} (or point PHONEMIZER_ESPEAK_LIBRARY at its "
+                                  f"libespeak-ng.so), {fallback}")
+        try:
+            return EspeakBackend(self.phonemizer_language, preserve_punctuation=True, with_stress=True)
+        except RuntimeError as err:
+            raise DependencyError(f"espeak-ng cannot phonemise tokenizer.phonemizer_language="
+                                  f"{self.phonemizer_language!r} ({err}); pick one of `espeak-ng --voices`") from err
 
     def _romanize(self, text: str) -> str:
         with self._lock:
@@ -289,7 +301,7 @@ class VitsTextTokenizer:
             vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
             config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         except json.JSONDecodeError as err:
-            raise ValueError(f"{directory}: invalid JSON in {VOCAB_FILE} or {CONFIG_FILE} ({err})") from err
+            raise DataError(f"{directory}: invalid JSON in {VOCAB_FILE} or {CONFIG_FILE} ({err})") from err
         if not isinstance(vocab, dict):
             raise ValueError(f"{vocab_path}: expected a {{symbol: id}} object, got {type(vocab).__name__}")
         special = {key: _token_text(config.get(key)) for key in ("pad_token", "unk_token")}

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from speechtrain.data.datamodule import BucketedDataModule, split_off
 from speechtrain.data.token_shards import KMEANS_FILE, TokenizedUtterance, read_token_info, read_token_shards
+from speechtrain.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,9 @@ class SoundStormCollator:
 
     def __init__(self, max_frames: int | None = None, acoustic_rate: float = 75.0, semantic_rate: float = 50.0):
         if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be at least 1 or None, got {max_frames}")
+            raise ConfigError(f"max_frames must be at least 1 or None, got {max_frames}")
         if acoustic_rate <= 0 or semantic_rate <= 0:
-            raise ValueError(f"frame rates must be positive, got acoustic {acoustic_rate}, semantic {semantic_rate}")
+            raise ConfigError(f"frame rates must be positive, got acoustic {acoustic_rate}, semantic {semantic_rate}")
         self.max_frames = max_frames
         self.acoustic_rate = acoustic_rate
         self.semantic_rate = semantic_rate
@@ -138,7 +139,7 @@ class TokenDataModule(BucketedDataModule):
         for name, rate in rates.items():
             stated = getattr(self.collator, name, None)
             if stated is not None and not math.isclose(stated, rate):
-                raise ValueError(f"the collator's {name}={stated} differs from {self.tokens_dir}'s {rate} "
+                raise ConfigError(f"the collator's {name}={stated} differs from {self.tokens_dir}'s {rate} "
                                  "(tokens.json); set it to match")
 
     def setup(self, stage: str | None = None) -> None:
@@ -153,16 +154,16 @@ class TokenDataModule(BucketedDataModule):
             val_info = read_token_info(self.val_dir)
             for key in ("codec", "semantic"):
                 if val_info[key] != self.token_info[key]:
-                    raise ValueError(f"{self.val_dir} was tokenized with other {key} settings than {self.tokens_dir} "
+                    raise DataError(f"{self.val_dir} was tokenized with other {key} settings than {self.tokens_dir} "
                                      f"({val_info[key]} vs {self.token_info[key]}); tokenize both the same way")
             if (self.val_dir / KMEANS_FILE).read_bytes() != (self.tokens_dir / KMEANS_FILE).read_bytes():
-                raise ValueError(f"{self.val_dir} and {self.tokens_dir} hold different k-means, so their semantic ids "
+                raise DataError(f"{self.val_dir} and {self.tokens_dir} hold different k-means, so their semantic ids "
                                  f"differ; tokenize the val corpus with --kmeans {self.tokens_dir / KMEANS_FILE}")
             val = read_token_shards(self.val_dir)
         elif self.val_fraction > 0:
             train, val = split_off(train, self.val_fraction, self.seed)
         if not train:
-            raise ValueError(f"{self.tokens_dir} holds no utterances to train on")
+            raise DataError(f"{self.tokens_dir} holds no utterances to train on")
         self.train_dataset = TokenDataset(train)
         self.val_dataset = TokenDataset(val) if val else None
         logger.info("train: %d utterances, %.1f h; val: %d utterances", len(train),

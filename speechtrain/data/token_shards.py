@@ -38,6 +38,7 @@ from speechtrain.data.codecs import EncodecCodec
 from speechtrain.data.corpora import CorpusSpec, Utterance, read_corpus
 from speechtrain.data.datasets import CheckedDataset
 from speechtrain.data.semantic import HubertSemanticTokenizer, KMeans
+from speechtrain.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +131,17 @@ def _claim_folder(out: Path, settings: dict) -> None:
     existing = next((out / n for n in (INFO_FILE, PARTIAL_INFO_FILE) if (out / n).is_file()), None)
     if existing is None:
         if any(out.glob("shard-*")) or (out / KMEANS_FILE).exists():
-            raise ValueError(f"{out} holds shard or k-means files but no {INFO_FILE} or {PARTIAL_INFO_FILE}: they "
+            raise DataError(f"{out} holds shard or k-means files but no {INFO_FILE} or {PARTIAL_INFO_FILE}: they "
                              "cannot be checked against these settings; use an empty --out folder")
     else:
         try:
             recorded = json.loads(existing.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{existing}: not valid JSON ({err}); delete the folder to start over") from err
+            raise DataError(f"{existing}: not valid JSON ({err}); delete the folder to start over") from err
         for key in SETTINGS_KEYS:
             difference = _first_difference(recorded.get(key), settings[key], key)
             if difference:
-                raise ValueError(f"{out} holds tokens made with other settings: {difference}; use another output "
+                raise DataError(f"{out} holds tokens made with other settings: {difference}; use another output "
                                  "folder, or delete this one to start over")
     _write_atomic(out / PARTIAL_INFO_FILE, _json_bytes(settings))
 
@@ -155,10 +156,10 @@ def _prepare_kmeans(
         kmeans = KMeans.load(path)
         given = semantic.kmeans
         if given is not None and not torch.equal(given.centroids.cpu().float(), kmeans.centroids):
-            raise ValueError(f"{path} differs from the k-means given to the semantic tokenizer; use another output "
+            raise DataError(f"{path} differs from the k-means given to the semantic tokenizer; use another output "
                              "folder, or delete the file to use the given one")
         if kmeans.num_clusters != clusters:
-            raise ValueError(f"{path} has {kmeans.num_clusters} clusters, not kmeans_clusters={clusters}")
+            raise DataError(f"{path} has {kmeans.num_clusters} clusters, not kmeans_clusters={clusters}")
         return kmeans
     kmeans = semantic.kmeans
     if kmeans is None:
@@ -171,7 +172,7 @@ def _prepare_kmeans(
             except AudioError:
                 continue  # reported when its shard is written
         if not features:
-            raise ValueError("no audio could be loaded to fit the k-means")
+            raise DataError("no audio could be loaded to fit the k-means")
         logger.info("fitting k-means (%d clusters) on %d frames of %d utterances", clusters,
                     sum(len(f) for f in features), len(features))
         kmeans = KMeans(clusters, iterations, seed).fit(torch.cat(features))
@@ -189,7 +190,7 @@ def _finished_shard(out: Path, index: int, expected_ids: list[str]) -> list[dict
     ids = [entry["id"] for entry in _read_lines(lines_path)]
     skipped_ids = {entry["id"] for entry in recorded["skipped"]}
     if ids != recorded["ids"] or ids != [i for i in expected_ids if i not in skipped_ids]:
-        raise ValueError(f"{tensors_path} holds other utterances than shard {index} of this corpus should (the corpus "
+        raise DataError(f"{tensors_path} holds other utterances than shard {index} of this corpus should (the corpus "
                          "changed since it was written); use another output folder, or delete this one to start over")
     return recorded["skipped"]
 
@@ -252,14 +253,14 @@ def tokenize_corpus(
     naming the file instead. A rerun resumes after the last complete shard. Returns `out_dir`.
     """
     if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        raise ConfigError(f"shard_size must be at least 1, got {shard_size}")
     spec = CorpusSpec.coerce(spec)
     out = Path(out_dir)
     utterances = read_corpus(spec)
     seen: set[str] = set()
     duplicates = sorted({u.id for u in utterances if u.id in seen or seen.add(u.id)})
     if duplicates:
-        raise ValueError(f"{spec.path}: utterance ids must be unique to resume and check shards; repeated: "
+        raise DataError(f"{spec.path}: utterance ids must be unique to resume and check shards; repeated: "
                          f"{duplicates[:5]}")
     clusters = semantic.kmeans.num_clusters if semantic.kmeans is not None else kmeans_clusters
     settings = {
@@ -277,7 +278,7 @@ def tokenize_corpus(
     skipped = [{"id": u.id, "audio_path": u.audio_path, "reason": check.problems[u.id]}
                for u in utterances if u.id in check.problems]
     if not kept:
-        raise ValueError(f"no usable audio in {spec.path}: all {len(utterances)} utterances were skipped")
+        raise DataError(f"no usable audio in {spec.path}: all {len(utterances)} utterances were skipped")
     semantic.kmeans = _prepare_kmeans(out, semantic, kept, clusters, kmeans_utterances, kmeans_iterations, seed,
                                       max_duration)
 
@@ -307,7 +308,7 @@ def _read_lines(path: Path) -> list[dict]:
     try:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: corrupt shard listing ({err})") from err
+        raise DataError(f"{path}: corrupt shard listing ({err})") from err
 
 
 def _shard_metadata(path: Path) -> dict:
@@ -315,7 +316,7 @@ def _shard_metadata(path: Path) -> dict:
         with safe_open(str(path), "pt") as shard:
             return json.loads((shard.metadata() or {})["shard"])
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: corrupt shard, cannot read its header ({err})") from err
+        raise DataError(f"{path}: corrupt shard, cannot read its header ({err})") from err
 
 
 def read_token_info(folder: str | Path) -> dict:
@@ -332,13 +333,13 @@ def read_token_info(folder: str | Path) -> dict:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise DataError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION:
         version = info.get("format_version") if isinstance(info, dict) else None
-        raise ValueError(f"{path}: format_version {version!r}, this speechtrain reads {FORMAT_VERSION}")
+        raise DataError(f"{path}: format_version {version!r}, this speechtrain reads {FORMAT_VERSION}")
     for key in ("codec", "semantic", "shards"):
         if key not in info:
-            raise ValueError(f"{path}: missing key {key!r}")
+            raise DataError(f"{path}: missing key {key!r}")
     return info
 
 

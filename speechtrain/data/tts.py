@@ -17,6 +17,7 @@ from speechtrain.data.corpora import CorpusSpec, Utterance
 from speechtrain.data.datamodule import SpeechDataModule
 from speechtrain.data.datasets import CheckedDataset, Problem
 from speechtrain.data.spectrogram import check_stft_sizes, linear_spectrogram
+from speechtrain.errors import ConfigError, DataError
 
 
 class TtsTokenizer(Protocol):
@@ -63,7 +64,7 @@ class TtsDataset(CheckedDataset):
         num_threads: int = 8,
     ):
         if hop_length < 1 or segment_frames < 1:
-            raise ValueError(f"hop_length={hop_length} and segment_frames={segment_frames} must be positive")
+            raise ConfigError(f"hop_length={hop_length} and segment_frames={segment_frames} must be positive")
         self.tokenizer = tokenizer
         self.hop_length = hop_length
         self.segment_frames = segment_frames
@@ -79,7 +80,7 @@ class TtsDataset(CheckedDataset):
             return math.nan, ("unknown speaker", f"speaker {utterance.speaker!r} is not in speaker_ids"), []
         try:
             token_ids = self.tokenizer.encode(text)
-        except ValueError as err:
+        except DataError as err:  # unknown symbols; a config or install mistake must not skip every line
             return math.nan, ("characters outside the symbol table", str(err)), []
         if not token_ids:
             return math.nan, ("no symbols in the table", f"{text!r} encodes to nothing"), []
@@ -140,7 +141,7 @@ class TtsCollator:
             return None
         speakers = [item["speaker_id"] for item in loaded]
         if len({speaker is None for speaker in speakers}) > 1:
-            raise ValueError(f"items {[item['id'] for item in loaded]} mix rows with and without a speaker_id")
+            raise DataError(f"items {[item['id'] for item in loaded]} mix rows with and without a speaker_id")
         spectrograms = [linear_spectrogram(item["audio"][None], self.n_fft, self.hop_length, self.win_length)[0]
                         for item in loaded]  # each [bins, frames]
         text_lengths = torch.tensor([len(item["token_ids"]) for item in loaded])
@@ -219,7 +220,7 @@ class TtsDataModule(SpeechDataModule):
             val_fraction=val_fraction, seed=seed, num_buckets=num_buckets, max_batch_size=max_batch_size,
         )
         if segment_frames * hop_length > max_duration * sample_rate:
-            raise ValueError(f"a training segment of segment_frames={segment_frames} * hop_length={hop_length} "
+            raise ConfigError(f"a training segment of segment_frames={segment_frames} * hop_length={hop_length} "
                              f"samples is longer than max_duration={max_duration} s at {sample_rate} Hz; every "
                              "utterance would be skipped")
         self.tokenizer = tokenizer

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from speechtrain.errors import ConfigError
+
 
 def compute_mask_indices(
     shape: tuple[int, int],
@@ -95,10 +97,10 @@ class SpecAugment:
 
     def __post_init__(self) -> None:
         if self.time_dim not in (1, 2):
-            raise ValueError(f"SpecAugment.time_dim must be 1 or 2, got {self.time_dim}")
+            raise ConfigError(f"SpecAugment.time_dim must be 1 or 2, got {self.time_dim}")
         for name in ("mask_time_prob", "mask_feature_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"SpecAugment.{name} must lie in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"SpecAugment.{name} must lie in [0, 1], got {getattr(self, name)}")
 
     @property
     def enabled(self) -> bool:
@@ -169,16 +171,16 @@ class FilterbankSpecAugment:
     def __post_init__(self) -> None:
         for name in ("freq_mask_n", "freq_mask_f", "time_mask_n", "time_mask_t"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"FilterbankSpecAugment.{name} must be a non-negative integer, got "
+                raise ConfigError(f"FilterbankSpecAugment.{name} must be a non-negative integer, got "
                                  f"{getattr(self, name)!r}")
         if not 0.0 <= self.time_mask_p <= 1.0:
-            raise ValueError(f"FilterbankSpecAugment.time_mask_p must lie in [0, 1], got {self.time_mask_p}")
+            raise ConfigError(f"FilterbankSpecAugment.time_mask_p must lie in [0, 1], got {self.time_mask_p}")
 
     @classmethod
     def from_policy(cls, policy: str, **overrides: Any) -> FilterbankSpecAugment:
         """A named fairseq policy ("lb", "ld", "sm", "ss" or "none"), with any field overridden."""
         if policy not in cls.POLICIES:
-            raise ValueError(f"SpecAugment policy {policy!r} is unknown; use one of {sorted(cls.POLICIES)}")
+            raise ConfigError(f"SpecAugment policy {policy!r} is unknown; use one of {sorted(cls.POLICIES)}")
         return cls(**{**cls.POLICIES[policy], **overrides})
 
     @property

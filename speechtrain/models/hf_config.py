@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from speechtrain.errors import CheckpointError
+
 
 def known_fields(config_class: type, values: Mapping[str, Any] | None) -> dict[str, Any]:
     """The entries of `values` that are fields of the `config_class` dataclass; the rest (`architectures`, keys
@@ -20,5 +22,5 @@ def hf_config_fields(config_class: type, hf_config: Mapping[str, Any], model_typ
     model_type = hf_config.get("model_type", model_types[0] if len(model_types) == 1 else None)
     if model_type not in model_types:
         expected = repr(model_types[0]) if len(model_types) == 1 else f"one of {tuple(model_types)}"
-        raise ValueError(f"config has model_type={model_type!r}, expected {expected}")
+        raise CheckpointError(f"config has model_type={model_type!r}, expected {expected}")
     return known_fields(config_class, hf_config)

@@ -24,7 +24,7 @@ def warmup_decay_factor(
 ) -> float:
     """Multiplier of the peak learning rate at optimiser step `step` (0-based)."""
     if decay not in DECAYS:
-        raise ValueError(f"unknown learning-rate decay {decay!r}; choose one of {', '.join(DECAYS)}")
+        raise ConfigError(f"unknown learning-rate decay task.lr_decay={decay!r}; choose one of {', '.join(DECAYS)}")
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if decay == "constant":

@@ -4,6 +4,10 @@ Manual optimisation, as the original's train.py: each step first updates the dis
 segments against detached generated ones, then the generator on least-squares adversarial + feature
 matching + 45 x mel L1 + KL + duration losses. Two AdamW optimisers (betas 0.8/0.99, eps 1e-9) decay
 exponentially once per epoch. Spectrograms and losses are computed in fp32 under mixed precision.
+
+Each network's gradient norm is logged (`train/grad_norm_g`, `train/grad_norm_d`, as the original's
+`grad_norm_g`/`grad_norm_d`) and, with `gradient_clip_val`, clipped, in `on_before_optimizer_step`: under
+16-mixed that hook runs after the precision plugin unscales the gradients, so both are in true units.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from torch import nn
 from speechtrain.data.spectrogram import mel_spectrogram, spectrogram_to_mel
 from speechtrain.models.vits import VitsModel, slice_segments
 from speechtrain.models.vits.modeling import lengths_to_mask
+from speechtrain.safe_load import load_untrusted
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.gan_losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from speechtrain.tasks.guards import NonFiniteGuard, batch_missing_on_any_rank
 from speechtrain.tasks.sample_logging import log_audio
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+GRADIENT_NORM_KEYS = {"generator": "train/grad_norm_g", "discriminator": "train/grad_norm_d"}  # the original's names
 
 
 class VitsTask(L.LightningModule):
@@ -60,8 +66,7 @@ class VitsTask(L.LightningModule):
         self.model, self.tokenizer, self.discriminator = model, tokenizer, discriminator
         self.feature_extractor = feature_extractor
         if discriminator_checkpoint is not None:
-            discriminator.load_original_state_dict(torch.load(discriminator_checkpoint, map_location="cpu",
-                                                              weights_only=False))
+            discriminator.load_original_state_dict(load_untrusted(discriminator_checkpoint, "VITS discriminator"))
         self.generator_optimizer, self.discriminator_optimizer = generator_optimizer, discriminator_optimizer
         self.lr_decay = lr_decay
         self.segment_size = segment_size
@@ -74,6 +79,8 @@ class VitsTask(L.LightningModule):
         # One guard per network: a finite discriminator loss must not reset the generator's run of bad steps.
         self.nonfinite = {"generator": NonFiniteGuard(max_consecutive_nonfinite),
                           "discriminator": NonFiniteGuard(max_consecutive_nonfinite)}
+        self._stepping: str | None = None  # the network whose optimizer is stepping, for on_before_optimizer_step
+        self._gradient_norms: dict[str, torch.Tensor] = {}  # this batch's, by network, logged by training_step
 
     def setup(self, stage: str) -> None:
         """Refuse a corpus with more speakers than the model has embeddings for (it would ignore them)."""
@@ -111,7 +118,7 @@ class VitsTask(L.LightningModule):
 
         real_scores, fake_scores, _, _ = self.discriminator(real, fake.detach())
         loss_d, _, _ = discriminator_loss(real_scores, fake_scores)
-        self._update(discriminator_optimizer, loss_d, self.discriminator, batch["ids"])
+        self._update(discriminator_optimizer, loss_d, "discriminator", batch["ids"])
 
         _, fake_scores, real_features, fake_features = self.discriminator(real, fake)
         adversarial, _ = generator_loss(fake_scores)
@@ -119,24 +126,41 @@ class VitsTask(L.LightningModule):
         w = self.weights
         loss_g = (adversarial + w["feature"] * matching + w["mel"] * mel_loss + w["kl"] * kl
                   + w["duration"] * duration_loss)
-        self._update(generator_optimizer, loss_g, self.model, batch["ids"])
+        self._update(generator_optimizer, loss_g, "generator", batch["ids"])
 
         size = len(batch["ids"])
         self.log_dict({"train/loss_g": loss_g, "train/loss_d": loss_d, "train/mel": mel_loss, "train/kl": kl,
                        "train/duration": duration_loss, "train/adversarial": adversarial,
                        "train/feature_matching": matching}, batch_size=size)
+        norms = {GRADIENT_NORM_KEYS[network]: norm for network, norm in self._gradient_norms.items()}
+        self.log_dict(norms, batch_size=size)  # only the networks that stepped: a skipped step has no gradients
+        self._gradient_norms.clear()
         self.log("train/mel_l1", mel_loss, prog_bar=True, batch_size=size)
 
-    def _update(self, optimizer: Any, loss: torch.Tensor, module: nn.Module, ids: Sequence[str]) -> None:
-        """One optimiser step, unless the loss is not finite (then skipped and counted)."""
+    def _update(self, optimizer: Any, loss: torch.Tensor, network: str, ids: Sequence[str]) -> None:
+        """One optimiser step of "generator" or "discriminator", unless the loss is not finite (then skipped and
+        counted). The step measures and clips the gradients first, in `on_before_optimizer_step`."""
         optimizer.zero_grad(set_to_none=True)
-        guard = self.nonfinite["discriminator" if module is self.discriminator else "generator"]
-        if not guard.check(loss.detach(), self.global_step, ids):
+        if not self.nonfinite[network].check(loss.detach(), self.global_step, ids):
             return
         self.manual_backward(loss)
+        self._stepping = network
+        try:
+            optimizer.step()
+        finally:
+            self._stepping = None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The stepping network's total gradient norm (2-norm, before clipping, as the original logs it), then
+        the clip. Lightning calls this inside `optimizer.step()`, after 16-mixed's `scaler.unscale_`: clipping
+        before the step, as the task did, clipped gradients still multiplied by the loss scale."""
+        if self._stepping is None:
+            raise RuntimeError("on_before_optimizer_step outside VitsTask._update: each step must say its network")
+        module = self.model if self._stepping == "generator" else self.discriminator
+        gradients = [p.grad for p in module.parameters() if p.grad is not None]
+        self._gradient_norms[self._stepping] = torch.nn.utils.get_total_norm(gradients).detach()
         if self.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-        optimizer.step()
 
     def on_train_start(self) -> None:
         # Resuming from a checkpoint written after an epoch's last batch, Lightning starts the next epoch

@@ -4,7 +4,7 @@ import torch
 
 from speechtrain.data.corpora import CorpusSpec
 from speechtrain.data.datamodule import AsrDataModule
-from speechtrain.data.features import WhisperFeatureExtractor
+from speechtrain.data.features import Speech2TextFeatureExtractor, WhisperFeatureExtractor
 
 TEXTS = ["one small step", "hello world", "a quick test", "good morning", "see you soon", "thank you",
          "it is raining", "the end is near", "open the door", "close it", "yes", "not today"]
@@ -65,7 +65,7 @@ def test_loaders_give_design_batches_within_budget(ljspeech, fake_tokenizer, mon
 
 def test_configuration_mistakes_are_explained(ljspeech, fake_tokenizer, tmp_path):
     spec = {"format": "ljspeech", "path": str(ljspeech)}
-    with pytest.raises(ValueError, match="either a val corpus or val_fraction"):
+    with pytest.raises(ValueError, match="either a val corpus or data.val_fraction"):
         make_datamodule(spec, fake_tokenizer, val=spec, val_fraction=0.1)
     with pytest.raises(ValueError, match="longer than the feature extractor's 2 s chunk"):
         make_datamodule(spec, fake_tokenizer, max_duration=2.5)
@@ -117,3 +117,45 @@ def test_without_a_val_split_validation_is_off(ljspeech, fake_tokenizer):
     module = make_datamodule({"format": "ljspeech", "path": str(ljspeech)}, fake_tokenizer)
     module.setup("fit")
     assert module.val_dataset is None and module.val_dataloader() == []
+
+
+def test_whisper_batches_are_budgeted_in_windows_not_in_audio(ljspeech, fake_tokenizer):
+    """Every Whisper item is a full window (2 s here) whatever its audio: 4 s of budget hold two items, not the
+    three to eight that 0.2-1.3 s clips would fill by their own lengths."""
+    module = make_datamodule({"format": "ljspeech", "path": str(ljspeech)}, fake_tokenizer)
+    module.setup("fit")
+    batches = list(module.train_dataloader())
+    assert sorted(i for batch in batches for i in batch["ids"]) == [f"u{n:02d}" for n in range(12)]
+    assert max(len(batch["ids"]) for batch in batches) == 2
+    assert all(len(batch["ids"]) * 2.0 <= 4.0 for batch in batches)
+    with pytest.raises(ValueError, match=r"data.max_batch_seconds=1.5 cannot hold one 2 s chunk"):
+        make_datamodule({"format": "ljspeech", "path": str(ljspeech)}, fake_tokenizer, max_batch_seconds=1.5,
+                        max_duration=1.4)
+
+
+def test_max_duration_null_is_the_feature_extractor_window(ljspeech, fake_tokenizer):
+    assert make_datamodule({"format": "ljspeech", "path": str(ljspeech)}, fake_tokenizer, max_duration=None
+                           ).max_duration == 2.0
+    with pytest.raises(ValueError, match="data.max_duration is null"):
+        AsrDataModule({"format": "ljspeech", "path": str(ljspeech)}, None, fake_tokenizer,
+                      Speech2TextFeatureExtractor(), max_batch_seconds=4.0, max_duration=None, max_label_tokens=40)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_speech2text_skips_and_counts_audio_shorter_than_one_frame(ljspeech, fake_tokenizer, make_wav, strict):
+    """A 10 ms clip has no 25 ms filterbank frame: it is dropped and counted when the corpus is checked instead of
+    raising in the collator mid-epoch; strict mode names it."""
+    make_wav(ljspeech / "wavs" / "click.wav", 0.01)
+    with (ljspeech / "metadata.csv").open("a") as metadata:
+        metadata.write("click|a click|a click\n")
+    module = AsrDataModule({"format": "ljspeech", "path": str(ljspeech)}, None, fake_tokenizer,
+                           Speech2TextFeatureExtractor(), max_batch_seconds=4.0, max_duration=4.0,
+                           max_label_tokens=40, strict=strict)
+    if strict:
+        with pytest.raises(ValueError, match=r"click.wav: shorter than 25 ms"):
+            module.setup("fit")
+        return
+    module.setup("fit")
+    assert module.train_dataset.skipped == {"shorter than 25 ms": 1}
+    batches = list(module.train_dataloader())
+    assert sorted(i for batch in batches for i in batch["ids"]) == ["long"] + [f"u{n:02d}" for n in range(12)]

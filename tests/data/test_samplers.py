@@ -89,3 +89,17 @@ def test_bad_arguments_are_explained():
         DynamicBucketSampler([1.0, 31.0], 30.0)
     with pytest.raises(ValueError, match="rank 2 is outside"):
         DynamicBucketSampler([1.0], 30.0, num_replicas=2, rank=2)
+
+
+def test_items_padded_to_a_window_are_costed_at_the_window():
+    """LibriSpeech-like 1.5-8 s clips for a model whose every input is a 30 s window: 600 s of budget hold 20 windows
+    (by the clips' own lengths up to 400 items would fit), and buckets still group clips of like length."""
+    durations = np.random.default_rng(0).uniform(1.5, 8.0, 2000).tolist()
+    sampler = DynamicBucketSampler(durations, max_batch_seconds=600.0, min_item_seconds=30.0, num_buckets=10)
+    batches = list(sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(2000))
+    assert max(map(len, batches)) == 20
+    spreads = [max(durations[i] for i in batch) - min(durations[i] for i in batch) for batch in batches]
+    assert np.median(spreads) < 1.0  # within a bucket (6.5 s / 10), not across the whole range
+    with pytest.raises(ValueError, match="cannot hold one item padded to min_item_seconds=30"):
+        DynamicBucketSampler(durations, max_batch_seconds=20.0, min_item_seconds=30.0)

@@ -9,6 +9,7 @@ import types
 import pytest
 from transformers import VitsTokenizer
 
+from speechtrain.data.corpora import Utterance
 from speechtrain.data.text import (
     SYMBOLS,
     UnknownSymbolError,
@@ -16,6 +17,8 @@ from speechtrain.data.text import (
     build_symbol_table,
     english_cleaners,
 )
+from speechtrain.data.tts import TtsDataset
+from speechtrain.errors import DependencyError
 
 TEXTS = ["hello, world!", "Mixed Case; and   spaces ", "¿que? «quoted» “curly” — dash…", "a", "don't stop",
          "x y z!?", ""]
@@ -126,8 +129,15 @@ class FakeEspeak:
     """Stands in for phonemizer's EspeakBackend: records how it is built and called."""
 
     calls: list = []
+    installed, languages = True, ("en-us",)
+
+    @classmethod
+    def is_available(cls):
+        return cls.installed
 
     def __init__(self, language, **options):
+        if language not in self.languages:
+            raise RuntimeError(f'language "{language}" is not supported by the espeak backend')  # as phonemizer
         FakeEspeak.calls.append(("init", language, options))
 
     def phonemize(self, lines, strip=False):
@@ -135,12 +145,17 @@ class FakeEspeak:
         return ["həlˈoʊ,   wˈɜːld!" for _ in lines]
 
 
-def test_phonemes_come_from_espeak_with_stress_and_punctuation(monkeypatch):
+@pytest.fixture
+def fake_espeak(monkeypatch):
     backend = types.ModuleType("phonemizer.backend")
     backend.EspeakBackend = FakeEspeak
     monkeypatch.setitem(sys.modules, "phonemizer", types.ModuleType("phonemizer"))
     monkeypatch.setitem(sys.modules, "phonemizer.backend", backend)
-    FakeEspeak.calls = []
+    monkeypatch.setattr(FakeEspeak, "calls", [])
+    return FakeEspeak
+
+
+def test_phonemes_come_from_espeak_with_stress_and_punctuation(fake_espeak):
     tokenizer = VitsTextTokenizer(phonemize=True)
     ids = tokenizer.encode("Hello,  World!")
     ipa = "həlˈoʊ, wˈɜːld!"  # whitespace collapsed after phonemisation, as VitsTokenizer does
@@ -156,8 +171,23 @@ def test_phonemes_come_from_espeak_with_stress_and_punctuation(monkeypatch):
 def test_missing_phonemizer_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "phonemizer", None)
     monkeypatch.setitem(sys.modules, "phonemizer.backend", None)
-    with pytest.raises(ImportError, match=r"pip install phonemizer.*apt install espeak-ng"):
+    with pytest.raises(DependencyError, match=r"phonemizer package.*pip install phonemizer.*apt-get install espeak-ng"):
         VitsTextTokenizer(phonemize=True).encode("hello")
+
+
+def test_missing_espeak_says_what_to_install_and_is_not_taken_for_a_bad_transcript(fake_espeak, monkeypatch):
+    """The datasets skip an utterance whose text fails with a ValueError; a missing program must stop the run."""
+    monkeypatch.setattr(fake_espeak, "installed", False)
+    tokenizer = VitsTextTokenizer(phonemize=True)
+    with pytest.raises(DependencyError, match=r"runs espeak-ng, which phonemizer cannot find.*apt-get install "
+                                              r"espeak-ng.*tokenizer=vits_characters"):
+        TtsDataset([Utterance("a", "/nonexistent/a.wav", "hello")], tokenizer, sample_rate=22050, hop_length=256,
+                   segment_frames=32, max_duration=10.0)
+
+
+def test_a_language_espeak_lacks_names_the_key(fake_espeak):
+    with pytest.raises(DependencyError, match=r"tokenizer.phonemizer_language='xx'.*espeak-ng --voices"):
+        VitsTextTokenizer(phonemize=True, phonemizer_language="xx").encode("hello")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("phonemizer") is None or not shutil.which("espeak-ng"),

@@ -97,6 +97,18 @@ def test_text_encoder_matches_transformers():
     assert torch.equal(text_mask[:, 0], mask.float())
 
 
+def test_a_trained_blank_row_loads_and_speaks_as_in_transformers():
+    """MMS checkpoints were trained without padding_idx, so their blank (pad) row is not zero; transformers uses
+    it as stored, and so must we (our embedding has no padding_idx, transformers' has: same forward)."""
+    hf = hf_model(pad_token_id=0)
+    with torch.no_grad():
+        hf.text_encoder.embed_tokens.weight[0].normal_(0.0, 1.0)
+    ours = ours_from(hf)
+    ids, mask = texts()
+    ids[:, ::2] = 0  # blanks interspersed, as the tokenizer writes them
+    assert_same_speech(synthesize(hf, ids, mask), synthesize(ours, ids, mask), "blank row trained")
+
+
 @pytest.mark.parametrize("window_size", [4, 0], ids=["relative_positions", "plain_attention"])
 def test_padding_does_not_change_a_texts_encoding(window_size):
     torch.manual_seed(0)

@@ -1,11 +1,14 @@
 """The VITS training pass: shapes, finiteness, gradients, alignment and segment bookkeeping."""
 
+import math
+
 import pytest
 import torch
 
+from speechtrain.layers.alignment import monotonic_alignment_search
 from speechtrain.models.vits import VitsConfig, VitsModel, slice_segments
 from speechtrain.models.vits.duration_predictor import run_flows
-from speechtrain.models.vits.modeling import durations_to_alignment, random_segment_starts
+from speechtrain.models.vits.modeling import durations_to_alignment, prior_log_likelihood, random_segment_starts
 
 TINY = dict(
     vocab_size=20, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, ffn_dim=64, flow_size=16,
@@ -143,3 +146,56 @@ def test_forward_train_rejects_bad_inputs():
         vits.forward_train(**{**data, "speaker_id": None})
     with pytest.raises(ValueError, match="segment_size"):
         vits.forward_train(**data, segment_size=0)
+
+
+def test_blank_token_embedding_starts_random_and_trains():
+    """The interspersed blank (id 0, the config's pad_token_id, about half of all input ids) is a symbol the
+    original trains (`nn.Embedding` without padding_idx, normal init over every row), not padding."""
+    vits = model().train()
+    data = batch()
+    data["input_ids"][:, ::2] = 0  # blanks between the symbols, as the tokenizer intersperses them
+    embedding = vits.text_encoder.embed_tokens.weight
+    out = vits.forward_train(**data, segment_size=8)
+    (kl_loss(out) + out["duration_loss"]).backward()
+    assert embedding.grad[0].abs().sum() > 0, "no gradient reaches the blank's embedding"
+    assert embedding[0].abs().sum() > 0, "the blank's row starts at zero"
+
+
+def test_alignment_scores_ignore_bf16_autocast_when_neighbouring_priors_are_close():
+    """The hard case for the alignment search: 60 tokens whose priors differ by a few hundredths (192 channels, as
+    the original), a latent that walks through them. bf16 matmuls round those differences away."""
+    generator = torch.Generator().manual_seed(0)
+    batch_size, channels, tokens, frames = 2, 192, 60, 300
+    means = torch.randn(batch_size, channels, 1, generator=generator) + 0.05 * torch.randn(
+        batch_size, channels, tokens, generator=generator)  # [B, C, text]
+    log_stddevs = -1.0 + 0.05 * torch.randn(batch_size, channels, tokens, generator=generator)
+    path = torch.arange(tokens).repeat_interleave(frames // tokens)  # [frames]: the token behind each frame
+    z_p = means[:, :, path] + log_stddevs[:, :, path].exp() * torch.randn(batch_size, channels, frames,
+                                                                         generator=generator)  # [B, C, frames]
+    mask = torch.ones(batch_size, tokens, frames)
+
+    def alignment(dtype, autocast=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            scores = prior_log_likelihood(z_p.to(dtype), means.to(dtype), log_stddevs.to(dtype))
+        return monotonic_alignment_search(scores, mask)
+
+    float32, under_bf16 = alignment(torch.float32), alignment(torch.float32, autocast=True)
+    agreement = (under_bf16.argmax(1) == float32.argmax(1)).float().mean().item()  # frames on the same token
+    print(f"frames aligned as in float32: {agreement:.3f} under bf16 autocast")
+    assert torch.equal(under_bf16, float32)
+    assert torch.equal(float32, alignment(torch.float64))  # and float32 is as good as exact here
+
+
+def test_prior_log_likelihood_is_the_originals_neg_cent():
+    """jaywalnut310/vits models.py SynthesizerTrn.forward: neg_cent1..4, frames first; ours is text first."""
+    generator = torch.Generator().manual_seed(2)
+    z_p = torch.randn(2, 6, 11, generator=generator, dtype=torch.float64)  # [B, C, frames]
+    m_p = torch.randn(2, 6, 5, generator=generator, dtype=torch.float64)  # [B, C, text]
+    logs_p = 0.3 * torch.randn(2, 6, 5, generator=generator, dtype=torch.float64)
+    s_p_sq_r = torch.exp(-2 * logs_p)
+    neg_cent1 = torch.sum(-0.5 * math.log(2 * math.pi) - logs_p, [1], keepdim=True)
+    neg_cent2 = torch.matmul(-0.5 * (z_p**2).transpose(1, 2), s_p_sq_r)
+    neg_cent3 = torch.matmul(z_p.transpose(1, 2), (m_p * s_p_sq_r))
+    neg_cent4 = torch.sum(-0.5 * (m_p**2) * s_p_sq_r, [1], keepdim=True)
+    neg_cent = neg_cent1 + neg_cent2 + neg_cent3 + neg_cent4  # [B, frames, text]
+    torch.testing.assert_close(prior_log_likelihood(z_p, m_p, logs_p), neg_cent.transpose(1, 2))

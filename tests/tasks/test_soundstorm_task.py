@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from speechtrain.models.soundstorm import SoundStorm, SoundStormConfig
+from speechtrain.safe_load import load_checkpoint
 from speechtrain.tasks.checkpointing import PRETRAINED_FILES_KEY
 from speechtrain.tasks.soundstorm import SoundStormTask
 
@@ -94,6 +95,6 @@ def test_trainer_fit_validates_at_a_fixed_seed_samples_audio_and_checkpoints(tmp
     assert torch.equal(reference[0], batches[0]["codes"][0])
     assert sorted(p.name for p in (tmp_path / "samples").rglob("*.wav")) == ["utt0_generated.wav",
                                                                             "utt0_reference.wav"]
-    checkpoint = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=False)
+    checkpoint = load_checkpoint(next(tmp_path.rglob("*.ckpt")))
     assert b'"model_type": "soundstorm"' in checkpoint[PRETRAINED_FILES_KEY]["config.json"]
     assert not any("codec" in key for key in checkpoint["state_dict"])

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from speechtrain.errors import ConfigError
 from speechtrain.layers.attention import check_implementation
 from speechtrain.models.hf_config import hf_config_fields, known_fields
 
@@ -48,24 +49,24 @@ class BarkSubModelConfig:
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"BarkSubModelConfig.model_type={self.model_type!r} is not one of {MODEL_TYPES}")
+            raise ConfigError(f"BarkSubModelConfig.model_type={self.model_type!r} is not one of {MODEL_TYPES}")
         for name in ("block_size", "input_vocab_size", "output_vocab_size", "num_layers", "num_heads", "hidden_size",
                      "n_codes_total", "n_codes_given"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BarkSubModelConfig.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"BarkSubModelConfig.{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"BarkSubModelConfig.hidden_size={self.hidden_size} must be divisible by "
+            raise ConfigError(f"BarkSubModelConfig.hidden_size={self.hidden_size} must be divisible by "
                              f"num_heads={self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"BarkSubModelConfig.dropout={self.dropout!r} must be in [0, 1)")
+            raise ConfigError(f"BarkSubModelConfig.dropout={self.dropout!r} must be in [0, 1)")
         check_implementation(self.attn_implementation)
         if self.is_fine:
             if self.n_codes_given >= self.n_codes_total:
-                raise ValueError(f"BarkSubModelConfig.n_codes_given={self.n_codes_given} must be smaller than "
+                raise ConfigError(f"BarkSubModelConfig.n_codes_given={self.n_codes_given} must be smaller than "
                                  f"n_codes_total={self.n_codes_total}: the fine model predicts the rest")
             if self.tie_word_embeddings and self.input_vocab_size != self.output_vocab_size:
-                raise ValueError(
+                raise ConfigError(
                     f"BarkSubModelConfig: tie_word_embeddings needs input_vocab_size ({self.input_vocab_size}) == "
                     f"output_vocab_size ({self.output_vocab_size}); the fine heads share the embedding matrices")
 

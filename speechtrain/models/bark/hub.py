@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from speechtrain.errors import CheckpointError, ConfigError
 from speechtrain.hub import check_state_dict, load_config, read_state_dict, write_model_folder
 from speechtrain.models.bark.config import MODEL_TYPES, BarkSubModelConfig
 from speechtrain.models.bark.modeling import BarkCausalModel, BarkFineModel
@@ -88,13 +89,13 @@ def build_bark(
     `kind` (`config_overrides` then replace its config.json values, e.g. dropout). `tokenizer`, which the entry
     point passes to every model builder, is unused: the semantic collator checks the text ids' range."""
     if kind not in MODEL_TYPES:
-        raise ValueError(f"build_bark: kind={kind!r} is not one of {MODEL_TYPES}")
+        raise ConfigError(f"build_bark: kind={kind!r} is not one of {MODEL_TYPES}")
     if pretrained is not None:
         model = load_pretrained(pretrained, **{**(config or {}), **(config_overrides or {})})
         if model.config.model_type != kind:
-            raise ValueError(f"{pretrained}: holds a {model.config.model_type!r} model, but kind={kind!r} was asked")
+            raise CheckpointError(f"{pretrained}: holds a {model.config.model_type!r} model, not kind={kind!r}")
         return model
     values = {**(config or {}), **(config_overrides or {})}
     if values.get("model_type", kind) != kind:
-        raise ValueError(f"build_bark: config model_type={values['model_type']!r} contradicts kind={kind!r}")
+        raise ConfigError(f"build_bark: config model_type={values['model_type']!r} contradicts kind={kind!r}")
     return model_from_config(BarkSubModelConfig(**{**values, "model_type": kind}))

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from speechtrain.errors import ConfigError
 from speechtrain.layers.attention import check_implementation
 from speechtrain.models.hf_config import hf_config_fields
 
@@ -44,19 +45,19 @@ class SoundStormConfig:
                      "conv_expansion_factor", "conv_kernel_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SoundStormConfig.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"SoundStormConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.num_semantic_tokens, int) or self.num_semantic_tokens < 0:
-            raise ValueError(f"SoundStormConfig.num_semantic_tokens must be >= 0 (0 = unconditional), "
+            raise ConfigError(f"SoundStormConfig.num_semantic_tokens must be >= 0 (0 = unconditional), "
                              f"got {self.num_semantic_tokens!r}")
         if self.dim_head % 2:
-            raise ValueError(f"SoundStormConfig.dim_head={self.dim_head} must be even (rotary positions rotate "
+            raise ConfigError(f"SoundStormConfig.dim_head={self.dim_head} must be even (rotary positions rotate "
                              "feature pairs)")
         for name in ("attn_dropout", "ff_dropout", "conv_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"SoundStormConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
+                raise ConfigError(f"SoundStormConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
         for name in ("semantic_rate", "acoustic_rate"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"SoundStormConfig.{name}={getattr(self, name)!r} must be a positive rate in Hz")
+                raise ConfigError(f"SoundStormConfig.{name}={getattr(self, name)!r} must be a positive rate in Hz")
         check_implementation(self.attn_implementation)
 
     @property

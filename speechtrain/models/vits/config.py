@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from speechtrain.errors import ConfigError
 from speechtrain.models.hf_config import hf_config_fields
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
@@ -80,47 +81,47 @@ class VitsConfig:
                      "wavenet_kernel_size", "wavenet_dilation_rate", "sampling_rate"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"VitsConfig.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"VitsConfig.{name} must be a positive integer, got {value!r}")
         for name in ("window_size", "speaker_embedding_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"VitsConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
+                raise ConfigError(f"VitsConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"VitsConfig.hidden_size={self.hidden_size} must be divisible by "
+            raise ConfigError(f"VitsConfig.hidden_size={self.hidden_size} must be divisible by "
                              f"num_attention_heads={self.num_attention_heads}")
         if self.flow_size % 2:
-            raise ValueError(f"VitsConfig.flow_size={self.flow_size} must be even (the coupling layers split it)")
+            raise ConfigError(f"VitsConfig.flow_size={self.flow_size} must be even (the coupling layers split it)")
         if self.depth_separable_channels != 2:
-            raise ValueError(f"VitsConfig.depth_separable_channels={self.depth_separable_channels} must be 2: the "
+            raise ConfigError(f"VitsConfig.depth_separable_channels={self.depth_separable_channels} must be 2: the "
                              "stochastic duration predictor's flows model (duration, noise) channel pairs")
         if self.wavenet_kernel_size % 2 == 0:
-            raise ValueError(f"VitsConfig.wavenet_kernel_size={self.wavenet_kernel_size} must be odd")
+            raise ConfigError(f"VitsConfig.wavenet_kernel_size={self.wavenet_kernel_size} must be odd")
         if self.num_speakers > 1 and self.speaker_embedding_size == 0:
-            raise ValueError(f"VitsConfig.num_speakers={self.num_speakers} needs speaker_embedding_size > 0")
+            raise ConfigError(f"VitsConfig.num_speakers={self.num_speakers} needs speaker_embedding_size > 0")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"VitsConfig.hidden_act={self.hidden_act!r} is not one of {ACTIVATIONS}")
+            raise ConfigError(f"VitsConfig.hidden_act={self.hidden_act!r} is not one of {ACTIVATIONS}")
         if not self.upsample_rates or len(self.upsample_kernel_sizes) != len(self.upsample_rates):
-            raise ValueError(f"VitsConfig.upsample_kernel_sizes={self.upsample_kernel_sizes} and upsample_rates="
+            raise ConfigError(f"VitsConfig.upsample_kernel_sizes={self.upsample_kernel_sizes} and upsample_rates="
                              f"{self.upsample_rates} must be non-empty lists of the same length")
         if not self.resblock_kernel_sizes or len(self.resblock_dilation_sizes) != len(self.resblock_kernel_sizes):
-            raise ValueError(f"VitsConfig.resblock_dilation_sizes={self.resblock_dilation_sizes} and "
+            raise ConfigError(f"VitsConfig.resblock_dilation_sizes={self.resblock_dilation_sizes} and "
                              f"resblock_kernel_sizes={self.resblock_kernel_sizes} must be non-empty and equally long")
         if any(rate < 1 for rate in self.upsample_rates):
-            raise ValueError(f"VitsConfig.upsample_rates={self.upsample_rates} must be positive")
+            raise ConfigError(f"VitsConfig.upsample_rates={self.upsample_rates} must be positive")
         if any((kernel - rate) % 2 for kernel, rate in zip(self.upsample_kernel_sizes, self.upsample_rates)):
-            raise ValueError(f"VitsConfig.upsample_kernel_sizes={self.upsample_kernel_sizes} minus upsample_rates="
+            raise ConfigError(f"VitsConfig.upsample_kernel_sizes={self.upsample_kernel_sizes} minus upsample_rates="
                              f"{self.upsample_rates} must be even, or the decoder does not upsample exactly")
         if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
-            raise ValueError(f"VitsConfig.upsample_initial_channel={self.upsample_initial_channel} must be divisible "
+            raise ConfigError(f"VitsConfig.upsample_initial_channel={self.upsample_initial_channel} must be divisible "
                              f"by 2**len(upsample_rates)={2 ** len(self.upsample_rates)} (each upsampling halves it)")
         for name in ("layerdrop", "hidden_dropout", "attention_dropout", "activation_dropout",
                      "duration_predictor_dropout", "wavenet_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"VitsConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
+                raise ConfigError(f"VitsConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
         for name in ("speaking_rate", "duration_predictor_tail_bound", "layer_norm_eps"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"VitsConfig.{name}={getattr(self, name)!r} must be positive")
+                raise ConfigError(f"VitsConfig.{name}={getattr(self, name)!r} must be positive")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"VitsConfig.pad_token_id={self.pad_token_id!r} must be None or an id inside the "
+            raise ConfigError(f"VitsConfig.pad_token_id={self.pad_token_id!r} must be None or an id inside the "
                              f"vocabulary [0, {self.vocab_size})")
 
     @property

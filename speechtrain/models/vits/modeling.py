@@ -42,13 +42,20 @@ def durations_to_alignment(durations: torch.Tensor, mask: torch.Tensor) -> torch
 
 def prior_log_likelihood(z_p: torch.Tensor, means: torch.Tensor, log_stddevs: torch.Tensor) -> torch.Tensor:
     """log N(z_p[:, :, frame]; means[:, :, token], exp(log_stddevs)) summed over channels, for every pair:
-    `[B, C, frames]`, `[B, C, text]` -> `[B, text, frames]` (expanded so it costs matrix products only)."""
-    inverse_variance = torch.exp(-2 * log_stddevs)  # [B, C, text]
-    constant = torch.sum(-0.5 * math.log(2 * math.pi) - log_stddevs, dim=1)[..., None]  # [B, text, 1]
-    quadratic = -0.5 * inverse_variance.transpose(1, 2) @ z_p**2  # [B, text, frames]
-    cross = (means * inverse_variance).transpose(1, 2) @ z_p  # [B, text, frames]
-    mean_term = torch.sum(-0.5 * means**2 * inverse_variance, dim=1)[..., None]  # [B, text, 1]
-    return constant + quadratic + cross + mean_term
+    `[B, C, frames]`, `[B, C, text]` -> `[B, text, frames]` (expanded so it costs matrix products only).
+
+    At least float32, with autocast off: the scores of neighbouring tokens with close priors differ by far less
+    than bf16's rounding of the matmuls, and the alignment search would pick between them by that rounding.
+    """
+    dtype = torch.promote_types(z_p.dtype, torch.float32)
+    z_p, means, log_stddevs = z_p.to(dtype), means.to(dtype), log_stddevs.to(dtype)
+    with torch.autocast(device_type=z_p.device.type, enabled=False):
+        inverse_variance = torch.exp(-2 * log_stddevs)  # [B, C, text]
+        constant = torch.sum(-0.5 * math.log(2 * math.pi) - log_stddevs, dim=1)[..., None]  # [B, text, 1]
+        quadratic = -0.5 * inverse_variance.transpose(1, 2) @ z_p**2  # [B, text, frames]
+        cross = (means * inverse_variance).transpose(1, 2) @ z_p  # [B, text, frames]
+        mean_term = torch.sum(-0.5 * means**2 * inverse_variance, dim=1)[..., None]  # [B, text, 1]
+        return constant + quadratic + cross + mean_term
 
 
 def random_segment_starts(lengths: torch.Tensor, segment_size: int) -> torch.Tensor:
@@ -190,7 +197,7 @@ class VitsModel(nn.Module):
         z_p = self.flow(z, z_mask, speaker)
 
         with torch.no_grad():
-            log_likelihood = prior_log_likelihood(z_p.float(), m_p.float(), logs_p.float())  # [B, text, frames]
+            log_likelihood = prior_log_likelihood(z_p, m_p, logs_p)  # [B, text, frames], float32
             pair_mask = text_mask.transpose(1, 2) * z_mask  # [B, text, frames]
             alignment = monotonic_alignment_search(log_likelihood, pair_mask.float()).to(z.dtype)
         durations = alignment.sum(dim=2)[:, None]  # [B, 1, text]

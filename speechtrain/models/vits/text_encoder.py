@@ -148,10 +148,10 @@ class VitsTextEncoder(nn.Module):
     def __init__(self, config: VitsConfig):
         super().__init__()
         self.flow_size = config.flow_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        # No padding_idx, as the original (jaywalnut310/vits models.py TextEncoder): the pad id is the interspersed
+        # blank, about half of all input ids, and must train; padded positions are masked after the embedding.
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         nn.init.normal_(self.embed_tokens.weight, 0.0, config.hidden_size**-0.5)
-        if config.pad_token_id is not None:
-            nn.init.zeros_(self.embed_tokens.weight[config.pad_token_id])
         self.encoder = VitsEncoder(config)
         self.project = nn.Conv1d(config.hidden_size, 2 * config.flow_size, kernel_size=1)
 
