@@ -70,7 +70,7 @@ def test_grid_sweep_runs_each_job_in_its_folder_and_writes_the_summary(tmp_path)
         job = metrics[row["job"]]
         assert float(row["val/cer"]) == pytest.approx(job["val/cer"], rel=1e-5)
         assert float(row["train/loss"]) == pytest.approx(job["train/loss"], rel=1e-5)  # the other metrics too
-    best = min(metrics, key=lambda job: metrics[job]["val/cer"])
+    best = min(sorted(metrics, key=int), key=lambda job: metrics[job]["val/cer"])  # ties: the first job
     assert [r["job"] for r in rows if r["best"] == "*"] == [best]
     assert "task.lr_decay" not in rows[0]  # only the swept keys
     markdown = (sweep_dir / "summary.md").read_text()
