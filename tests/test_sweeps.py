@@ -103,7 +103,7 @@ def test_optuna_search_is_a_multirun_with_a_summary_and_the_best_trial(tmp_path)
     assert len(set(learning_rates)) == 3 and all(1e-3 <= lr <= 1e-2 for lr in learning_rates)  # command line's range
 
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    best_job = min(metrics, key=lambda job: metrics[job]["val/cer"])
+    best_job = min(sorted(metrics, key=int), key=lambda job: metrics[job]["val/cer"])  # ties: the first
     assert results["best_value"] == pytest.approx(metrics[best_job]["val/cer"])
     assert f"task.optimizer.lr={results['best_params']['task.optimizer.lr']}" in trials[best_job]
     assert results["n_trials"] == 3 and results["n_failed"] == 0
