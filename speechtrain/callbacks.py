@@ -162,6 +162,17 @@ class ValidationKeepsTrainingRandomness(Callback):
             torch.cuda.set_rng_state_all(states["cuda"])
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` at every validation, also when the monitored metric got worse.
+
+    Lightning 2.6's `save_last` writes `last.ckpt` only together with a new best checkpoint, so after a worse
+    epoch `ckpt_path=last` would resume from an older one. Its own class gives it a state key of its own beside
+    the monitoring ModelCheckpoint (Lightning refuses two of one type whose settings give the same key)."""
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+
 class TimedLastCheckpoint(ModelCheckpoint):
     """`last.ckpt` every `train_time_interval` of training (mid-epoch, for long epochs), beside the validation-time
     ModelCheckpoint that writes the same file. Unlike a plain ModelCheckpoint it writes nothing when training ends,

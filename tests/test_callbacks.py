@@ -1,8 +1,10 @@
 """Throughput from the batch protocol (samples, label tokens, audio seconds) and the progress bar's learning rate."""
 
+import hydra
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from torch.utils.data import DataLoader
 
 from speechtrain.callbacks import SpeechProgressBar, ThroughputMonitor, batch_counts
@@ -105,3 +107,33 @@ def test_each_rank_draws_its_own_spec_augment_masks_and_a_rerun_draws_them_again
     assert rank0[0].any() and not torch.equal(rank0[0], rank1[0]) and not torch.equal(rank0[1], rank1[1])
     assert all(torch.equal(a, b) for a, b in zip(masks_of_rank(0), rank0, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(masks_of_rank(1), rank1, strict=True))
+
+
+class WorseningModule(L.LightningModule):
+    """Its val/loss grows every epoch, so no epoch after the first is a new best."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", float(self.current_epoch), batch_size=1)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_validation_got_worse(compose, tmp_path):
+    """The default callbacks' last.ckpt is the newest state (Lightning 2.6's save_last alone keeps the best's)."""
+    cfg = compose("recipe=whisper_mini", output_dir=tmp_path)
+    built = (hydra.utils.instantiate(node) for node in cfg.callbacks.values())
+    callbacks = [callback for callback in built if isinstance(callback, Checkpoint)]
+    data = DataLoader(torch.ones(4, 2), batch_size=2)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(WorseningModule(), train_dataloaders=data, val_dataloaders=data)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == trainer.global_step == 6
