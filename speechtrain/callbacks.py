@@ -172,6 +172,16 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, dirpath: str) -> None:
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
+    def _should_save_on_train_epoch_end(self, trainer: L.Trainer) -> bool:
+        """At validation end whenever the run validates, as `save_on_train_epoch_end: false` in the monitoring
+        checkpoint's config: resumed from a checkpoint written in `on_train_epoch_end`, Lightning 2.6 counts
+        that epoch twice in an iteration-based run (`max_steps`), so the next epoch gets the sampler order of
+        the one after it. Only a run without validation saves at the epoch's end."""
+        if self._save_on_train_epoch_end is not None:
+            return self._save_on_train_epoch_end
+        val_batches = trainer.num_val_batches
+        return (sum(val_batches) if isinstance(val_batches, list) else val_batches) == 0
+
 
 class TimedLastCheckpoint(ModelCheckpoint):
     """`last.ckpt` every `train_time_interval` of training (mid-epoch, for long epochs), beside the validation-time

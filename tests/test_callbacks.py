@@ -126,14 +126,41 @@ class WorseningModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class EpochRecordingSampler(torch.utils.data.SequentialSampler):
+    """Records the epoch (from Lightning's `set_epoch`) of every pass that hands out items."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(range(length))
+        self.epoch, self.epochs_drawn = 0, []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.epochs_drawn.append(self.epoch)
+        yield from super().__iter__()
+
+
 def test_last_checkpoint_is_the_last_epoch_even_when_validation_got_worse(compose, tmp_path):
     """The default callbacks' last.ckpt is the newest state (Lightning 2.6's save_last alone keeps the best's)."""
     cfg = compose("recipe=whisper_mini", output_dir=tmp_path)
-    built = (hydra.utils.instantiate(node) for node in cfg.callbacks.values())
-    callbacks = [callback for callback in built if isinstance(callback, Checkpoint)]
+
+    def checkpoint_callbacks() -> list[Checkpoint]:
+        built = (hydra.utils.instantiate(node) for node in cfg.callbacks.values())
+        return [callback for callback in built if isinstance(callback, Checkpoint)]
+
     data = DataLoader(torch.ones(4, 2), batch_size=2)
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=callbacks)
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=checkpoint_callbacks())
     trainer.fit(WorseningModule(), train_dataloaders=data, val_dataloaders=data)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == trainer.global_step == 6
+
+    # Resumed, it trains exactly one epoch more, with that epoch's sampler order (iteration-based, as most recipes):
+    # from a checkpoint written in `on_train_epoch_end`, Lightning 2.6 counts the finished epoch twice.
+    sampler = EpochRecordingSampler(4)
+    resumed = L.Trainer(max_steps=8, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=checkpoint_callbacks())
+    resumed.fit(WorseningModule(), train_dataloaders=DataLoader(torch.ones(4, 2), batch_size=2, sampler=sampler),
+                val_dataloaders=data, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    assert resumed.global_step == 8 and sampler.epochs_drawn == [3]
