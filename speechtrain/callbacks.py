@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
-IGNORE_INDEX = -100
+from speechtrain.layers.labels import IGNORE_INDEX
 
 
 def batch_counts(batch: dict[str, Any]) -> dict[str, float]:

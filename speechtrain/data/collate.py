@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 from speechtrain.data.features import FeatureExtractor
-
-IGNORE_INDEX = -100  # label padding that cross-entropy ignores
+from speechtrain.layers.labels import IGNORE_INDEX
 
 
 class AsrCollator:

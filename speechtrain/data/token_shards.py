@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
+from speechtrain.atomic import atomic_write_bytes
 from speechtrain.data.audio import AudioError, audio_info, load_audio
 from speechtrain.data.codecs import EncodecCodec
 from speechtrain.data.corpora import CorpusSpec, Utterance, read_corpus
@@ -71,16 +71,6 @@ def shard_name(index: int) -> str:
 
 def _json_bytes(value) -> bytes:
     return (json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over `path`."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
 
 
 class _HeaderCheck(CheckedDataset):
@@ -143,7 +133,7 @@ def _claim_folder(out: Path, settings: dict) -> None:
             if difference:
                 raise DataError(f"{out} holds tokens made with other settings: {difference}; use another output "
                                  "folder, or delete this one to start over")
-    _write_atomic(out / PARTIAL_INFO_FILE, _json_bytes(settings))
+    atomic_write_bytes(out / PARTIAL_INFO_FILE, _json_bytes(settings))
 
 
 def _prepare_kmeans(
@@ -176,7 +166,7 @@ def _prepare_kmeans(
         logger.info("fitting k-means (%d clusters) on %d frames of %d utterances", clusters,
                     sum(len(f) for f in features), len(features))
         kmeans = KMeans(clusters, iterations, seed).fit(torch.cat(features))
-    _write_atomic(path, kmeans.to_bytes())
+    atomic_write_bytes(path, kmeans.to_bytes())
     return KMeans.load(path)
 
 
@@ -225,9 +215,9 @@ def _write_shard(
     # one metadata key: safetensors writes several in a random (hash) order, which would break byte identity
     metadata = {"shard": json.dumps({"ids": [line["id"] for line in lines], "skipped": skipped}, sort_keys=True)}
     name = shard_name(index)
-    _write_atomic(out / f"{name}.safetensors", save_safetensors(tensors, metadata=metadata))
+    atomic_write_bytes(out / f"{name}.safetensors", save_safetensors(tensors, metadata=metadata))
     text = "".join(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n" for line in lines)
-    _write_atomic(out / f"{name}.jsonl", text.encode())  # written last: its presence marks the shard complete
+    atomic_write_bytes(out / f"{name}.jsonl", text.encode())  # written last: its presence marks the shard complete
     return skipped
 
 
@@ -299,7 +289,7 @@ def tokenize_corpus(
                        len(failed_to_load), failed_to_load[0]["audio_path"], failed_to_load[0]["reason"],
                        out / INFO_FILE)
     info = {**settings, "shards": shards, "skipped": skipped + failed_to_load}
-    _write_atomic(out / INFO_FILE, _json_bytes(info))
+    atomic_write_bytes(out / INFO_FILE, _json_bytes(info))
     (out / PARTIAL_INFO_FILE).unlink(missing_ok=True)
     return out
 

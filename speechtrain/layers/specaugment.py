@@ -14,6 +14,12 @@ import numpy as np
 import torch
 
 from speechtrain.errors import ConfigError
+from speechtrain.layers.config_fields import (
+    check_choice,
+    check_non_negative_int,
+    check_positive_int,
+    check_probability,
+)
 
 
 def compute_mask_indices(
@@ -96,11 +102,10 @@ class SpecAugment:
     time_dim: int = 2
 
     def __post_init__(self) -> None:
-        if self.time_dim not in (1, 2):
-            raise ConfigError(f"SpecAugment.time_dim must be 1 or 2, got {self.time_dim}")
-        for name in ("mask_time_prob", "mask_feature_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"SpecAugment.{name} must lie in [0, 1], got {getattr(self, name)}")
+        check_choice(self, "time_dim", (1, 2))
+        check_probability(self, "mask_time_prob", "mask_feature_prob", include_one=True)
+        check_positive_int(self, "mask_time_length", "mask_feature_length")
+        check_non_negative_int(self, "mask_time_min_masks", "mask_feature_min_masks")
 
     @property
     def enabled(self) -> bool:
@@ -169,12 +174,8 @@ class FilterbankSpecAugment:
     }
 
     def __post_init__(self) -> None:
-        for name in ("freq_mask_n", "freq_mask_f", "time_mask_n", "time_mask_t"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"FilterbankSpecAugment.{name} must be a non-negative integer, got "
-                                 f"{getattr(self, name)!r}")
-        if not 0.0 <= self.time_mask_p <= 1.0:
-            raise ConfigError(f"FilterbankSpecAugment.time_mask_p must lie in [0, 1], got {self.time_mask_p}")
+        check_non_negative_int(self, "freq_mask_n", "freq_mask_f", "time_mask_n", "time_mask_t")
+        check_probability(self, "time_mask_p", include_one=True)
 
     @classmethod
     def from_policy(cls, policy: str, **overrides: Any) -> FilterbankSpecAugment:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechtrain.decoding import decode_to_text
+from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.layers.specaugment import SpecAugment
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
@@ -78,7 +79,7 @@ class Seq2SeqASRTask(GuardedTask):
         return F.cross_entropy(
             logits.float().flatten(0, 1),
             batch["labels"].flatten(),
-            ignore_index=-100,
+            ignore_index=IGNORE_INDEX,
             label_smoothing=self.label_smoothing,
         )
 

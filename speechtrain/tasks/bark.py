@@ -22,9 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.layers.lora import LoRALinear, apply_lora, merge_lora
 from speechtrain.models.bark import BarkCausalModel, BarkFineModel
-from speechtrain.models.bark.layouts import DEFAULTS, IGNORE_INDEX
+from speechtrain.models.bark.layouts import DEFAULTS
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.schedules import step_schedule

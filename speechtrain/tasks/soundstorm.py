@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from speechtrain.models.soundstorm import IGNORE_INDEX, SoundStorm, SoundStormMasking, generate
+from speechtrain.layers.labels import IGNORE_INDEX
+from speechtrain.models.soundstorm import SoundStorm, SoundStormMasking, generate
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.sample_logging import log_audio

@@ -18,6 +18,7 @@ from typing import Any
 
 from speechtrain.errors import ConfigError
 from speechtrain.layers.attention import check_implementation
+from speechtrain.layers.config_fields import check_choice, check_divisible, check_positive_int, check_probability
 from speechtrain.models.hf_config import hf_config_fields, known_fields
 
 MODEL_TYPES = ("semantic", "coarse_acoustics", "fine_acoustics")
@@ -48,18 +49,11 @@ class BarkSubModelConfig:
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
-        if self.model_type not in MODEL_TYPES:
-            raise ConfigError(f"BarkSubModelConfig.model_type={self.model_type!r} is not one of {MODEL_TYPES}")
-        for name in ("block_size", "input_vocab_size", "output_vocab_size", "num_layers", "num_heads", "hidden_size",
-                     "n_codes_total", "n_codes_given"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"BarkSubModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"BarkSubModelConfig.hidden_size={self.hidden_size} must be divisible by "
-                             f"num_heads={self.num_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"BarkSubModelConfig.dropout={self.dropout!r} must be in [0, 1)")
+        check_choice(self, "model_type", MODEL_TYPES)
+        check_positive_int(self, "block_size", "input_vocab_size", "output_vocab_size", "num_layers", "num_heads",
+                           "hidden_size", "n_codes_total", "n_codes_given")
+        check_divisible(self, "hidden_size", "num_heads")
+        check_probability(self, "dropout")
         check_implementation(self.attn_implementation)
         if self.is_fine:
             if self.n_codes_given >= self.n_codes_total:

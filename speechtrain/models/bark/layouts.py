@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.models.bark.config import BarkGenerationConfig
 
-IGNORE_INDEX = -100
 DEFAULTS = BarkGenerationConfig()
 
 

@@ -8,6 +8,12 @@ from typing import Any
 
 from speechtrain.errors import ConfigError
 from speechtrain.layers.attention import check_implementation
+from speechtrain.layers.config_fields import (
+    check_non_negative_int,
+    check_positive,
+    check_positive_int,
+    check_probability,
+)
 from speechtrain.models.hf_config import hf_config_fields
 
 
@@ -41,23 +47,14 @@ class SoundStormConfig:
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
-        for name in ("codebook_size", "num_quantizers", "dim", "depth", "heads", "dim_head", "ff_mult",
-                     "conv_expansion_factor", "conv_kernel_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"SoundStormConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.num_semantic_tokens, int) or self.num_semantic_tokens < 0:
-            raise ConfigError(f"SoundStormConfig.num_semantic_tokens must be >= 0 (0 = unconditional), "
-                             f"got {self.num_semantic_tokens!r}")
+        check_positive_int(self, "codebook_size", "num_quantizers", "dim", "depth", "heads", "dim_head", "ff_mult",
+                           "conv_expansion_factor", "conv_kernel_size")
+        check_non_negative_int(self, "num_semantic_tokens", why="0 = unconditional")
         if self.dim_head % 2:
             raise ConfigError(f"SoundStormConfig.dim_head={self.dim_head} must be even (rotary positions rotate "
-                             "feature pairs)")
-        for name in ("attn_dropout", "ff_dropout", "conv_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"SoundStormConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
-        for name in ("semantic_rate", "acoustic_rate"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"SoundStormConfig.{name}={getattr(self, name)!r} must be a positive rate in Hz")
+                              "feature pairs)")
+        check_probability(self, "attn_dropout", "ff_dropout", "conv_dropout")
+        check_positive(self, "semantic_rate", "acoustic_rate", unit="Hz")
         check_implementation(self.attn_implementation)
 
     @property

@@ -21,9 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.layers.masking import check_schedule, mask_fraction, masked_count, random_subset
-
-IGNORE_INDEX = -100
 
 
 class MaskedBatch(NamedTuple):

@@ -7,9 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
+from speechtrain.layers.config_fields import (
+    check_choice,
+    check_divisible,
+    check_positive_int,
+    check_probability,
+    check_token_ids,
+)
+from speechtrain.layers.transformer import ACTIVATION_FUNCTIONS
 from speechtrain.models.hf_config import hf_config_fields
 
-ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
+ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
 
 @dataclass
@@ -51,17 +59,11 @@ class Speech2TextConfig:
 
     def __post_init__(self) -> None:
         self.conv_kernel_sizes = list(self.conv_kernel_sizes)
-        for name in ("vocab_size", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-                     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "d_model",
-                     "max_source_positions", "max_target_positions", "num_conv_layers", "conv_channels",
-                     "input_feat_per_channel", "input_channels"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"Speech2TextConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("encoder_attention_heads", "decoder_attention_heads"):
-            if self.d_model % getattr(self, name):
-                raise ConfigError(
-                    f"Speech2TextConfig.d_model={self.d_model} must be divisible by {name}={getattr(self, name)}"
-                )
+        check_positive_int(self, "vocab_size", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                           "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "d_model",
+                           "max_source_positions", "max_target_positions", "num_conv_layers", "conv_channels",
+                           "input_feat_per_channel", "input_channels")
+        check_divisible(self, "d_model", "encoder_attention_heads", "decoder_attention_heads")
         if self.d_model < 4:
             raise ConfigError(f"Speech2TextConfig.d_model={self.d_model} must be >= 4 (sinusoidal positions)")
         if len(self.conv_kernel_sizes) != self.num_conv_layers:
@@ -69,26 +71,18 @@ class Speech2TextConfig:
                 f"Speech2TextConfig.conv_kernel_sizes={self.conv_kernel_sizes} must have num_conv_layers="
                 f"{self.num_conv_layers} entries"
             )
-        if any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
             raise ConfigError(
                 f"Speech2TextConfig.conv_kernel_sizes={self.conv_kernel_sizes} must be odd positive integers "
                 "(the frame mask is subsampled as (length - 1) // 2 + 1 per layer)"
             )
         if self.conv_channels % 2:
             raise ConfigError(f"Speech2TextConfig.conv_channels={self.conv_channels} must be even (GLU halves it)")
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
-            token_id = getattr(self, name)
-            if not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
-                raise ConfigError(
-                    f"Speech2TextConfig.{name}={token_id!r} must be an id inside the vocabulary [0, {self.vocab_size})"
-                )
-        if self.activation_function not in ACTIVATIONS:
-            raise ConfigError(
-                f"Speech2TextConfig.activation_function={self.activation_function!r} is not one of {ACTIVATIONS}"
-            )
-        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "decoder_layerdrop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"Speech2TextConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
+        check_token_ids(self, "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+                        vocab_size=self.vocab_size)
+        check_choice(self, "activation_function", ACTIVATIONS)
+        check_probability(self, "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
+                          "decoder_layerdrop")
 
     @property
     def input_size(self) -> int:

@@ -8,9 +8,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
+from speechtrain.layers.config_fields import (
+    check_choice,
+    check_divisible,
+    check_non_negative_int,
+    check_positive,
+    check_positive_int,
+    check_probability,
+    check_token_ids,
+)
+from speechtrain.layers.transformer import ACTIVATION_FUNCTIONS
 from speechtrain.models.hf_config import hf_config_fields
 
-ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish")
+ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
 
 @dataclass
@@ -73,21 +83,15 @@ class VitsConfig:
         self.upsample_kernel_sizes = [int(size) for size in self.upsample_kernel_sizes]
         self.resblock_kernel_sizes = [int(size) for size in self.resblock_kernel_sizes]
         self.resblock_dilation_sizes = [[int(d) for d in dilations] for dilations in self.resblock_dilation_sizes]
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
-                     "ffn_kernel_size", "flow_size", "spectrogram_bins", "num_speakers", "upsample_initial_channel",
-                     "depth_separable_num_layers", "duration_predictor_flow_bins", "duration_predictor_kernel_size",
-                     "duration_predictor_num_flows", "duration_predictor_filter_channels", "prior_encoder_num_flows",
-                     "prior_encoder_num_wavenet_layers", "posterior_encoder_num_wavenet_layers",
-                     "wavenet_kernel_size", "wavenet_dilation_rate", "sampling_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"VitsConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("window_size", "speaker_embedding_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"VitsConfig.{name} must be a non-negative integer, got {getattr(self, name)!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"VitsConfig.hidden_size={self.hidden_size} must be divisible by "
-                             f"num_attention_heads={self.num_attention_heads}")
+        check_positive_int(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
+                           "ffn_kernel_size", "flow_size", "spectrogram_bins", "num_speakers",
+                           "upsample_initial_channel", "depth_separable_num_layers", "duration_predictor_flow_bins",
+                           "duration_predictor_kernel_size", "duration_predictor_num_flows",
+                           "duration_predictor_filter_channels", "prior_encoder_num_flows",
+                           "prior_encoder_num_wavenet_layers", "posterior_encoder_num_wavenet_layers",
+                           "wavenet_kernel_size", "wavenet_dilation_rate", "sampling_rate")
+        check_non_negative_int(self, "window_size", "speaker_embedding_size")
+        check_divisible(self, "hidden_size", "num_attention_heads")
         if self.flow_size % 2:
             raise ConfigError(f"VitsConfig.flow_size={self.flow_size} must be even (the coupling layers split it)")
         if self.depth_separable_channels != 2:
@@ -97,8 +101,7 @@ class VitsConfig:
             raise ConfigError(f"VitsConfig.wavenet_kernel_size={self.wavenet_kernel_size} must be odd")
         if self.num_speakers > 1 and self.speaker_embedding_size == 0:
             raise ConfigError(f"VitsConfig.num_speakers={self.num_speakers} needs speaker_embedding_size > 0")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"VitsConfig.hidden_act={self.hidden_act!r} is not one of {ACTIVATIONS}")
+        check_choice(self, "hidden_act", ACTIVATIONS)
         if not self.upsample_rates or len(self.upsample_kernel_sizes) != len(self.upsample_rates):
             raise ConfigError(f"VitsConfig.upsample_kernel_sizes={self.upsample_kernel_sizes} and upsample_rates="
                              f"{self.upsample_rates} must be non-empty lists of the same length")
@@ -113,16 +116,10 @@ class VitsConfig:
         if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
             raise ConfigError(f"VitsConfig.upsample_initial_channel={self.upsample_initial_channel} must be divisible "
                              f"by 2**len(upsample_rates)={2 ** len(self.upsample_rates)} (each upsampling halves it)")
-        for name in ("layerdrop", "hidden_dropout", "attention_dropout", "activation_dropout",
-                     "duration_predictor_dropout", "wavenet_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"VitsConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
-        for name in ("speaking_rate", "duration_predictor_tail_bound", "layer_norm_eps"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"VitsConfig.{name}={getattr(self, name)!r} must be positive")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(f"VitsConfig.pad_token_id={self.pad_token_id!r} must be None or an id inside the "
-                             f"vocabulary [0, {self.vocab_size})")
+        check_probability(self, "layerdrop", "hidden_dropout", "attention_dropout", "activation_dropout",
+                          "duration_predictor_dropout", "wavenet_dropout")
+        check_positive(self, "speaking_rate", "duration_predictor_tail_bound", "layer_norm_eps")
+        check_token_ids(self, "pad_token_id", vocab_size=self.vocab_size, optional=True)
 
     @property
     def hop_length(self) -> int:

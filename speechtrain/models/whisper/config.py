@@ -7,9 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
+from speechtrain.layers.config_fields import (
+    check_choice,
+    check_divisible,
+    check_positive_int,
+    check_probability,
+    check_token_ids,
+)
+from speechtrain.layers.transformer import ACTIVATION_FUNCTIONS
 from speechtrain.models.hf_config import hf_config_fields
 
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
 
 @dataclass
@@ -57,32 +65,17 @@ class WhisperConfig:
     mask_feature_min_masks: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "num_mel_bins", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-                     "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "d_model",
-                     "max_source_positions", "max_target_positions"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"WhisperConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("encoder_attention_heads", "decoder_attention_heads"):
-            if self.d_model % getattr(self, name):
-                raise ConfigError(
-                    f"WhisperConfig.d_model={self.d_model} must be divisible by {name}={getattr(self, name)}"
-                )
+        check_positive_int(self, "vocab_size", "num_mel_bins", "encoder_layers", "decoder_layers",
+                           "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
+                           "d_model", "max_source_positions", "max_target_positions")
+        check_divisible(self, "d_model", "encoder_attention_heads", "decoder_attention_heads")
         if self.d_model % 2 or self.d_model < 4:
             raise ConfigError(f"WhisperConfig.d_model={self.d_model} must be even and >= 4 (sinusoidal positions)")
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
-            token_id = getattr(self, name)
-            if not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
-                raise ConfigError(
-                    f"WhisperConfig.{name}={token_id!r} must be an id inside the vocabulary [0, {self.vocab_size})"
-                )
-        if self.activation_function not in ACTIVATIONS:
-            raise ConfigError(
-                f"WhisperConfig.activation_function={self.activation_function!r} is not one of {ACTIVATIONS}"
-            )
-        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "decoder_layerdrop",
-                     "mask_time_prob", "mask_feature_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"WhisperConfig.{name}={getattr(self, name)!r} must be in [0, 1)")
+        check_token_ids(self, "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+                        vocab_size=self.vocab_size)
+        check_choice(self, "activation_function", ACTIVATIONS)
+        check_probability(self, "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
+                          "decoder_layerdrop", "mask_time_prob", "mask_feature_prob")
 
     @classmethod
     def from_hf_dict(cls, hf_config: dict[str, Any]) -> WhisperConfig:
