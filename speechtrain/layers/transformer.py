@@ -1,7 +1,11 @@
 """The pre-norm transformer encoder-decoder pieces that Whisper and Speech2Text share (both are transformers'
-BART-style models): attention with a KV cache, the encoder and decoder layers, and the layer loops of the two
-stacks. A family subclasses them to set what differs (the attention's bias and scaling order, its front end and
-positions) and keeps transformers' parameter names (`self_attn`, `fc1`, ...), so its state dicts load as they are.
+BART-style models): attention with a KV cache, the encoder and decoder layers, the layer loops of the two
+stacks, the decoder's forward pass and the root class (`encode`/`decode`/`forward`, weight tying, initialisation).
+A family subclasses them to set what differs (the attention's bias and scaling order, its front end, embeddings
+and positions, the name of its head) and keeps transformers' parameter names (`self_attn`, `fc1`, `proj_out`,
+...), so its state dicts load as they are. Shared rather than kept as marked copies: the two families' code was
+the same line for line apart from those points, and copies had already drifted (only Speech2Text checked the
+mask given to `decode`); now a family file reads as the list of what makes that family different.
 
 The decoder's KV cache is a plain list returned to the caller, one `(self_k, self_v, cross_k, cross_v)` tuple per
 layer, each `[batch, heads, time, head_dim]`: self-attention K/V grow by one step per call, cross-attention K/V
@@ -201,18 +205,38 @@ class TransformerDecoder(nn.Module):
         """As the encoder's, for `decoder_layerdrop`."""
         return self.config.decoder_layerdrop > 0
 
+    def embed(self, input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
+        """`[B, T]` new tokens, the first at position `past_length` -> `[B, T, d]` token + position embeddings."""
+        raise NotImplementedError
+
     @staticmethod
     def past_length(cache: list[LayerCache] | None) -> int:
         """How many tokens the cache already holds."""
         return 0 if cache is None else cache[0][0].shape[2]
 
-    @staticmethod
-    def check_attention_mask(attention_mask: torch.Tensor | None, batch: int, past_length: int, time: int) -> None:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        use_cache: bool = True,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """`input_ids` `[B, T]` -> hidden states `[B, T, d]` and the updated cache (empty without `use_cache`).
+
+        `encoder_mask` `[B, S]` marks real encoder positions; `attention_mask` `[B, past + T]` real tokens (1)
+        and padding (0) over cached and new positions.
+        """
+        past_length = self.past_length(cache)
+        batch, time = input_ids.shape
         if attention_mask is not None and attention_mask.shape != (batch, past_length + time):
             raise ValueError(
                 f"decoder attention_mask has shape {tuple(attention_mask.shape)}, expected "
                 f"{(batch, past_length + time)} (batch, cached + new tokens)"
             )
+        x = F.dropout(self.embed(input_ids, past_length), p=self.config.dropout, training=self.training)
+        return self.run_layers(x, encoder_hidden_states, attention_mask, encoder_mask, cache, use_cache)
 
     def run_layers(
         self,
@@ -236,6 +260,84 @@ class TransformerDecoder(nn.Module):
             x, layer_cache = layer(x, encoder_hidden_states, mask, cross_mask, None if cache is None else cache[index])
             new_cache.append(layer_cache)
         return self.layer_norm(x), new_cache if use_cache else []
+
+
+class EncoderDecoderForConditionalGeneration(nn.Module):
+    """What the root classes of Whisper and Speech2Text share: the interface of docs/design.md (`encode`,
+    `decode`, teacher-forced `forward`), weight tying and transformers' initialisation.
+
+    A family's `__init__` builds `model` (with `model.encoder` and `model.decoder`) and the language-model head
+    under the attribute named by `output_head_name` (transformers' name: `proj_out`, `lm_head`), then calls
+    `self.apply(self._init_weights)` and `self.tie_weights()`. It implements `encode` and, if the encoder
+    subsamples the frames, `encoder_mask`. Shared by subclassing rather than kept as copies: the two drifted
+    apart once (the decode-time mask check was Speech2Text's only), and the family files keep only what differs.
+    """
+
+    config: TransformerConfig
+    model: nn.Module
+    output_head_name: str
+
+    @property
+    def output_head(self) -> nn.Linear:
+        return getattr(self, self.output_head_name)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """transformers' initialisation: normal(0, init_std) weights, zero biases, zero padding embedding."""
+        init_weights(module, self.config.init_std)
+
+    def tie_weights(self) -> None:
+        """Shares the head's weight with `model.decoder.embed_tokens.weight` when `tie_word_embeddings`."""
+        if self.config.tie_word_embeddings:
+            self.output_head.weight = self.model.decoder.embed_tokens.weight
+
+    def get_encoder(self) -> nn.Module:
+        """The encoder, e.g. to freeze it (transformers' name for this accessor)."""
+        return self.model.encoder
+
+    def encode(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Input features and their frame mask -> `[B, S, d]` encoder states."""
+        raise NotImplementedError
+
+    def encoder_mask(self, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The frame mask given to `encode`, mapped onto the encoder's positions (`[B, S]`, True = real); None
+        when the model ignores it."""
+        return None
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        cache: list[LayerCache] | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[LayerCache]]:
+        """`decoder_input_ids` `[B, T]` (only the new tokens when `cache` is given) -> logits `[B, T, vocab]` and
+        the cache to pass to the next call. `encoder_attention_mask` is the *frame* mask given to `encode`."""
+        encoder_mask = self.encoder_mask(encoder_attention_mask)
+        if encoder_mask is not None and encoder_mask.shape[1] != encoder_hidden_states.shape[1]:
+            raise ValueError(
+                f"encoder_attention_mask has {encoder_attention_mask.shape[1]} frames, which subsample to "
+                f"{encoder_mask.shape[1]} positions, but encoder_hidden_states has {encoder_hidden_states.shape[1]}; "
+                "pass the frame mask that was given to encode()"
+            )
+        hidden, cache = self.model.decoder(decoder_input_ids, encoder_hidden_states, encoder_mask,
+                                           decoder_attention_mask, cache)
+        return self.output_head(hidden), cache
+
+    def forward(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced logits `[B, T, vocab]` for `decoder_input_ids` `[B, T]`."""
+        if decoder_input_ids is None:
+            raise ValueError(f"{type(self).__name__}.forward needs decoder_input_ids [batch, tokens]")
+        encoder_hidden_states = self.encode(input_features, attention_mask)
+        hidden, _ = self.model.decoder(decoder_input_ids, encoder_hidden_states, self.encoder_mask(attention_mask),
+                                       decoder_attention_mask, use_cache=False)
+        return self.output_head(hidden)
 
 
 @torch.no_grad()

@@ -5,9 +5,10 @@ Input is `[batch, frames, n_mels]` Kaldi filterbanks with a `[batch, frames]` fr
 subsample time (4x with two layers); the model maps the frame mask onto the subsampled axis itself, in `encode`
 and again in `decode`, because `speechtrain.decoding` hands both the same frame-level mask.
 
-The attention, the layers and the layer loops (with the decoder's KV cache) are the shared ones of
-`speechtrain.layers.transformer`; this file holds what is Speech2Text's own: the convolutional subsampler, fairseq's
-sinusoidal positions with their padding offset, the embedding scale and the frame-mask mapping.
+The attention, the layers, the layer loops (with the decoder's KV cache) and the root class's interface are the
+shared ones of `speechtrain.layers.transformer`; this file holds what is Speech2Text's own: the convolutional
+subsampler, fairseq's sinusoidal positions with their padding offset, the embedding scale and the frame-mask
+mapping.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.transformer import (
     Attention,
     DecoderLayer,
+    EncoderDecoderForConditionalGeneration,
     EncoderLayer,
-    LayerCache,
     TransformerDecoder,
     TransformerEncoder,
-    init_weights,
 )
 from speechtrain.models.speech2text.config import Speech2TextConfig
 
@@ -173,29 +173,12 @@ class Speech2TextDecoder(TransformerDecoder):
         )
         self.layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_mask: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: list[LayerCache] | None = None,
-        use_cache: bool = True,
-    ) -> tuple[torch.Tensor, list[LayerCache]]:
-        """`input_ids` `[B, T]` -> hidden states `[B, T, d]` and the updated cache (empty without `use_cache`).
-
-        `encoder_mask` `[B, S]` marks real encoder positions; `attention_mask` `[B, past + T]` real tokens (1)
-        and padding (0) over cached and new positions. Tokens equal to `pad_token_id` get the zero position, as
-        in fairseq. Layers are dropped (`decoder_layerdrop`) only in training calls without `use_cache`.
-        """
-        past_length = self.past_length(cache)
-        batch, time = input_ids.shape
-        self.check_attention_mask(attention_mask, batch, past_length, time)
+    def embed(self, input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
+        """Scaled token embeddings + sinusoidal positions `[B, T, d]`. Tokens equal to `pad_token_id` get the
+        zero position, as in fairseq."""
         positions = make_positions(input_ids, self.config.pad_token_id, past_length)
         x = self.embed_scale * self.embed_tokens(input_ids)
-        x = x + self.embed_positions(positions, self.config.pad_token_id + past_length + time)
-        x = F.dropout(x, p=self.config.dropout, training=self.training)
-        return self.run_layers(x, encoder_hidden_states, attention_mask, encoder_mask, cache, use_cache)
+        return x + self.embed_positions(positions, self.config.pad_token_id + past_length + input_ids.shape[1])
 
 
 class Speech2TextModel(nn.Module):
@@ -207,8 +190,10 @@ class Speech2TextModel(nn.Module):
         self.decoder = Speech2TextDecoder(config, attn_implementation)
 
 
-class Speech2TextForConditionalGeneration(nn.Module):
+class Speech2TextForConditionalGeneration(EncoderDecoderForConditionalGeneration):
     """Speech2Text with its language-model head (`lm_head`, tied to the token embedding by default)."""
+
+    output_head_name = "lm_head"
 
     def __init__(self, config: Speech2TextConfig, attn_implementation: str = "sdpa"):
         super().__init__()
@@ -218,19 +203,6 @@ class Speech2TextForConditionalGeneration(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         self.tie_weights()
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """transformers' initialisation: normal(0, init_std) weights, zero biases, zero padding embedding."""
-        init_weights(module, self.config.init_std)
-
-    def tie_weights(self) -> None:
-        """Shares `lm_head.weight` with `model.decoder.embed_tokens.weight` when `tie_word_embeddings`."""
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.decoder.embed_tokens.weight
-
-    def get_encoder(self) -> Speech2TextEncoder:
-        """The encoder, e.g. to freeze it (transformers' name for this accessor)."""
-        return self.model.encoder
 
     def encoder_mask(self, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
         """The `[B, T]` frame mask (True = real frame) mapped onto the encoder's subsampled axis: `[B, S]` bool."""
@@ -258,40 +230,3 @@ class Speech2TextForConditionalGeneration(nn.Module):
     def encode(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, T, n_features]` filterbanks and their `[B, T]` frame mask -> `[B, S, d]` encoder states."""
         return self.model.encoder(*self._encoder_inputs(input_features, attention_mask))
-
-    def decode(
-        self,
-        decoder_input_ids: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None = None,
-        cache: list[LayerCache] | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[LayerCache]]:
-        """`decoder_input_ids` `[B, T]` (only the new tokens when `cache` is given) -> logits `[B, T, vocab]` and
-        the cache to pass to the next call. `encoder_attention_mask` is the *frame* mask given to `encode`."""
-        encoder_mask = self.encoder_mask(encoder_attention_mask)
-        if encoder_mask is not None and encoder_mask.shape[1] != encoder_hidden_states.shape[1]:
-            raise ValueError(
-                f"encoder_attention_mask has {encoder_attention_mask.shape[1]} frames, which subsample to "
-                f"{encoder_mask.shape[1]} positions, but encoder_hidden_states has {encoder_hidden_states.shape[1]}; "
-                "pass the frame mask that was given to encode()"
-            )
-        hidden, cache = self.model.decoder(decoder_input_ids, encoder_hidden_states, encoder_mask,
-                                           decoder_attention_mask, cache)
-        return self.lm_head(hidden), cache
-
-    def forward(
-        self,
-        input_features: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Teacher-forced logits `[B, L, vocab]` for `decoder_input_ids` `[B, L]`."""
-        if decoder_input_ids is None:
-            raise ValueError("Speech2TextForConditionalGeneration.forward needs decoder_input_ids [batch, tokens]")
-        input_features, encoder_mask = self._encoder_inputs(input_features, attention_mask)
-        encoder_hidden_states = self.model.encoder(input_features, encoder_mask)
-        hidden, _ = self.model.decoder(decoder_input_ids, encoder_hidden_states, encoder_mask,
-                                       decoder_attention_mask, use_cache=False)
-        return self.lm_head(hidden)

@@ -1,7 +1,8 @@
 """Whisper (Radford et al. 2022) as plain torch modules whose parameter names equal transformers', so a
-Hugging Face state dict loads without renaming. Leaf modules first, root last. The attention, the layers and the
-layer loops (with the decoder's KV cache) are the shared ones of `speechtrain.layers.transformer`; this file holds
-what is Whisper's own: the convolutional front end, the sinusoidal encoder positions and the learned decoder ones.
+Hugging Face state dict loads without renaming. Leaf modules first, root last. The attention, the layers, the
+layer loops (with the decoder's KV cache) and the root class's interface are the shared ones of
+`speechtrain.layers.transformer`; this file holds what is Whisper's own: the convolutional front end, the
+sinusoidal encoder positions and the learned decoder ones.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.transformer import (
     Attention,
     DecoderLayer,
+    EncoderDecoderForConditionalGeneration,
     EncoderLayer,
-    LayerCache,
     TransformerDecoder,
     TransformerEncoder,
-    init_weights,
 )
 from speechtrain.models.whisper.config import WhisperConfig
 
@@ -97,30 +97,15 @@ class WhisperDecoder(TransformerDecoder):
         )
         self.layer_norm = nn.LayerNorm(config.d_model)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        cache: list[LayerCache] | None = None,
-        use_cache: bool = True,
-    ) -> tuple[torch.Tensor, list[LayerCache]]:
-        """`input_ids` `[B, T]` -> hidden states `[B, T, d]` and the updated cache (empty without `use_cache`).
-
-        `attention_mask` `[B, past + T]` marks real tokens (1) and padding (0) over cached and new positions.
-        Layers are dropped (`decoder_layerdrop`) only in training calls without `use_cache`.
-        """
-        past_length = self.past_length(cache)
-        batch, time = input_ids.shape
+    def embed(self, input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
+        """Token + learned position embeddings `[B, T, d]`; the positions end at `max_target_positions`."""
+        time = input_ids.shape[1]
         if past_length + time > self.config.max_target_positions:
             raise ValueError(
                 f"decoder positions {past_length}+{time} exceed max_target_positions="
                 f"{self.config.max_target_positions}; shorten the labels or the number of decoding steps"
             )
-        self.check_attention_mask(attention_mask, batch, past_length, time)
-        positions = self.embed_positions.weight[past_length : past_length + time]
-        x = F.dropout(self.embed_tokens(input_ids) + positions, p=self.config.dropout, training=self.training)
-        return self.run_layers(x, encoder_hidden_states, attention_mask, None, cache, use_cache)
+        return self.embed_tokens(input_ids) + self.embed_positions.weight[past_length : past_length + time]
 
 
 class WhisperModel(nn.Module):
@@ -132,8 +117,10 @@ class WhisperModel(nn.Module):
         self.decoder = WhisperDecoder(config, attn_implementation)
 
 
-class WhisperForConditionalGeneration(nn.Module):
+class WhisperForConditionalGeneration(EncoderDecoderForConditionalGeneration):
     """Whisper with its language-model head (`proj_out`, tied to the token embedding by default)."""
+
+    output_head_name = "proj_out"
 
     def __init__(self, config: WhisperConfig, attn_implementation: str = "sdpa"):
         super().__init__()
@@ -147,48 +134,12 @@ class WhisperForConditionalGeneration(nn.Module):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """transformers' initialisation (`init_weights`) plus the sinusoidal encoder positions."""
-        init_weights(module, self.config.init_std)
+        super()._init_weights(module)
         if isinstance(module, WhisperEncoder):
             module.embed_positions.weight.copy_(sinusoids(*module.embed_positions.weight.shape))
 
-    def tie_weights(self) -> None:
-        """Shares `proj_out.weight` with `model.decoder.embed_tokens.weight` when `tie_word_embeddings`."""
-        if self.config.tie_word_embeddings:
-            self.proj_out.weight = self.model.decoder.embed_tokens.weight
-
-    def get_encoder(self) -> WhisperEncoder:
-        """The encoder, e.g. to freeze it (transformers' name for this accessor)."""
-        return self.model.encoder
-
     def encode(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, n_mels, frames]` -> `[B, max_source_positions, d]`. Whisper ignores `attention_mask` (as
-        transformers does): it was trained on 30 s windows padded with silence."""
+        transformers does): it was trained on 30 s windows padded with silence; `decode` ignores its
+        `encoder_attention_mask` likewise."""
         return self.model.encoder(input_features)
-
-    def decode(
-        self,
-        decoder_input_ids: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_attention_mask: torch.Tensor | None = None,
-        cache: list[LayerCache] | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[LayerCache]]:
-        """`decoder_input_ids` `[B, T]` (only the new tokens when `cache` is given) -> logits `[B, T, vocab]`
-        and the cache to pass to the next call. `encoder_attention_mask` is ignored, as in `encode`."""
-        hidden, cache = self.model.decoder(decoder_input_ids, encoder_hidden_states, decoder_attention_mask, cache)
-        return self.proj_out(hidden), cache
-
-    def forward(
-        self,
-        input_features: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Teacher-forced logits `[B, T, vocab]` for `decoder_input_ids` `[B, T]`."""
-        if decoder_input_ids is None:
-            raise ValueError("WhisperForConditionalGeneration.forward needs decoder_input_ids [batch, tokens]")
-        encoder_hidden_states = self.encode(input_features, attention_mask)
-        hidden, _ = self.model.decoder(decoder_input_ids, encoder_hidden_states, decoder_attention_mask,
-                                       use_cache=False)
-        return self.proj_out(hidden)
