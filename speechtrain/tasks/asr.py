@@ -8,7 +8,6 @@ that the data layer emptied or that produce a non-finite loss.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -21,10 +20,8 @@ from speechtrain.layers.specaugment import SpecAugment
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.metrics import error_counts
+from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
 from speechtrain.tasks.sample_logging import log_text_table
-from speechtrain.tasks.schedules import step_schedule
-
-OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
 class Seq2SeqASRTask(GuardedTask):
@@ -118,15 +115,8 @@ class Seq2SeqASRTask(GuardedTask):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW-style optimiser (from the config) with no weight decay on biases and norms."""
-        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for _, p in trainable if p.ndim >= 2]},
-            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
-        optimizer = self.optimizer_factory(groups)
-        scheduler = step_schedule(optimizer, self.trainer.estimated_stepping_batches, self.warmup_steps,
-                                  self.lr_decay, self.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_optimizer(self.model, self.optimizer_factory, self.trainer.estimated_stepping_batches,
+                                self.warmup_steps, self.lr_decay, self.min_lr_ratio)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         attach_pretrained_files(checkpoint, self.model, self.tokenizer, self.feature_extractor)

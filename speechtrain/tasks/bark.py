@@ -16,7 +16,7 @@ adapters are merged into the model in place, so the entry point exports a plain 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,9 +28,8 @@ from speechtrain.models.bark import BarkCausalModel, BarkFineModel
 from speechtrain.models.bark.layouts import DEFAULTS
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
-from speechtrain.tasks.schedules import step_schedule
+from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
 
-OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 LORA_KEYS = {"rank", "alpha", "targets", "dropout"}
 LORA_CHECKPOINT_KEY = "lora"
 
@@ -116,13 +115,8 @@ class BarkTask(GuardedTask):
     def configure_optimizers(self) -> dict[str, Any]:
         """The configured optimiser over the trainable parameters (the adapters only with LoRA), no weight decay on
         biases and norms; warm-up then decay per step."""
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in trainable if p.ndim >= 2]},
-                  {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory([group for group in groups if group["params"]])
-        scheduler = step_schedule(optimizer, self.trainer.estimated_stepping_batches, self.warmup_steps,
-                                  self.lr_decay, self.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_optimizer(self.model, self.optimizer_factory, self.trainer.estimated_stepping_batches,
+                                self.warmup_steps, self.lr_decay, self.min_lr_ratio)
 
     def _adapted(self) -> dict[str, LoRALinear]:
         """State-dict prefixes (`model.layers.0.attn.att_proj.`) of the LoRA layers."""

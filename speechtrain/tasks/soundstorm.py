@@ -10,7 +10,7 @@ of its first `prompt_seconds` (at most half of it); with a `codec` (`decode(code
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,8 @@ from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.models.soundstorm import SoundStorm, SoundStormMasking, generate
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
+from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
 from speechtrain.tasks.sample_logging import log_audio
-from speechtrain.tasks.schedules import step_schedule
-
-OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
 class SoundStormTask(GuardedTask):
@@ -152,14 +150,8 @@ class SoundStormTask(GuardedTask):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW-style optimiser (from the config) with no weight decay on biases, norms and embeddings'
         vectors (parameters of fewer than 2 dimensions)."""
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory([
-            {"params": [p for p in trainable if p.ndim >= 2]},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ])
-        scheduler = step_schedule(optimizer, self.trainer.estimated_stepping_batches, self.warmup_steps,
-                                  self.lr_decay, self.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_optimizer(self.model, self.optimizer_factory, self.trainer.estimated_stepping_batches,
+                                self.warmup_steps, self.lr_decay, self.min_lr_ratio)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         attach_pretrained_files(checkpoint, self.model, None, None)

@@ -12,7 +12,7 @@ Each network's gradient norm is logged (`train/grad_norm_g`, `train/grad_norm_d`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from speechtrain.safe_load import load_untrusted
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.gan_losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from speechtrain.tasks.guards import NonFiniteGuard, batch_missing_on_any_rank
+from speechtrain.tasks.optim import OptimizerFactory
 from speechtrain.tasks.sample_logging import log_audio
 
-OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 GRADIENT_NORM_KEYS = {"generator": "train/grad_norm_g", "discriminator": "train/grad_norm_d"}  # the original's names
 
 
