@@ -52,16 +52,9 @@ def _check_arguments(prefix_ids: Sequence[int], max_new_tokens: int) -> None:
 
 
 @torch.no_grad()
-def greedy_decode(
-    model: EncoderDecoder,
-    input_features: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    prefix_ids: Sequence[int],
-    eos_id: int,
-    max_new_tokens: int,
-    suppress_tokens: Sequence[int] = (),
-    begin_suppress_tokens: Sequence[int] = (),
-) -> list[list[int]]:
+def greedy_decode(model: EncoderDecoder, input_features: torch.Tensor, attention_mask: torch.Tensor | None,
+                  prefix_ids: Sequence[int], eos_id: int, max_new_tokens: int, suppress_tokens: Sequence[int] = (),
+                  begin_suppress_tokens: Sequence[int] = ()) -> list[list[int]]:
     """Arg-max decoding; each row stops at its first `eos_id`, the loop when every row has."""
     _check_arguments(prefix_ids, max_new_tokens)
     encoder_hidden_states = model.encode(input_features, attention_mask)

@@ -23,14 +23,8 @@ from torch import Tensor
 
 
 def unconstrained_rational_quadratic_spline(
-    inputs: Tensor,
-    unnormalized_widths: Tensor,
-    unnormalized_heights: Tensor,
-    unnormalized_derivatives: Tensor,
-    reverse: bool = False,
-    tail_bound: float = 5.0,
-    min_bin_width: float = 1e-3,
-    min_bin_height: float = 1e-3,
+    inputs: Tensor, unnormalized_widths: Tensor, unnormalized_heights: Tensor, unnormalized_derivatives: Tensor,
+    reverse: bool = False, tail_bound: float = 5.0, min_bin_width: float = 1e-3, min_bin_height: float = 1e-3,
     min_derivative: float = 1e-3,
 ) -> tuple[Tensor, Tensor]:
     """Spline on `[-tail_bound, tail_bound]`, identity (log-det 0) outside, elementwise.

@@ -27,6 +27,18 @@ def masked_spans(row: torch.Tensor) -> list[tuple[int, int]]:
     return spans
 
 
+def masked_rows(augment, seeds=range(30)):
+    """(masked cells `[frames, bins]` of one utterance's real frames, its length) for every utterance of
+    `batch()` masked under each seed; padding must come out untouched."""
+    features, frame_mask = batch()
+    for seed in seeds:
+        torch.manual_seed(seed)
+        out = augment(features, frame_mask)
+        assert torch.equal(out[~frame_mask], features[~frame_mask])
+        for row, length in enumerate(LENGTHS):
+            yield out[row, :length] == 0, length
+
+
 def test_fairseq_policies():
     lb, ld = FilterbankSpecAugment.from_policy("lb"), FilterbankSpecAugment.from_policy("ld")
     assert (lb.freq_mask_n, lb.freq_mask_f, lb.time_mask_n, lb.time_mask_t, lb.time_mask_p) == (1, 27, 1, 100, 1.0)
@@ -42,39 +54,27 @@ def test_fairseq_policies():
 @pytest.mark.parametrize("policy", ["lb", "ld", "sm"])
 def test_frequency_bands_cover_whole_bins_within_bounds(policy):
     augment = FilterbankSpecAugment.from_policy(policy, time_mask_n=0, mask_value=0.0)
-    features, frame_mask = batch()
     widest = 0
-    for seed in range(30):
-        torch.manual_seed(seed)
-        out = augment(features, frame_mask)
-        assert torch.equal(out[~frame_mask], features[~frame_mask])  # padding untouched
-        for row, length in enumerate(LENGTHS):
-            zeros = out[row, :length] == 0  # [frames, bins]
-            bins = zeros[0]
-            assert torch.equal(zeros, bins.expand_as(zeros))  # a band masks its bins on every real frame
-            assert len(masked_spans(bins)) <= augment.freq_mask_n  # overlapping bands may merge
-            assert int(bins.sum()) <= augment.freq_mask_n * (augment.freq_mask_f - 1)
-            widest = max(widest, int(bins.sum()))
+    for zeros, _ in masked_rows(augment):
+        bins = zeros[0]
+        assert torch.equal(zeros, bins.expand_as(zeros))  # a band masks its bins on every real frame
+        assert len(masked_spans(bins)) <= augment.freq_mask_n  # overlapping bands may merge
+        assert int(bins.sum()) <= augment.freq_mask_n * (augment.freq_mask_f - 1)
+        widest = max(widest, int(bins.sum()))
     assert widest > augment.freq_mask_f // 2  # bands do happen, and wide ones
 
 
 @pytest.mark.parametrize("policy", ["lb", "ld", "sm"])
 def test_time_spans_cover_whole_frames_within_bounds(policy):
     augment = FilterbankSpecAugment.from_policy(policy, freq_mask_n=0, mask_value=0.0)
-    features, frame_mask = batch()
     widest = 0
-    for seed in range(30):
-        torch.manual_seed(seed)
-        out = augment(features, frame_mask)
-        assert torch.equal(out[~frame_mask], features[~frame_mask])
-        for row, length in enumerate(LENGTHS):
-            zeros = out[row, :length] == 0
-            frames = zeros[:, 0]
-            assert torch.equal(zeros, frames[:, None].expand_as(zeros))  # a span masks every bin of its frames
-            cap = min(augment.time_mask_t, math.floor(length * augment.time_mask_p))
-            assert len(masked_spans(frames)) <= augment.time_mask_n
-            assert int(frames.sum()) <= augment.time_mask_n * max(cap - 1, 0)
-            widest = max(widest, int(frames.sum()))
+    for zeros, length in masked_rows(augment):
+        frames = zeros[:, 0]
+        assert torch.equal(zeros, frames[:, None].expand_as(zeros))  # a span masks every bin of its frames
+        cap = min(augment.time_mask_t, math.floor(length * augment.time_mask_p))
+        assert len(masked_spans(frames)) <= augment.time_mask_n
+        assert int(frames.sum()) <= augment.time_mask_n * max(cap - 1, 0)
+        widest = max(widest, int(frames.sum()))
     assert widest > 20
 
 

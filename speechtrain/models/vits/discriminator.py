@@ -35,6 +35,18 @@ def _narrow(channels: int, divisor: int) -> int:
     return max(1, channels // divisor)
 
 
+def convolve(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Both discriminators' stack: leaky-ReLU convolutions, then `conv_post`; -> flattened logits `[B, positions]`
+    and the feature map of every layer (the feature-matching loss compares them)."""
+    feature_maps = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        feature_maps.append(x)
+    x = conv_post(x)
+    feature_maps.append(x)
+    return torch.flatten(x, 1, -1), feature_maps
+
+
 class ScaleDiscriminator(nn.Module):
     """The original `DiscriminatorS`: strided grouped 1-D convolutions over the raw waveform."""
 
@@ -53,14 +65,7 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`[B, 1, samples]` -> logits `[B, positions]` and the feature map of every layer."""
-        feature_maps = []
-        x = waveform
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            feature_maps.append(x)
-        x = self.conv_post(x)
-        feature_maps.append(x)
-        return torch.flatten(x, 1, -1), feature_maps
+        return convolve(self.convs, self.conv_post, waveform)
 
 
 class PeriodDiscriminator(nn.Module):
@@ -86,14 +91,8 @@ class PeriodDiscriminator(nn.Module):
         batch, channels, samples = waveform.shape
         if samples % self.period:  # reflect-pad to a whole number of periods
             waveform = F.pad(waveform, (0, self.period - samples % self.period), "reflect")
-        x = waveform.view(batch, channels, -1, self.period)  # [B, 1, samples / period, period]
-        feature_maps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            feature_maps.append(x)
-        x = self.conv_post(x)
-        feature_maps.append(x)
-        return torch.flatten(x, 1, -1), feature_maps
+        folded = waveform.view(batch, channels, -1, self.period)  # [B, 1, samples / period, period]
+        return convolve(self.convs, self.conv_post, folded)
 
 
 class MultiPeriodDiscriminator(nn.Module):

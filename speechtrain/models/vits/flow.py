@@ -22,13 +22,8 @@ class VitsResidualCouplingLayer(nn.Module):
         nn.init.zeros_(self.conv_post.weight)  # the flow starts as the identity
         nn.init.zeros_(self.conv_post.bias)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        padding_mask: torch.Tensor,
-        speaker_embedding: torch.Tensor | None = None,
-        reverse: bool = False,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, speaker_embedding: torch.Tensor | None = None,
+                reverse: bool = False) -> torch.Tensor:
         """`[B, flow_size, T]` -> `[B, flow_size, T]`; `reverse` undoes the shift."""
         first_half, second_half = x.split(self.half_channels, dim=1)
         h = self.wavenet(self.conv_pre(first_half) * padding_mask, padding_mask, speaker_embedding)
@@ -42,13 +37,8 @@ class VitsResidualCouplingBlock(nn.Module):
         super().__init__()
         self.flows = nn.ModuleList(VitsResidualCouplingLayer(config) for _ in range(config.prior_encoder_num_flows))
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        padding_mask: torch.Tensor,
-        speaker_embedding: torch.Tensor | None = None,
-        reverse: bool = False,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor, speaker_embedding: torch.Tensor | None = None,
+                reverse: bool = False) -> torch.Tensor:
         """z `[B, flow_size, T]` -> z_p (training), or z_p -> z with `reverse` (synthesis)."""
         if not reverse:
             for flow in self.flows:
