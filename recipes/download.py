@@ -1,10 +1,10 @@
 """Download, verify and unpack a corpus archive; shared by the per-corpus prepare scripts.
 
 A download goes to `ARCHIVE.part` and is renamed to `ARCHIVE` only once it is whole and matches the checksum
-published for it (the prepare scripts keep those beside their URLs): a truncated or tampered archive is never
-unpacked. An interrupted download resumes from the partial file where the server honours `Range` requests
-and restarts cleanly where it does not; a mismatch deletes the file and names the archive. An unpacked
-archive leaves a `.done` marker beside its contents, so a rerun neither downloads nor unpacks it again.
+published for it (the prepare scripts keep those beside their URLs, openslr's in an `md5sum.txt`): a truncated or
+tampered archive is never unpacked. An interrupted download resumes from the partial file where the server honours
+`Range` requests and restarts cleanly where it does not; a mismatch deletes the file and names the archive. An
+unpacked archive leaves a `.done` marker beside its contents, so a rerun neither downloads nor unpacks it again.
 """
 
 from __future__ import annotations
@@ -35,6 +35,17 @@ def parse_checksum(checksum: str) -> tuple[str, str]:
     if HASH_LENGTHS.get(algorithm) != len(digest) or any(c not in "0123456789abcdef" for c in digest.lower()):
         raise ValueError(f"checksum {checksum!r} is not 'md5:<32 hex digits>' or 'sha256:<64 hex digits>'")
     return algorithm, digest.lower()
+
+
+def read_md5sums(path: Path) -> dict[str, str]:
+    """An `md5sum`-format file (`HEX  SUBSET.tar.gz` per line, as openslr publishes it) -> `{subset: "md5:HEX"}`,
+    each checked by `parse_checksum`."""
+    checksums = {}
+    for line in path.read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if line.strip():
+            checksums[name.removesuffix(".tar.gz")] = "md5:" + parse_checksum("md5:" + digest)[1]
+    return checksums
 
 
 def file_digest(path: Path, algorithm: str) -> str:

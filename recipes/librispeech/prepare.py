@@ -16,22 +16,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from download import prepare_openslr_subsets  # noqa: E402
+from download import prepare_openslr_subsets, read_md5sums  # noqa: E402
 
 from speechtrain.data.corpora import read_librispeech  # noqa: E402
 
 URL = "https://www.openslr.org/resources/12/{subset}.tar.gz"
-# openslr's published md5 sums (https://www.openslr.org/resources/12/md5sum.txt); every archive is checked before
-# it is unpacked.
-CHECKSUMS = {
-    "dev-clean": "md5:42e2234ba48799c1f50f24a7926300a1",
-    "dev-other": "md5:c8d0bcc9cca99d4f8b62fcc847357931",
-    "test-clean": "md5:32fa31d27d2e1cad72775fee3f4849a9",
-    "test-other": "md5:fb5a50374b501bb3bac4815ee91d3135",
-    "train-clean-100": "md5:2a93770f6d5c6c964bc36631d331a522",
-    "train-clean-360": "md5:c0e676e450a7ff2f54aeade5171606fa",
-    "train-other-500": "md5:d1a0fd59409feb2c614ce4d30c387708",
-}
+# openslr's published md5 sums (https://www.openslr.org/resources/12/md5sum.txt, kept beside this script);
+# every archive is checked before it is unpacked.
+CHECKSUMS = read_md5sums(Path(__file__).with_name("md5sum.txt"))
 PARTS = tuple(CHECKSUMS)
 
 

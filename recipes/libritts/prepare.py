@@ -21,22 +21,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from download import prepare_openslr_subsets  # noqa: E402
+from download import prepare_openslr_subsets, read_md5sums  # noqa: E402
 
 from speechtrain.cli import tokenize  # noqa: E402
 from speechtrain.data.corpora import read_libritts  # noqa: E402
 
 URL = "https://www.openslr.org/resources/60/{subset}.tar.gz"
-# The md5 sums of openslr's SLR60 archives; every archive is checked before it is unpacked.
-CHECKSUMS = {
-    "dev-clean": "md5:0c3076c1e5245bb3f0af7d82087ee207",
-    "dev-other": "md5:815555d8d75995782ac3ccd7f047213d",
-    "test-clean": "md5:7bed3bdb047c4c197f1ad3bc412db59f",
-    "test-other": "md5:ae3258249472a13b5abef2a816f733e4",
-    "train-clean-100": "md5:4a8c202b78fe1bc0c47916a98f3a2ea8",
-    "train-clean-360": "md5:a84ef10ddade5fd25df69596a2767b2d",
-    "train-other-500": "md5:7b181dd5ace343a5f38427999684aa6f",
-}
+# The md5 sums of openslr's SLR60 archives, in md5sum's format in the md5sum.txt beside this script;
+# every archive is checked before it is unpacked.
+CHECKSUMS = read_md5sums(Path(__file__).with_name("md5sum.txt"))
 SUBSETS = tuple(CHECKSUMS)
 
 
