@@ -59,12 +59,10 @@ class VitsTask(L.LightningModule):
         gradient_clip_val: float | None = None,
         validation_sentences: Sequence[str] = (),
         max_consecutive_nonfinite: int = 10,
-        feature_extractor: Any = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.model, self.tokenizer, self.discriminator = model, tokenizer, discriminator
-        self.feature_extractor = feature_extractor
         if discriminator_checkpoint is not None:
             discriminator.load_original_state_dict(load_untrusted(discriminator_checkpoint, "VITS discriminator"))
         self.generator_optimizer, self.discriminator_optimizer = generator_optimizer, discriminator_optimizer
@@ -210,5 +208,5 @@ class VitsTask(L.LightningModule):
         return optimizers, schedulers
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        attach_pretrained_files(checkpoint, self.model, self.tokenizer, self.feature_extractor)
+        attach_pretrained_files(checkpoint, self.model, self.tokenizer, None)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from speechtrain.errors import ConfigError
 from speechtrain.layers.attention import check_implementation
-from speechtrain.models.hf_config import hf_config_fields
+from speechtrain.models.hf_config import hf_config_fields, saved_fields
 
 
 @dataclass
@@ -38,7 +37,7 @@ class SoundStormConfig:
     semantic_rate: float = 50.0
     acoustic_rate: float = 50.0
     self_condition: bool = False
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 
     def __post_init__(self) -> None:
         for name in ("codebook_size", "num_quantizers", "dim", "depth", "heads", "dim_head", "ff_mult",
@@ -71,4 +70,4 @@ class SoundStormConfig:
         return cls(**hf_config_fields(cls, hf_config, ("soundstorm",)))
 
     def to_hf_dict(self) -> dict[str, Any]:
-        return {"architectures": ["SoundStorm"], "model_type": "soundstorm", **dataclasses.asdict(self)}
+        return {"architectures": ["SoundStorm"], "model_type": "soundstorm", **saved_fields(self)}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
-from speechtrain.models.hf_config import hf_config_fields
+from speechtrain.layers.attention import check_implementation
+from speechtrain.models.hf_config import hf_config_fields, saved_fields
 
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
@@ -55,8 +55,10 @@ class WhisperConfig:
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
     mask_feature_min_masks: int = 0
+    attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 
     def __post_init__(self) -> None:
+        check_implementation(self.attn_implementation)
         for name in ("vocab_size", "num_mel_bins", "encoder_layers", "decoder_layers", "encoder_attention_heads",
                      "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "d_model",
                      "max_source_positions", "max_target_positions"):
@@ -100,5 +102,5 @@ class WhisperConfig:
             "model_type": "whisper",
             "is_encoder_decoder": True,
             "use_cache": True,
-            **dataclasses.asdict(self),
+            **saved_fields(self),
         }

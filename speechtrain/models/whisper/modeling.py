@@ -7,12 +7,12 @@ what is Whisper's own: the convolutional front end, the sinusoidal encoder posit
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.transformer import (
     Attention,
     DecoderLayer,
@@ -135,11 +135,13 @@ class WhisperModel(nn.Module):
 class WhisperForConditionalGeneration(nn.Module):
     """Whisper with its language-model head (`proj_out`, tied to the token embedding by default)."""
 
-    def __init__(self, config: WhisperConfig, attn_implementation: str = "sdpa"):
+    # FSDP and activation-checkpointing units (read by speechtrain.distributed.block_classes)
+    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (WhisperEncoderLayer, WhisperDecoderLayer)
+
+    def __init__(self, config: WhisperConfig):
         super().__init__()
         self.config = config
-        self.attn_implementation = check_implementation(attn_implementation)
-        self.model = WhisperModel(config, attn_implementation)
+        self.model = WhisperModel(config, config.attn_implementation)
         self.proj_out = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         self.tie_weights()
