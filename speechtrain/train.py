@@ -205,7 +205,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.export and trainer.is_global_zero:
         export_dir = output_dir / "exported"
-        save_bundle(export_dir, model, getattr(task, "tokenizer", None), getattr(task, "feature_extractor", None))
+        save_bundle(export_dir, model, task.tokenizer, task.feature_extractor)
         write_model_card(export_dir, f"the end of the run in `{output_dir}` (step {trainer.global_step})",
                          (checkpoint_dir / "config.yaml").read_text(), metrics)
         log.info("exported a Hugging Face-format model to %s", export_dir)

@@ -58,6 +58,7 @@ class BarkTask(GuardedTask):
     `tokens` (scored tokens, summed) under `train/` and `val/`."""
 
     summed_metrics = frozenset({"tokens"})
+    feature_extractor = None  # token models: no audio front end to export
 
     def __init__(
         self,

@@ -29,6 +29,8 @@ OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 class SoundStormTask(GuardedTask):
     """Trains a `SoundStorm` on codec-token batches; self-conditions when the model has the parameters for it."""
 
+    tokenizer = feature_extractor = None  # codec tokens in, codec tokens out: the export has neither
+
     def __init__(
         self,
         model: SoundStorm,

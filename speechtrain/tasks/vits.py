@@ -37,6 +37,8 @@ GRADIENT_NORM_KEYS = {"generator": "train/grad_norm_g", "discriminator": "train/
 class VitsTask(L.LightningModule):
     """Trains a `VitsModel` on `TtsCollator` batches; the discriminator is saved in the checkpoint only."""
 
+    feature_extractor = None  # the task computes its spectrograms itself: nothing to export
+
     def __init__(
         self,
         model: VitsModel,
@@ -208,5 +210,5 @@ class VitsTask(L.LightningModule):
         return optimizers, schedulers
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        attach_pretrained_files(checkpoint, self.model, self.tokenizer, None)
+        attach_pretrained_files(checkpoint, self.model, self.tokenizer, self.feature_extractor)
 

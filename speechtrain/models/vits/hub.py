@@ -44,6 +44,15 @@ def state_dict_to_hf(model: VitsModel) -> dict[str, torch.Tensor]:
     return state
 
 
+def _kernel_norm(weight: torch.Tensor) -> torch.Tensor:
+    """The norm of `weight` (over all dimensions but 0) as weight norm's own kernel computes it: with it as the
+    norm and `weight` as the direction the parametrisation gives back `weight` bit for bit, so a folder saved,
+    loaded and saved again is unchanged (`torch.norm_except_dim`, what `right_inverse` uses, can differ from the
+    fused kernel in the last bit)."""
+    _, norm = torch._weight_norm_interface(weight, torch.norm_except_dim(weight, 2, 0), 0)
+    return norm.reshape(weight.shape[0], *([1] * (weight.dim() - 1)))
+
+
 def state_dict_from_hf(model: VitsModel, hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A transformers `VitsModel` state dict (either weight-norm naming) renamed to ours; keys are not checked."""
     state = {}
@@ -55,7 +64,7 @@ def state_dict_from_hf(model: VitsModel, hf_state: Mapping[str, torch.Tensor]) -
     for prefix in _weight_normed_decoder_modules(model):
         if prefix + "weight" in state:
             weight = state.pop(prefix + "weight")
-            state[prefix + NORM] = torch.norm_except_dim(weight, 2, 0)  # what weight_norm's right_inverse does
+            state[prefix + NORM] = _kernel_norm(weight)
             state[prefix + DIRECTION] = weight
     return state
 

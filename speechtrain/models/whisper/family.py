@@ -8,7 +8,8 @@ CARD = ModelCard("automatic-speech-recognition", "transformers",
                  "transformers.WhisperForConditionalGeneration.from_pretrained(folder)")
 PROCESSORS = {"tokenizer": "speechtrain.data.tokenizers:WhisperTokenizer",
               "feature_extractor": "speechtrain.data.features:WhisperFeatureExtractor"}
-EXAMPLE = "openai/whisper-tiny, downloaded with `huggingface-cli download openai/whisper-tiny --local-dir models/whisper-tiny`"
+EXAMPLE = ("openai/whisper-tiny, downloaded with "
+           "`huggingface-cli download openai/whisper-tiny --local-dir models/whisper-tiny`")
 
 MODEL_FAMILIES = (
     ModelFamily.from_hub(hub, "whisper", WhisperConfig, hub.build_whisper, CARD, **PROCESSORS,
