@@ -12,6 +12,7 @@ Prints a markdown table (paste into docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 import transformers
@@ -52,7 +53,7 @@ def main() -> None:
     theirs = transformers.Speech2TextForConditionalGeneration(hf_config)
     models = {}
     for implementation in ("sdpa", "eager"):
-        ours = Speech2TextForConditionalGeneration(ours_config, attn_implementation=implementation)
+        ours = Speech2TextForConditionalGeneration(dataclasses.replace(ours_config, attn_implementation=implementation))
         ours.load_state_dict(theirs.state_dict())
         models[f"speechtrain ({implementation})"] = ours.to(args.device).train()
     models["transformers (eager)"] = theirs.to(args.device).train()

@@ -11,6 +11,7 @@ neither gets a warmer machine. Prints a markdown table (paste into docs/benchmar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 import transformers
@@ -50,7 +51,7 @@ def main() -> None:
     ours_config, hf_config = make_configs(args.size, vocab_size=51865)
     theirs = transformers.WhisperForConditionalGeneration(hf_config)
     theirs.config._attn_implementation = "sdpa"
-    ours = WhisperForConditionalGeneration(ours_config, attn_implementation="sdpa")
+    ours = WhisperForConditionalGeneration(dataclasses.replace(ours_config, attn_implementation="sdpa"))
     ours.load_state_dict(theirs.state_dict(), strict=False)
     ours.to(args.device).train()
     theirs.to(args.device).train()

@@ -19,6 +19,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from speechtrain.errors import ConfigError
+from speechtrain.models.registry import family_of_builder
 
 _SCALARS: dict[type, tuple[type, ...]] = {
     bool: (bool,),
@@ -109,19 +110,6 @@ def check_targets(cfg: DictConfig, prefix: str = "") -> None:
                               f"{cfg._target_})")
 
 
-# Where to get a model folder for model.pretrained, by the builder that reads it (model._target_'s last part).
-PRETRAINED_EXAMPLES = {
-    "build_whisper": "openai/whisper-tiny, downloaded with "
-                     "`huggingface-cli download openai/whisper-tiny --local-dir models/whisper-tiny`",
-    "build_speech2text": "facebook/s2t-small-librispeech-asr, downloaded with `huggingface-cli download "
-                         "facebook/s2t-small-librispeech-asr --local-dir models/s2t-small-librispeech-asr`",
-    "build_vits": "facebook/mms-tts-eng, downloaded with "
-                  "`huggingface-cli download facebook/mms-tts-eng --local-dir models/mms-tts-eng`",
-    "build_bark": "one part of suno/bark saved by transformers, e.g. `BarkModel.from_pretrained('suno/bark')"
-                  ".semantic.save_pretrained('models/bark/semantic')` (.coarse_acoustics, .fine_acoustics likewise)",
-}
-
-
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
     """The dotted keys whose value is Hydra's `???` (a value the user must give), found without resolving."""
     if isinstance(node, dict):
@@ -139,8 +127,9 @@ def check_required_values(cfg: DictConfig) -> None:
         return
     recipe = cfg.get("recipe_name") or "this recipe"
     if "model.pretrained" in missing:
-        builder = str(cfg.model.get("_target_", "")).rpartition(".")[2]
-        example = PRETRAINED_EXAMPLES.get(builder, "a model of this family")
+        family = family_of_builder(str(cfg.model.get("_target_", "")))  # its registry entry says where to get one
+        example = family.pretrained_example if family is not None and family.pretrained_example else (
+            "a model of this family")
         raise ConfigError(
             f"model.pretrained is not set: {recipe} starts from a pretrained model. Add model.pretrained=PATH, "
             f"PATH a Hugging Face-format model folder (config.json and the weights, with its tokenizer files), "

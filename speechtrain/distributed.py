@@ -2,9 +2,8 @@
 (FSDP2) strategy built from them.
 
 FSDP shards a model at the granularity of its wrapped submodules and activation checkpointing recomputes
-whole submodules, so both want the same units: the blocks a model stacks. Models stay plain torch (no
-Lightning import under `speechtrain/models`), so the blocks are named here, by base class, and a model may
-add its own with a `block_classes` attribute.
+whole submodules, so both want the same units: the blocks a model stacks. Each model class names its own in a
+`block_classes` class attribute (as transformers' `_no_split_modules`), so no family is named here.
 """
 
 from __future__ import annotations
@@ -23,38 +22,24 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from speechtrain.errors import CheckpointError
-from speechtrain.layers.transformer import EncoderLayer
-from speechtrain.models.bark.modeling import BarkBlock
-from speechtrain.models.soundstorm.conformer import ConformerBlock
-from speechtrain.models.vits.decoder import HifiGanResidualBlock
-from speechtrain.models.vits.discriminator import PeriodDiscriminator, ScaleDiscriminator
-from speechtrain.models.vits.flow import VitsResidualCouplingLayer
-from speechtrain.models.vits.text_encoder import VitsEncoderLayer
 from speechtrain.safe_load import checkpoint_unpickling
 
 log = logging.getLogger(__name__)
 
-# Whisper and Speech2Text encoder and decoder layers derive from EncoderLayer (DecoderLayer is a subclass).
-BLOCK_BASES: tuple[type[nn.Module], ...] = (
-    EncoderLayer, VitsEncoderLayer, VitsResidualCouplingLayer, HifiGanResidualBlock, PeriodDiscriminator,
-    ScaleDiscriminator, ConformerBlock, BarkBlock,
-)
-
-
 def block_classes(module: nn.Module) -> set[type[nn.Module]]:
     """The concrete classes of the repeated blocks inside `module`: FSDP wrap units, checkpointing units.
 
-    A block is an instance of one of `BLOCK_BASES` or of a class listed in a submodule's `block_classes`
-    attribute. Raises ValueError when there is none: FSDP would then put the whole model in one unit,
-    gathering every parameter at once, which defeats sharding.
+    A block is an instance of a class listed in the `block_classes` attribute of `module` or of any submodule
+    (a task holds its model, and VITS's task its discriminator too). Raises ValueError when there is none: FSDP
+    would then put the whole model in one unit, gathering every parameter at once, which defeats sharding.
     """
-    bases = BLOCK_BASES + tuple(cls for m in module.modules() for cls in getattr(m, "block_classes", ()))
-    found = {type(m) for m in module.modules() if isinstance(m, bases)}
+    bases = tuple({cls for m in module.modules() for cls in getattr(m, "block_classes", ())})
+    found = {type(m) for m in module.modules() if bases and isinstance(m, bases)}
     if not found:
+        listed = ", ".join(sorted(b.__name__ for b in bases)) or "none listed"
         raise ValueError(
-            f"{type(module).__name__} has no submodule of a known block class "
-            f"({', '.join(b.__name__ for b in bases)}); give its model a `block_classes` attribute listing "
-            "the classes FSDP should wrap"
+            f"{type(module).__name__} has no submodule of a block class ({listed}); give its model a "
+            "`block_classes` class attribute listing the classes FSDP should wrap"
         )
     return found
 

@@ -1,17 +1,16 @@
 """Hugging Face-format folders: which model family a folder holds, and loading or saving all of it.
 
 A folder is a model (`config.json` + `model.safetensors`), its tokenizer files and its feature
-extractor's `preprocessor_config.json`. Families register here by their `model_type`; their `hub` modules read
-and write the model part with the shared functions below (config with overrides, weights, strict key check).
+extractor's `preprocessor_config.json`. Which family a folder holds comes from its `model_type` through the model
+registry (`speechtrain.models.registry`); the families' `hub` modules read and write the model part with the
+shared functions below (config with overrides, weights, strict key check).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from speechtrain.errors import CheckpointError, ConfigError
+from speechtrain.models.registry import get_family
 from speechtrain.safe_load import load_untrusted
 
 CONFIG_NAME = "config.json"
@@ -38,76 +38,30 @@ class AsrTokenizer(Protocol):
     def __len__(self) -> int: ...
 
 
-@dataclass(frozen=True)
-class Family:
-    """Where a family's pieces live, as `module:attribute` strings so that importing one loads one."""
-
-    model_hub: str  # module with load_pretrained(path), save_pretrained(model, path), model_from_hf_config(dict)
-    tokenizer: str | None  # class with from_pretrained(path) and save_pretrained(path); None for token-only models
-    feature_extractor: str | None = None  # the same, for families that have one (ASR)
-
-
-FAMILIES: dict[str, Family] = {
-    "whisper": Family(
-        model_hub="speechtrain.models.whisper.hub",
-        tokenizer="speechtrain.data.tokenizers:WhisperTokenizer",
-        feature_extractor="speechtrain.data.features:WhisperFeatureExtractor",
-    ),
-    "speech_to_text": Family(
-        model_hub="speechtrain.models.speech2text.hub",
-        tokenizer="speechtrain.data.tokenizers:Speech2TextTokenizer",
-        feature_extractor="speechtrain.data.features:Speech2TextFeatureExtractor",
-    ),
-    "vits": Family(model_hub="speechtrain.models.vits.hub", tokenizer="speechtrain.data.text:VitsTextTokenizer"),
-    # Codec-token models: SoundStorm reads and writes token ids only; Bark's semantic model reads text.
-    "soundstorm": Family(model_hub="speechtrain.models.soundstorm.hub", tokenizer=None),
-    "semantic": Family(model_hub="speechtrain.models.bark.hub",
-                       tokenizer="speechtrain.data.bark_text:BarkTextTokenizer"),
-    "coarse_acoustics": Family(model_hub="speechtrain.models.bark.hub", tokenizer=None),
-    "fine_acoustics": Family(model_hub="speechtrain.models.bark.hub", tokenizer=None),
-}
-
-
-def _resolve(path: str) -> Any:
-    module, _, attribute = path.partition(":")
-    loaded = importlib.import_module(module)
-    return getattr(loaded, attribute) if attribute else loaded
-
-
 def read_model_type(folder: str | Path) -> str:
+    """The `model_type` of `folder/config.json`, which must be a registered one."""
     config_path = Path(folder) / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: expected a Hugging Face-format model folder")
     model_type = json.loads(config_path.read_text()).get("model_type")
-    if model_type not in FAMILIES:
-        raise CheckpointError(
-            f"{config_path}: model_type {model_type!r} is not supported; known: {', '.join(sorted(FAMILIES))}"
-        )
-    return model_type
-
-
-def family_of(model_type: str) -> Family:
-    if model_type not in FAMILIES:
-        raise CheckpointError(f"model_type {model_type!r} is not supported; known: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[model_type]
+    return get_family(model_type, str(config_path)).model_type
 
 
 def load_processors(folder: str | Path, **tokenizer_kwargs: Any) -> tuple[Any, Any]:
-    """(tokenizer, feature_extractor) from a Hugging Face-format folder."""
-    family = family_of(read_model_type(folder))
-    tokenizer = None if family.tokenizer is None else _resolve(family.tokenizer).from_pretrained(
-        str(folder), **tokenizer_kwargs)
-    if family.feature_extractor is None:
-        return tokenizer, None
-    return tokenizer, _resolve(family.feature_extractor).from_pretrained(str(folder))
+    """(tokenizer, feature_extractor) from a Hugging Face-format folder; None for what its family has not."""
+    family = get_family(read_model_type(folder))
+    tokenizer_class, feature_extractor_class = family.tokenizer_class(), family.feature_extractor_class()
+    tokenizer = None if tokenizer_class is None else tokenizer_class.from_pretrained(str(folder), **tokenizer_kwargs)
+    features = None if feature_extractor_class is None else feature_extractor_class.from_pretrained(str(folder))
+    return tokenizer, features
 
 
 def load_bundle(
-    folder: str | Path, tokenizer_kwargs: dict[str, Any] | None = None, **model_kwargs: Any
+    folder: str | Path, overrides: Mapping[str, Any] | None = None, tokenizer_kwargs: dict[str, Any] | None = None
 ) -> tuple[nn.Module, Any, Any]:
-    """(model, tokenizer, feature_extractor or None) from a Hugging Face-format folder."""
-    family = family_of(read_model_type(folder))
-    model = _resolve(family.model_hub).load_pretrained(str(folder), **model_kwargs)
+    """(model, tokenizer, feature_extractor or None) from a Hugging Face-format folder; `overrides` replace its
+    config.json values, the same for every family (e.g. `{"attn_implementation": "eager"}`, dropout)."""
+    model = get_family(read_model_type(folder)).load_pretrained(str(folder), overrides)
     return (model, *load_processors(folder, **(tokenizer_kwargs or {})))
 
 
@@ -125,15 +79,32 @@ def save_support_files(folder: str | Path, model: nn.Module, tokenizer: Any, fea
 def save_bundle(folder: str | Path, model: nn.Module, tokenizer: Any, feature_extractor: Any = None) -> None:
     """A complete Hugging Face-format folder that transformers loads."""
     save_support_files(folder, model, tokenizer, feature_extractor)
-    family = family_of(model.config.to_hf_dict()["model_type"])
-    _resolve(family.model_hub).save_pretrained(model, str(folder))
+    get_family(model.config.to_hf_dict()["model_type"]).save_pretrained(model, str(folder))
 
 
 def model_from_folder_config(folder: str | Path) -> nn.Module:
     """A randomly initialised model of the architecture in `folder/config.json` (weights loaded later)."""
-    family = family_of(read_model_type(folder))
-    config = json.loads((Path(folder) / CONFIG_NAME).read_text())
-    return _resolve(family.model_hub).model_from_hf_config(config)
+    family = get_family(read_model_type(folder))
+    return family.model_from_hf_config(json.loads((Path(folder) / CONFIG_NAME).read_text()))
+
+
+def build_values(
+    config: Mapping[str, Any] | None, pretrained: str | Path | None, overrides: Mapping[str, Any] | None, where: str
+) -> dict[str, Any]:
+    """The config values a family's `build` starts from: `config` with `overrides` on top for a model from scratch,
+    the `overrides` alone (to replace config.json values) for a `pretrained` folder, whose config.json is the
+    architecture; `config` and `pretrained` together are refused rather than one silently ignored."""
+    if pretrained is not None and config:
+        raise ConfigError(f"{where}: config={dict(config)} describes a model from scratch, but pretrained={pretrained} "
+                          "is given too; put values that change the folder's config.json under overrides")
+    return {**(config or {}), **(overrides or {})}
+
+
+def fit_tokenizer(model: nn.Module, tokenizer: Any, where: str | Path) -> nn.Module:
+    """`model`, after checking that its embedding has a row for every token of `tokenizer` (when there is one)."""
+    if tokenizer is not None:
+        check_tokenizer_fits(len(tokenizer), model.config.vocab_size, str(where))
+    return model
 
 
 def check_config_keys(values: Mapping[str, Any], config_class: type, where: str) -> None:
@@ -226,21 +197,16 @@ def scratch_vocab_size(tokenizer: Any, values: Mapping[str, Any], config_class: 
 
 
 def load_tied_model(
-    path: str | Path,
-    model_class: Any,
-    config_class: Any,
-    tied_key: str,
-    config_overrides: Mapping[str, Any] | None = None,
-    **model_kwargs: Any,
+    path: str | Path, model_class: Any, config_class: Any, tied_key: str, overrides: Mapping[str, Any] | None = None
 ) -> Any:
-    """`model_class(config, **model_kwargs)` with the weights of folder `path`, every key checked; `tied_key` (the
+    """`model_class(config)` with the weights of folder `path`, every key checked; `tied_key` (the
     output head tied to the token embedding) may be absent when `config.tie_word_embeddings`. The model is built
     on the meta device, so no time goes into initialising weights that are about to be replaced; buffers outside
     the state dict are the caller's to rebuild."""
-    config = load_config(path, config_class, config_overrides)
+    config = load_config(path, config_class, overrides)
     state = read_state_dict(path)
     with torch.device("meta"):
-        model = model_class(config, **model_kwargs)
+        model = model_class(config)
     check_state_dict(model, state, str(path), optional={tied_key} if config.tie_word_embeddings else ())
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()

@@ -12,18 +12,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# model_type -> (Hugging Face pipeline tag, library that loads the folder, how to load it)
-FAMILY_CARDS: dict[str, tuple[str, str, str]] = {
-    "whisper": ("automatic-speech-recognition", "transformers",
-                "transformers.WhisperForConditionalGeneration.from_pretrained(folder)"),
-    "speech_to_text": ("automatic-speech-recognition", "transformers",
-                       "transformers.Speech2TextForConditionalGeneration.from_pretrained(folder)"),
-    "vits": ("text-to-speech", "transformers", "transformers.VitsModel.from_pretrained(folder)"),
-    "semantic": ("text-to-speech", "transformers", "transformers.BarkSemanticModel.from_pretrained(folder)"),
-    "coarse_acoustics": ("text-to-speech", "transformers", "transformers.BarkCoarseModel.from_pretrained(folder)"),
-    "fine_acoustics": ("text-to-speech", "transformers", "transformers.BarkFineModel.from_pretrained(folder)"),
-    "soundstorm": ("audio-to-audio", "speechtrain", "speechtrain.models.soundstorm.load_pretrained(folder)"),
-}
+from speechtrain.models.registry import ModelCard, families
+
+# A folder of a model type that is not registered still gets a card.
+UNKNOWN_CARD = ModelCard(pipeline_tag="", library="speechtrain", load="speechtrain.hub.load_bundle")
+
+
+def card_of(model_type: str) -> ModelCard:
+    """The model-card facts of `model_type`, which its family's registry entry holds."""
+    family = families().get(model_type)
+    return UNKNOWN_CARD if family is None else family.card
 
 
 def write_model_card(
@@ -33,7 +31,8 @@ def write_model_card(
     (a checkpoint, a run folder), `config_yaml` is the run's resolved config, `metrics` its final metrics."""
     folder = Path(folder)
     model_type = json.loads((folder / "config.json").read_text()).get("model_type", "model")
-    pipeline_tag, library, load = FAMILY_CARDS.get(model_type, ("", "speechtrain", "speechtrain.hub.load_bundle"))
+    card = card_of(model_type)
+    pipeline_tag, library, load = card.pipeline_tag, card.library, card.load
     recipe = OmegaConf.create(config_yaml).get("recipe_name") if config_yaml else None
     lines = ["---", f"library_name: {library}", f"pipeline_tag: {pipeline_tag}" if pipeline_tag else None,
              "tags: [speechtrain]", "---", f"# {model_type} trained with speechtrain", "",

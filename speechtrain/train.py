@@ -7,6 +7,7 @@ returns the metric a sweep optimises.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from speechtrain.distributed import build_strategy
 from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import save_bundle
 from speechtrain.model_card import write_model_card
+from speechtrain.models.registry import family_of_builder
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,15 @@ def _token_info(folder: str, key: str) -> Any:
     return value
 
 
+def _model_type(builder: str) -> str:
+    """The model type a model builder (a `model._target_`) builds, from the model registry, so that a data config
+    follows the model (`${model_type:${model._target_}}`) instead of repeating it."""
+    family = family_of_builder(builder)
+    if family is None:
+        raise ConfigError(f"model._target_={builder} is not the builder of a registered model type")
+    return family.model_type
+
+
 def _eval_int(expression: str) -> int:
     if not re.fullmatch(r"[\d\s+\-*/()]+", str(expression)):
         raise ValueError(f"eval_int accepts integer arithmetic only, got {expression!r}")
@@ -81,6 +92,7 @@ def register_resolvers() -> None:
         "working_dir": os.getcwd,
         "model_config_value": _model_config_value,
         "token_info": _token_info,
+        "model_type": _model_type,
         # Integer arithmetic on config values, e.g. ${eval_int:${audio.n_fft} // 2 + 1}; digits and + - * // ( ) only.
         "eval_int": _eval_int,
     }
@@ -136,20 +148,27 @@ def _set_float32_matmul_precision(precision: str | None) -> None:
         torch.set_float32_matmul_precision(precision)
 
 
+def _taken_arguments(node: DictConfig, **inputs: Any) -> dict[str, Any]:
+    """The `inputs` that the `_target_` of `node` takes by its signature (all of them if it takes `**kwargs`), so
+    that a builder, data module or task is handed only what it uses."""
+    parameters = inspect.signature(hydra.utils.get_object(node._target_)).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return inputs
+    return {name: value for name, value in inputs.items() if name in parameters}
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
     check_required_values(cfg)
     check_targets(cfg)
+    # Token-only recipes (SoundStorm, Bark's coarse and fine models) have no tokenizer; TTS recipes compute
+    # spectrograms in their data module and task, so only ASR recipes have a feature extractor.
     tokenizer = hydra.utils.instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
-    # ASR recipes have a feature extractor; TTS recipes compute spectrograms in their data module and task.
     feature_extractor = hydra.utils.instantiate(cfg.features) if cfg.get("features") else None
-    model = hydra.utils.instantiate(cfg.model, tokenizer=tokenizer)
-    # Token-only recipes (SoundStorm, Bark's coarse and fine models) have neither tokenizer nor features.
-    data_inputs = {"tokenizer": tokenizer} if tokenizer is not None else {}
-    if feature_extractor is not None:
-        data_inputs["feature_extractor"] = feature_extractor
-    datamodule = hydra.utils.instantiate(cfg.data, **data_inputs)
-    task = hydra.utils.instantiate(cfg.task, model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    inputs = {"tokenizer": tokenizer, "feature_extractor": feature_extractor}
+    model = hydra.utils.instantiate(cfg.model, **_taken_arguments(cfg.model, **inputs))
+    datamodule = hydra.utils.instantiate(cfg.data, **_taken_arguments(cfg.data, **inputs))
+    task = hydra.utils.instantiate(cfg.task, **_taken_arguments(cfg.task, **inputs), model=model)
     return task, datamodule
 
 

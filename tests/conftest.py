@@ -52,7 +52,7 @@ def train_and_export(compose, tmp_path) -> Callable[..., tuple]:
         checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
         folder = export_checkpoint(checkpoint, tmp_path / "hf")
         state = load_checkpoint(checkpoint)["state_dict"]
-        return folder, load_bundle(folder, attn_implementation="eager"), state
+        return folder, load_bundle(folder, {"attn_implementation": "eager"}), state
 
     return _train_and_export
 

@@ -84,7 +84,7 @@ def test_averaged_checkpoint_is_the_element_wise_mean_and_exports(compose, tmp_p
         torch.testing.assert_close(result["state_dict"][key], sum(state[key] for state in states) / 3)
 
     folder = export_checkpoint(averaged, tmp_path / "hf")
-    model = load_bundle(folder, attn_implementation="eager")[0]
+    model = load_bundle(folder, {"attn_implementation": "eager"})[0]
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, result["state_dict"][f"model.{name}"])
 

@@ -6,9 +6,9 @@ import soundfile
 import torch
 from safetensors.torch import load_file
 
-from speechtrain.cli.bark_generate import main as bark_generate_main
 from speechtrain.cli.export import export_checkpoint
 from speechtrain.hub import load_bundle
+from speechtrain.models.bark.cli import main as bark_generate_main
 from speechtrain.train import train
 
 transformers = pytest.importorskip("transformers")

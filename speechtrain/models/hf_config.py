@@ -8,6 +8,10 @@ from typing import Any
 
 from speechtrain.errors import CheckpointError
 
+# Config fields that say how to run the model, not what it is: kept out of `config.json` (transformers keeps its
+# `_attn_implementation` out too), so a folder loads with whichever kernel the loading machine has.
+RUNTIME_FIELDS = frozenset({"attn_implementation"})
+
 
 def known_fields(config_class: type, values: Mapping[str, Any] | None) -> dict[str, Any]:
     """The entries of `values` that are fields of the `config_class` dataclass; the rest (`architectures`, keys
@@ -24,3 +28,8 @@ def hf_config_fields(config_class: type, hf_config: Mapping[str, Any], model_typ
         expected = repr(model_types[0]) if len(model_types) == 1 else f"one of {tuple(model_types)}"
         raise CheckpointError(f"config has model_type={model_type!r}, expected {expected}")
     return known_fields(config_class, hf_config)
+
+
+def saved_fields(config: Any) -> dict[str, Any]:
+    """The fields of a config dataclass that go into `config.json`: all but the `RUNTIME_FIELDS`."""
+    return {key: value for key, value in dataclasses.asdict(config).items() if key not in RUNTIME_FIELDS}

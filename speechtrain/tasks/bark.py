@@ -58,6 +58,7 @@ class BarkTask(GuardedTask):
     `tokens` (scored tokens, summed) under `train/` and `val/`."""
 
     summed_metrics = frozenset({"tokens"})
+    feature_extractor = None  # token models: no audio front end to export
 
     def __init__(
         self,
@@ -69,14 +70,13 @@ class BarkTask(GuardedTask):
         lora: Mapping[str, Any] | None = None,
         max_consecutive_nonfinite: int = 10,
         tokenizer: Any = None,
-        feature_extractor: Any = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         self.forward_logits = FORWARDS[model.config.model_type]
         self.model = model
         self.optimizer_factory = optimizer
         self.warmup_steps, self.lr_decay, self.min_lr_ratio = warmup_steps, lr_decay, min_lr_ratio
-        self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
+        self.tokenizer = tokenizer  # the semantic model's text tokenizer, saved with its checkpoints and export
         if lora:
             unknown = set(lora) - LORA_KEYS
             if unknown or "targets" not in lora:

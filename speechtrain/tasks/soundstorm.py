@@ -28,6 +28,8 @@ from speechtrain.tasks.sample_logging import log_audio
 class SoundStormTask(GuardedTask):
     """Trains a `SoundStorm` on codec-token batches; self-conditions when the model has the parameters for it."""
 
+    tokenizer = feature_extractor = None  # codec tokens in, codec tokens out: the export has neither
+
     def __init__(
         self,
         model: SoundStorm,
@@ -45,8 +47,6 @@ class SoundStormTask(GuardedTask):
         prompt_seconds: float = 3.0,
         codec: Any = None,
         max_consecutive_nonfinite: int = 10,
-        tokenizer: Any = None,
-        feature_extractor: Any = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         config = model.config
@@ -62,7 +62,6 @@ class SoundStormTask(GuardedTask):
         self.sample_steps = tuple(sample_steps)
         self.prompt_seconds = prompt_seconds
         self.__dict__["codec"] = codec  # not a submodule: kept out of the state dict and the checkpoint
-        self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
         self._sample_item: dict[str, torch.Tensor] | None = None
 
     # --- training -------------------------------------------------------------------------------

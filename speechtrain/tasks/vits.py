@@ -37,6 +37,8 @@ GRADIENT_NORM_KEYS = {"generator": "train/grad_norm_g", "discriminator": "train/
 class VitsTask(L.LightningModule):
     """Trains a `VitsModel` on `TtsCollator` batches; the discriminator is saved in the checkpoint only."""
 
+    feature_extractor = None  # the task computes its spectrograms itself: nothing to export
+
     def __init__(
         self,
         model: VitsModel,
@@ -59,12 +61,10 @@ class VitsTask(L.LightningModule):
         gradient_clip_val: float | None = None,
         validation_sentences: Sequence[str] = (),
         max_consecutive_nonfinite: int = 10,
-        feature_extractor: Any = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.model, self.tokenizer, self.discriminator = model, tokenizer, discriminator
-        self.feature_extractor = feature_extractor
         if discriminator_checkpoint is not None:
             discriminator.load_original_state_dict(load_untrusted(discriminator_checkpoint, "VITS discriminator"))
         self.generator_optimizer, self.discriminator_optimizer = generator_optimizer, discriminator_optimizer

@@ -8,7 +8,8 @@ from speechtrain.models.bark import (
     BarkFineModel,
     BarkGenerationConfig,
     BarkSubModelConfig,
-    build_bark,
+    build_coarse_acoustics,
+    build_semantic,
     load_hf_state_dict,
     load_pretrained,
     model_from_hf_config,
@@ -118,7 +119,7 @@ def test_merged_context_sums_text_and_history_embeddings():
 def test_folders_round_trip_with_transformers(kind, tmp_path):
     hf = hf_model(kind, bias=kind != "coarse_acoustics")
     hf.save_pretrained(tmp_path / "hf")
-    ours = load_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    ours = load_pretrained(tmp_path / "hf", {"attn_implementation": "eager"}).eval()
     save_pretrained(ours, tmp_path / "ours")
     model_class = type(hf)
     back = model_class.from_pretrained(tmp_path / "ours").eval()
@@ -140,14 +141,14 @@ def test_config_validation_and_builder_errors(tmp_path):
         BarkSubModelConfig(hidden_size=30, num_heads=4)
     with pytest.raises(ValueError, match="tie_word_embeddings"):
         BarkSubModelConfig(model_type="fine_acoustics", input_vocab_size=1056, output_vocab_size=1024)
-    with pytest.raises(ValueError, match="kind"):
-        build_bark("text")
-    model = build_bark("coarse_acoustics", {"hidden_size": 32, "num_layers": 1, "num_heads": 2})
+    with pytest.raises(ValueError, match="contradicts the builder's 'semantic'"):
+        build_semantic({"model_type": "coarse_acoustics"})
+    model = build_coarse_acoustics({"hidden_size": 32, "num_layers": 1, "num_heads": 2})
     assert isinstance(model, BarkCausalModel) and model.config.model_type == "coarse_acoustics"
     save_pretrained(model, tmp_path)
     with pytest.raises(ValueError, match="holds a 'coarse_acoustics' model"):
-        build_bark("semantic", pretrained=str(tmp_path))
-    rebuilt = build_bark("coarse_acoustics", pretrained=str(tmp_path), config_overrides={"dropout": 0.1})
+        build_semantic(pretrained=str(tmp_path))
+    rebuilt = build_coarse_acoustics(pretrained=str(tmp_path), overrides={"dropout": 0.1})
     assert rebuilt.config.dropout == 0.1
 
 

@@ -125,7 +125,7 @@ def test_transformers_export_loads_in_ours(tmp_path, case, safe_serialization):
     else:  # an older checkpoint layout: pytorch_model.bin holding the tied weight too
         hf.config.save_pretrained(tmp_path)
         torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
-    ours = case["family"].load_pretrained(tmp_path, attn_implementation="eager").eval()
+    ours = case["family"].load_pretrained(tmp_path, {"attn_implementation": "eager"}).eval()
     assert ours.get_parameter(case["tied_key"]) is ours.model.decoder.embed_tokens.weight
     assert case["check_loaded"](ours)
     diff = case["logits_diff"](hf, ours)

@@ -104,9 +104,9 @@ def test_hub_round_trip_is_exact(tmp_path):
     assert torch.equal(model(codes, None, semantic), loaded(codes, None, semantic))
     bundled, tokenizer, features = load_bundle(tmp_path / "folder")
     assert isinstance(bundled, SoundStorm) and tokenizer is None and features is None
-    assert load_pretrained(tmp_path / "folder", attn_implementation="eager").config.attn_implementation == "eager"
+    assert load_pretrained(tmp_path / "folder", {"attn_implementation": "eager"}).config.attn_implementation == "eager"
     with pytest.raises(ValueError, match="unknown SoundStormConfig keys"):
-        load_pretrained(tmp_path / "folder", width=3)
+        load_pretrained(tmp_path / "folder", {"width": 3})
 
 
 def test_wrong_weights_are_reported_with_the_folder(tmp_path):
@@ -118,11 +118,11 @@ def test_wrong_weights_are_reported_with_the_folder(tmp_path):
 
 
 def test_builder_from_fields_and_from_a_folder(tmp_path):
-    model = build_soundstorm({"dim": 32, "depth": 1, "heads": 2, "dim_head": 16}, codebook_size=K, num_quantizers=Q,
-                             num_semantic_tokens=0, tokenizer=object())
+    model = build_soundstorm({"dim": 32, "depth": 1, "heads": 2, "dim_head": 16},
+                             overrides={"codebook_size": K, "num_quantizers": Q, "num_semantic_tokens": 0})
     assert model.config.codebook_size == K and model.semantic_token_emb is None
     save_pretrained(model, tmp_path / "m")
-    again = build_soundstorm(pretrained=str(tmp_path / "m"), ff_dropout=0.1)
+    again = build_soundstorm(pretrained=str(tmp_path / "m"), overrides={"ff_dropout": 0.1})
     assert again.config.ff_dropout == 0.1 and again.config.dim == 32
 
 

@@ -34,8 +34,8 @@ def hf_model(seed=0, **overrides):
 
 
 def ours_from(hf, attn_implementation="sdpa"):
-    model = Speech2TextForConditionalGeneration(Speech2TextConfig.from_hf_dict(hf.config.to_dict()),
-                                                attn_implementation)
+    config = Speech2TextConfig.from_hf_dict({**hf.config.to_dict(), "attn_implementation": attn_implementation})
+    model = Speech2TextForConditionalGeneration(config)
     model.load_state_dict(hf.state_dict(), strict=True)
     return model.eval()
 
@@ -145,7 +145,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="subsample to 5 positions"):
         ours.decode(ids, encoded, frame_mask[:, :20])
     with pytest.raises(ValueError, match="attn_implementation"):
-        Speech2TextForConditionalGeneration(Speech2TextConfig(**TINY), attn_implementation="fast")
+        Speech2TextConfig(**TINY, attn_implementation="fast")
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -171,15 +171,15 @@ def test_build_speech2text_from_scratch_and_pretrained(tmp_path):
                                     vocab_size=28)
     sizes = {name: TINY[name] for name in ("d_model", "encoder_layers", "decoder_layers", "conv_channels",
                                            "input_feat_per_channel", "encoder_ffn_dim", "decoder_ffn_dim")}
-    model = build_speech2text(tokenizer, sizes)
+    model = build_speech2text(sizes, tokenizer=tokenizer)
     assert model.config.vocab_size == len(tokenizer) == 28
     assert model.config.decoder_start_token_id == tokenizer.prefix_ids[0] == tokenizer.eos_id == 2
     assert (model.config.pad_token_id, model.config.bos_token_id) == (tokenizer.pad_id, tokenizer.bos_id) == (1, 0)
     with pytest.raises(ValueError, match="unknown Speech2TextConfig keys"):
-        build_speech2text(tokenizer, {"hidden_size": 64})
+        build_speech2text({"hidden_size": 64}, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="smaller than the tokenizer"):
-        build_speech2text(tokenizer, {**sizes, "vocab_size": 10})
+        build_speech2text({**sizes, "vocab_size": 10}, tokenizer=tokenizer)
     save_pretrained(model, tmp_path)
-    loaded = build_speech2text(tokenizer, {"dropout": 0.2}, pretrained=str(tmp_path))
+    loaded = build_speech2text(pretrained=str(tmp_path), overrides={"dropout": 0.2}, tokenizer=tokenizer)
     assert loaded.config.dropout == 0.2
     torch.testing.assert_close(loaded.state_dict(), model.state_dict())

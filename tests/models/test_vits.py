@@ -185,9 +185,9 @@ def test_load_pretrained_reports_bad_folders(tmp_path):
         load_pretrained(tmp_path)
     hf_model().save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="unknown VitsConfig keys"):
-        load_pretrained(tmp_path, config_overrides={"hidden_dim": 3})
+        load_pretrained(tmp_path, {"hidden_dim": 3})
     with pytest.raises(ValueError, match="shape mismatches"):
-        load_pretrained(tmp_path, config_overrides={"vocab_size": 21})
+        load_pretrained(tmp_path, {"vocab_size": 21})
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_attention_heads": 3}))
     with pytest.raises(ValueError, match="config.json.*divisible"):

@@ -36,7 +36,8 @@ def hf_model(attn_implementation="sdpa", seed=0, **overrides):
 
 
 def ours_from(hf, attn_implementation="sdpa"):
-    model = WhisperForConditionalGeneration(WhisperConfig.from_hf_dict(hf.config.to_dict()), attn_implementation)
+    config = WhisperConfig.from_hf_dict({**hf.config.to_dict(), "attn_implementation": attn_implementation})
+    model = WhisperForConditionalGeneration(config)
     model.load_state_dict(hf.state_dict(), strict=True)
     return model.eval()
 
@@ -92,7 +93,7 @@ def test_wrong_input_length_and_long_decoding_raise():
     with pytest.raises(ValueError, match="max_target_positions=40"):
         ours(torch.randn(1, 16, 100), None, torch.ones(1, 41, dtype=torch.long))
     with pytest.raises(ValueError, match="attn_implementation"):
-        WhisperForConditionalGeneration(WhisperConfig(**TINY), attn_implementation="fast")
+        WhisperConfig(**TINY, attn_implementation="fast")
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -114,16 +115,16 @@ def test_build_whisper_from_scratch_and_pretrained(tmp_path):
     tokenizer = train_whisper_tokenizer(["a small corpus of words", "more words here"], vocab_size=300)
     sizes = ("d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
              "num_mel_bins", "max_source_positions")
-    model = build_whisper(tokenizer, {name: TINY[name] for name in sizes})
+    model = build_whisper({name: TINY[name] for name in sizes}, tokenizer=tokenizer)
     assert model.config.vocab_size == len(tokenizer)
     assert model.config.decoder_start_token_id == tokenizer.prefix_ids[0]
     assert model.config.eos_token_id == tokenizer.eos_id and model.config.pad_token_id == tokenizer.pad_id
     with pytest.raises(ValueError, match="unknown WhisperConfig keys"):
-        build_whisper(tokenizer, {"hidden_size": 64})
+        build_whisper({"hidden_size": 64}, tokenizer=tokenizer)
     save_pretrained(model, tmp_path)
-    loaded = build_whisper(tokenizer, {"dropout": 0.2}, pretrained=str(tmp_path))
+    loaded = build_whisper(pretrained=str(tmp_path), overrides={"dropout": 0.2}, tokenizer=tokenizer)
     assert loaded.config.dropout == 0.2
     torch.testing.assert_close(loaded.state_dict(), model.state_dict())
     bigger = train_whisper_tokenizer([" ".join(f"w{i}" for i in range(300))], vocab_size=400)
     with pytest.raises(ValueError, match="tokenizer has"):
-        build_whisper(bigger, pretrained=str(tmp_path))
+        build_whisper(pretrained=str(tmp_path), tokenizer=bigger)

@@ -7,7 +7,7 @@ import torch
 from speechtrain.data.bark_data import BarkCoarseCollator, BarkFineCollator, BarkSemanticCollator
 from speechtrain.data.token_shards import TokenizedUtterance
 from speechtrain.layers.lora import LoRALinear
-from speechtrain.models.bark import build_bark, model_from_hf_config
+from speechtrain.models.registry import get_family
 from speechtrain.tasks.bark import LORA_CHECKPOINT_KEY, BarkTask
 from speechtrain.tasks.checkpointing import PRETRAINED_FILES_KEY, model_state_dict
 
@@ -40,7 +40,7 @@ class WordTokenizer:
 
 def tiny(kind, seed=0):
     torch.manual_seed(seed)
-    return build_bark(kind, dict(**SIZES[kind], hidden_size=32, num_layers=1, num_heads=2, block_size=1024))
+    return get_family(kind).build(dict(**SIZES[kind], hidden_size=32, num_layers=1, num_heads=2, block_size=1024))
 
 
 def utterances(count=2, frames=45, seed=0):
@@ -113,7 +113,9 @@ def test_lora_trains_the_adapters_and_checkpoints_a_plain_model():
     task.on_save_checkpoint(checkpoint)
     assert set(model_state_dict(checkpoint)) == plain_keys and b"coarse_acoustics" in \
         checkpoint[PRETRAINED_FILES_KEY]["config.json"]
-    exported = model_from_hf_config({"model_type": "coarse_acoustics", **tiny("coarse_acoustics").config.to_hf_dict()})
+    coarse = get_family("coarse_acoustics")
+    exported = coarse.model_from_hf_config({"model_type": "coarse_acoustics",
+                                            **tiny("coarse_acoustics").config.to_hf_dict()})
     exported.load_state_dict(model_state_dict(checkpoint))  # what speechtrain-export does
     task.model.eval()
     ids = batch["input_ids"][:1, :300]

@@ -79,7 +79,7 @@ def test_trainer_fit_validates_at_a_fixed_seed_samples_audio_and_checkpoints(tmp
     torch.manual_seed(0)
     codec = FakeCodec()
     task = SoundStormTask(tiny_model(), functools.partial(torch.optim.AdamW, lr=1e-3), warmup_steps=2, codec=codec,
-                          sample_steps=(2, 1), prompt_seconds=0.1, tokenizer=None, feature_extractor=None)
+                          sample_steps=(2, 1), prompt_seconds=0.1)
     batches = [make_batch(seed=s) for s in range(2)]
     loader = DataLoader(batches, batch_size=None)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -10,7 +10,9 @@ from speechtrain.models.bark.config import (
 )
 from speechtrain.models.bark.generation import generate_audio, generate_coarse, generate_fine, generate_semantic
 from speechtrain.models.bark.hub import (
-    build_bark,
+    build_coarse_acoustics,
+    build_fine_acoustics,
+    build_semantic,
     load_hf_state_dict,
     load_pretrained,
     model_from_config,
@@ -27,7 +29,9 @@ __all__ = [
     "CoarseGenerationConfig",
     "FineGenerationConfig",
     "SemanticGenerationConfig",
-    "build_bark",
+    "build_coarse_acoustics",
+    "build_fine_acoustics",
+    "build_semantic",
     "generate_audio",
     "generate_coarse",
     "generate_fine",

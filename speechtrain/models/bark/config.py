@@ -10,7 +10,6 @@ them from here, so the two cannot drift apart.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from speechtrain.errors import ConfigError
 from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.config_fields import check_choice, check_divisible, check_positive_int, check_probability
-from speechtrain.models.hf_config import hf_config_fields, known_fields
+from speechtrain.models.hf_config import hf_config_fields, known_fields, saved_fields
 
 MODEL_TYPES = ("semantic", "coarse_acoustics", "fine_acoustics")
 ARCHITECTURES = {"semantic": "BarkSemanticModel", "coarse_acoustics": "BarkCoarseModel",
@@ -80,7 +79,7 @@ class BarkSubModelConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The `config.json` dict that transformers' `BarkSemanticConfig` / `BarkCoarseConfig` / `BarkFineConfig`
         writes and reads."""
-        values = {key: value for key, value in dataclasses.asdict(self).items() if key != "attn_implementation"}
+        values = saved_fields(self)
         if not self.is_fine:
             values = {key: value for key, value in values.items() if key not in FINE_ONLY_FIELDS}
         return {"architectures": [ARCHITECTURES[self.model_type]], "use_cache": True, **values}

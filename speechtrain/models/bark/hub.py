@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from speechtrain.errors import CheckpointError, ConfigError
-from speechtrain.hub import check_state_dict, load_config, read_state_dict, write_model_folder
-from speechtrain.models.bark.config import MODEL_TYPES, BarkSubModelConfig
+from speechtrain.hub import build_values, check_state_dict, load_config, read_state_dict, write_model_folder
+from speechtrain.models.bark.config import BarkSubModelConfig
 from speechtrain.models.bark.modeling import BarkCausalModel, BarkFineModel
 
 BarkModel = BarkCausalModel | BarkFineModel
@@ -49,10 +49,10 @@ def load_hf_state_dict(model: BarkModel, hf_state: Mapping[str, torch.Tensor], w
         model.tie_weights()
 
 
-def load_pretrained(path: str | Path, **config_overrides: Any) -> BarkModel:
-    """Loads a transformers-format semantic, coarse or fine folder as a float32 model. `config_overrides` replace
+def load_pretrained(path: str | Path, overrides: Mapping[str, Any] | None = None) -> BarkModel:
+    """Loads a transformers-format semantic, coarse or fine folder as a float32 model. `overrides` replace
     `config.json` values (BarkSubModelConfig fields: e.g. `dropout` for fine-tuning, `attn_implementation`)."""
-    config = load_config(path, BarkSubModelConfig, config_overrides)
+    config = load_config(path, BarkSubModelConfig, overrides)
     with torch.device("meta"):
         model = model_from_config(config)
     model = model.to_empty(device="cpu")
@@ -77,25 +77,45 @@ def save_pretrained(model: BarkModel, path: str | Path) -> None:
     write_model_folder(path, model.config.to_hf_dict(), state_dict_to_hf(model))
 
 
-def build_bark(
-    kind: str,
-    config: Mapping[str, Any] | None = None,
-    pretrained: str | Path | None = None,
-    config_overrides: Mapping[str, Any] | None = None,
-    tokenizer: Any = None,
+def _build(
+    model_type: str, config: Mapping[str, Any] | None, pretrained: str | Path | None,
+    overrides: Mapping[str, Any] | None,
 ) -> BarkModel:
-    """The builder Hydra configs point at: sub-model `kind` (`semantic`, `coarse_acoustics` or `fine_acoustics`)
-    from scratch (`config` over transformers' defaults) or from a `pretrained` folder, whose `model_type` must be
-    `kind` (`config_overrides` then replace its config.json values, e.g. dropout). `tokenizer`, which the entry
-    point passes to every model builder, is unused: the semantic collator checks the text ids' range."""
-    if kind not in MODEL_TYPES:
-        raise ConfigError(f"build_bark: kind={kind!r} is not one of {MODEL_TYPES}")
+    """What the three builders share: the sub-model is fixed by the builder, so a folder of another one (all three
+    are `BarkSubModelConfig`s) is refused instead of loaded."""
+    values = build_values(config, pretrained, overrides, f"build_{model_type}")
     if pretrained is not None:
-        model = load_pretrained(pretrained, **{**(config or {}), **(config_overrides or {})})
-        if model.config.model_type != kind:
-            raise CheckpointError(f"{pretrained}: holds a {model.config.model_type!r} model, not kind={kind!r}")
+        model = load_pretrained(pretrained, values)
+        if model.config.model_type != model_type:
+            raise CheckpointError(f"{pretrained}: holds a {model.config.model_type!r} model, not {model_type!r}")
         return model
-    values = {**(config or {}), **(config_overrides or {})}
-    if values.get("model_type", kind) != kind:
-        raise ConfigError(f"build_bark: config model_type={values['model_type']!r} contradicts kind={kind!r}")
-    return model_from_config(BarkSubModelConfig(**{**values, "model_type": kind}))
+    if values.get("model_type", model_type) != model_type:
+        raise ConfigError(f"build_{model_type}: config model_type={values['model_type']!r} contradicts the "
+                          f"builder's {model_type!r}")
+    return model_from_config(BarkSubModelConfig(**{**values, "model_type": model_type}))
+
+
+def build_semantic(
+    config: Mapping[str, Any] | None = None, pretrained: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> BarkCausalModel:
+    """The builder Hydra configs point at for the semantic model (text -> semantic tokens): from scratch (`config`
+    over transformers' defaults) or from a `pretrained` folder; `overrides` replace values of either (e.g.
+    dropout, `attn_implementation`)."""
+    return _build("semantic", config, pretrained, overrides)
+
+
+def build_coarse_acoustics(
+    config: Mapping[str, Any] | None = None, pretrained: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> BarkCausalModel:
+    """`build_semantic` for the coarse model (semantic tokens -> EnCodec codebooks 0-1)."""
+    return _build("coarse_acoustics", config, pretrained, overrides)
+
+
+def build_fine_acoustics(
+    config: Mapping[str, Any] | None = None, pretrained: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> BarkFineModel:
+    """`build_semantic` for the fine model (codebooks 0-1 -> all 8 EnCodec codebooks)."""
+    return _build("fine_acoustics", config, pretrained, overrides)

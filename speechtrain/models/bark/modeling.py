@@ -10,6 +10,8 @@ caller and never kept in the modules. transformers' `layers.N.attn.bias` causal-
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,6 +82,8 @@ class BarkBlock(nn.Module):
 class BarkTransformer(nn.Module):
     """What the causal and the fine model share: positions, the blocks and the final layer norm. Subclasses add
     their token embeddings and heads."""
+
+    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (BarkBlock,)  # FSDP and activation-checkpointing units
 
     def __init__(self, config: BarkSubModelConfig, is_causal: bool):
         super().__init__()

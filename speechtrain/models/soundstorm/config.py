@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,7 @@ from speechtrain.layers.config_fields import (
     check_positive_int,
     check_probability,
 )
-from speechtrain.models.hf_config import hf_config_fields
+from speechtrain.models.hf_config import hf_config_fields, saved_fields
 
 
 @dataclass
@@ -44,7 +43,7 @@ class SoundStormConfig:
     semantic_rate: float = 50.0
     acoustic_rate: float = 50.0
     self_condition: bool = False
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 
     def __post_init__(self) -> None:
         check_positive_int(self, "codebook_size", "num_quantizers", "dim", "depth", "heads", "dim_head", "ff_mult",
@@ -68,4 +67,4 @@ class SoundStormConfig:
         return cls(**hf_config_fields(cls, hf_config, ("soundstorm",)))
 
     def to_hf_dict(self) -> dict[str, Any]:
-        return {"architectures": ["SoundStorm"], "model_type": "soundstorm", **dataclasses.asdict(self)}
+        return {"architectures": ["SoundStorm"], "model_type": "soundstorm", **saved_fields(self)}

@@ -33,7 +33,7 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, heads: int, dim_head: int, dropout: float, implementation: str) -> None:
         super().__init__()
-        self.heads, self.dropout, self.implementation = heads, dropout, implementation
+        self.heads, self.dropout, self.attn_implementation = heads, dropout, implementation
         self.norm = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
         self.to_kv = nn.Linear(dim, 2 * heads * dim_head, bias=False)
@@ -46,7 +46,7 @@ class Attention(nn.Module):
         q, k, v = (t.view(batch, time, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
         q, k = apply_rotary(q, angles), apply_rotary(k, angles)
         out = attend(q, k, v, mask=key_mask, dropout_p=self.dropout if self.training else 0.0,
-                     implementation=self.implementation)
+                     implementation=self.attn_implementation)
         return self.to_out(out.transpose(1, 2).reshape(batch, time, -1))  # [B, T, H * Dh] -> [B, T, D]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from speechtrain.hub import check_state_dict, load_config, read_state_dict, write_model_folder
+from speechtrain.hub import build_values, check_state_dict, load_config, read_state_dict, write_model_folder
 from speechtrain.models.soundstorm.config import SoundStormConfig
 from speechtrain.models.soundstorm.modeling import SoundStorm
 
@@ -61,7 +61,7 @@ def model_from_hf_config(hf_config: Mapping[str, Any]) -> SoundStorm:
     return SoundStorm(SoundStormConfig.from_hf_dict(dict(hf_config)))
 
 
-def load_pretrained(path: str | Path, **overrides: Any) -> SoundStorm:
+def load_pretrained(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SoundStorm:
     """A float32 model from a folder; `overrides` (SoundStormConfig fields, e.g. dropouts or
     `attn_implementation`) replace `config.json` values."""
     model = SoundStorm(load_config(path, SoundStormConfig, overrides))
@@ -72,15 +72,19 @@ def load_pretrained(path: str | Path, **overrides: Any) -> SoundStorm:
 
 
 def save_pretrained(model: SoundStorm, path: str | Path) -> None:
+    """Writes `config.json` and `model.safetensors`."""
     write_model_folder(path, model.config.to_hf_dict(), model.state_dict())
 
 
 def build_soundstorm(
-    config: Mapping[str, Any] | None = None, pretrained: str | None = None, tokenizer: Any = None, **fields: Any
+    config: Mapping[str, Any] | None = None,
+    pretrained: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> SoundStorm:
-    """The builder Hydra configs point at: from scratch (`config` and/or keyword fields) or from a folder
-    (`pretrained`, with the keyword fields as overrides). `tokenizer` is accepted and ignored: the entry point
-    passes one to every model builder, and SoundStorm reads token ids only."""
+    """The builder Hydra configs point at: from scratch (`config` over the paper's defaults) or from a folder
+    (`pretrained`); `overrides` replace values of either (e.g. dropouts, `attn_implementation`). SoundStorm reads
+    token ids only, so no tokenizer is involved."""
+    values = build_values(config, pretrained, overrides, "build_soundstorm")
     if pretrained is not None:
-        return load_pretrained(pretrained, **{**(config or {}), **fields})
-    return SoundStorm(SoundStormConfig(**{**(config or {}), **fields}))
+        return load_pretrained(pretrained, values)
+    return SoundStorm(SoundStormConfig(**values))

@@ -12,11 +12,13 @@ frames; with equal rates both are the identity.)
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from speechtrain.models.soundstorm.config import SoundStormConfig
-from speechtrain.models.soundstorm.conformer import Conformer
+from speechtrain.models.soundstorm.conformer import Conformer, ConformerBlock
 
 
 def semantic_frame_indices(num_frames: int, semantic_lengths: torch.Tensor, semantic_rate: float,
@@ -30,6 +32,8 @@ def semantic_frame_indices(num_frames: int, semantic_lengths: torch.Tensor, sema
 
 class SoundStorm(nn.Module):
     """Codes (with mask ids) + semantic tokens -> logits of every level of every frame."""
+
+    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (ConformerBlock,)  # FSDP and activation-checkpointing units
 
     def __init__(self, config: SoundStormConfig) -> None:
         super().__init__()

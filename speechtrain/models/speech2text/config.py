@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
+from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.config_fields import (
     check_choice,
     check_divisible,
@@ -15,7 +15,7 @@ from speechtrain.layers.config_fields import (
     check_token_ids,
 )
 from speechtrain.layers.transformer import ACTIVATION_FUNCTIONS
-from speechtrain.models.hf_config import hf_config_fields
+from speechtrain.models.hf_config import hf_config_fields, saved_fields
 
 ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
@@ -56,8 +56,10 @@ class Speech2TextConfig:
     input_feat_per_channel: int = 80
     input_channels: int = 1
     tie_word_embeddings: bool = True
+    attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 
     def __post_init__(self) -> None:
+        check_implementation(self.attn_implementation)
         self.conv_kernel_sizes = list(self.conv_kernel_sizes)
         check_positive_int(self, "vocab_size", "encoder_layers", "decoder_layers", "encoder_attention_heads",
                            "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "d_model",
@@ -104,5 +106,5 @@ class Speech2TextConfig:
             "model_type": "speech_to_text",
             "is_encoder_decoder": True,
             "use_cache": True,
-            **dataclasses.asdict(self),
+            **saved_fields(self),
         }

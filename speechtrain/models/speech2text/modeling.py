@@ -14,12 +14,12 @@ mapping.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.transformer import (
     Attention,
     DecoderLayer,
@@ -194,12 +194,13 @@ class Speech2TextForConditionalGeneration(EncoderDecoderForConditionalGeneration
     """Speech2Text with its language-model head (`lm_head`, tied to the token embedding by default)."""
 
     output_head_name = "lm_head"
+    # FSDP and activation-checkpointing units (read by speechtrain.distributed.block_classes)
+    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (Speech2TextEncoderLayer, Speech2TextDecoderLayer)
 
-    def __init__(self, config: Speech2TextConfig, attn_implementation: str = "sdpa"):
+    def __init__(self, config: Speech2TextConfig):
         super().__init__()
         self.config = config
-        self.attn_implementation = check_implementation(attn_implementation)
-        self.model = Speech2TextModel(config, attn_implementation)
+        self.model = Speech2TextModel(config, config.attn_implementation)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         self.tie_weights()

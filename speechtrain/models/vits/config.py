@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
+from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.config_fields import (
     check_choice,
     check_divisible,
@@ -18,7 +18,7 @@ from speechtrain.layers.config_fields import (
     check_token_ids,
 )
 from speechtrain.layers.transformer import ACTIVATION_FUNCTIONS
-from speechtrain.models.hf_config import hf_config_fields
+from speechtrain.models.hf_config import hf_config_fields, saved_fields
 
 ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
@@ -77,8 +77,10 @@ class VitsConfig:
     noise_scale_duration: float = 0.8
     sampling_rate: int = 16_000
     pad_token_id: int | None = None
+    attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 
     def __post_init__(self) -> None:
+        check_implementation(self.attn_implementation)
         self.upsample_rates = [int(rate) for rate in self.upsample_rates]
         self.upsample_kernel_sizes = [int(size) for size in self.upsample_kernel_sizes]
         self.resblock_kernel_sizes = [int(size) for size in self.resblock_kernel_sizes]
@@ -133,4 +135,4 @@ class VitsConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict that `transformers.VitsConfig` accepts."""
-        return {"architectures": ["VitsModel"], "model_type": "vits", **dataclasses.asdict(self)}
+        return {"architectures": ["VitsModel"], "model_type": "vits", **saved_fields(self)}

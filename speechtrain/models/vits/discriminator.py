@@ -8,6 +8,7 @@ parametrizations, which name the original's `weight_g`/`weight_v` `parametrizati
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,8 @@ class MultiPeriodDiscriminator(nn.Module):
     discriminator per entry of `periods`. `use_spectral_norm` applies to all of them, as in the original.
     `channel_divisor` narrows every hidden layer (16: about 1/200 of the parameters) for CPU smoke runs;
     only the original widths (1) load original checkpoints."""
+
+    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (ScaleDiscriminator, PeriodDiscriminator)  # FSDP units
 
     def __init__(self, periods: Sequence[int] = PERIODS, use_spectral_norm: bool = False, channel_divisor: int = 1):
         super().__init__()

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch.nn.utils import parametrize
 
-from speechtrain.hub import check_state_dict, check_tokenizer_fits, load_config, read_state_dict, write_model_folder
+from speechtrain.hub import (
+    build_values,
+    check_state_dict,
+    fit_tokenizer,
+    load_config,
+    read_state_dict,
+    write_model_folder,
+)
 from speechtrain.models.vits.config import VitsConfig
 from speechtrain.models.vits.modeling import VitsModel
 
@@ -37,6 +44,15 @@ def state_dict_to_hf(model: VitsModel) -> dict[str, torch.Tensor]:
     return state
 
 
+def _kernel_norm(weight: torch.Tensor) -> torch.Tensor:
+    """The norm of `weight` (over all dimensions but 0) as weight norm's own kernel computes it: with it as the
+    norm and `weight` as the direction the parametrisation gives back `weight` bit for bit, so a folder saved,
+    loaded and saved again is unchanged (`torch.norm_except_dim`, what `right_inverse` uses, can differ from the
+    fused kernel in the last bit)."""
+    _, norm = torch._weight_norm_interface(weight, torch.norm_except_dim(weight, 2, 0), 0)
+    return norm.reshape(weight.shape[0], *([1] * (weight.dim() - 1)))
+
+
 def state_dict_from_hf(model: VitsModel, hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A transformers `VitsModel` state dict (either weight-norm naming) renamed to ours; keys are not checked."""
     state = {}
@@ -48,7 +64,7 @@ def state_dict_from_hf(model: VitsModel, hf_state: Mapping[str, torch.Tensor]) -
     for prefix in _weight_normed_decoder_modules(model):
         if prefix + "weight" in state:
             weight = state.pop(prefix + "weight")
-            state[prefix + NORM] = torch.norm_except_dim(weight, 2, 0)  # what weight_norm's right_inverse does
+            state[prefix + NORM] = _kernel_norm(weight)
             state[prefix + DIRECTION] = weight
     return state
 
@@ -65,13 +81,13 @@ def model_from_hf_config(hf_config: Mapping[str, Any]) -> VitsModel:
     return VitsModel(VitsConfig.from_hf_dict(dict(hf_config)))
 
 
-def load_pretrained(path: str | Path, config_overrides: Mapping[str, Any] | None = None) -> VitsModel:
+def load_pretrained(path: str | Path, overrides: Mapping[str, Any] | None = None) -> VitsModel:
     """Loads a transformers-format VITS folder as a float32 model (in training mode, like any new module).
 
-    `config_overrides` replace `config.json` values before building (e.g. dropouts or layerdrop for
-    fine-tuning); they must be VitsConfig fields.
+    `overrides` replace `config.json` values before building (e.g. dropouts or layerdrop for fine-tuning,
+    `attn_implementation`); they must be VitsConfig fields.
     """
-    model = VitsModel(load_config(path, VitsConfig, config_overrides))
+    model = VitsModel(load_config(path, VitsConfig, overrides))
     state = read_state_dict(path)
     load_hf_state_dict(model, {key: value.float() for key, value in state.items()}, where=str(path))
     return model
@@ -83,15 +99,18 @@ def save_pretrained(model: VitsModel, path: str | Path) -> None:
 
 
 def build_vits(
-    tokenizer: Any, config: Mapping[str, Any] | None = None, pretrained: str | None = None,
-    config_overrides: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    pretrained: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    tokenizer: Any = None,
 ) -> VitsModel:
-    """The builder Hydra configs point at: from scratch (vocabulary size and pad id from the tokenizer)
-    or from a Hugging Face-format folder (`pretrained`) whose vocabulary the tokenizer must fit."""
+    """The builder Hydra configs point at: from scratch (`config` over the defaults; vocabulary size and pad id
+    from the `tokenizer` when one is given) or from a Hugging Face-format folder (`pretrained`) whose vocabulary
+    the tokenizer must fit; `overrides` replace values of either (e.g. dropouts, `attn_implementation`)."""
+    values = build_values(config, pretrained, overrides, "build_vits")
     if pretrained is not None:
-        model = load_pretrained(pretrained, config_overrides)
-        check_tokenizer_fits(len(tokenizer), model.config.vocab_size, str(pretrained))
-        return model
-    values = {**(config or {}), **(config_overrides or {}), "vocab_size": len(tokenizer),
-              "pad_token_id": tokenizer.pad_id}
+        return fit_tokenizer(load_pretrained(pretrained, values), tokenizer, pretrained)
+    if tokenizer is not None:
+        values.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_id)
     return VitsModel(VitsConfig(**values))

@@ -12,6 +12,7 @@ Layout: hidden states are channel-first `[B, C, T]` between the components; mask
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +20,11 @@ from torch import nn
 
 from speechtrain.layers.alignment import monotonic_alignment_search
 from speechtrain.models.vits.config import VitsConfig
-from speechtrain.models.vits.decoder import VitsHifiGan
+from speechtrain.models.vits.decoder import HifiGanResidualBlock, VitsHifiGan
 from speechtrain.models.vits.duration_predictor import VitsDurationPredictor, VitsStochasticDurationPredictor
-from speechtrain.models.vits.flow import VitsResidualCouplingBlock
+from speechtrain.models.vits.flow import VitsResidualCouplingBlock, VitsResidualCouplingLayer
 from speechtrain.models.vits.posterior_encoder import VitsPosteriorEncoder
-from speechtrain.models.vits.text_encoder import VitsTextEncoder
+from speechtrain.models.vits.text_encoder import VitsEncoderLayer, VitsTextEncoder
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
@@ -75,6 +76,10 @@ def slice_segments(x: torch.Tensor, starts: torch.Tensor, segment_size: int) -> 
 
 
 class VitsModel(nn.Module):
+    # FSDP and activation-checkpointing units: text-encoder layers, flow coupling layers, HiFi-GAN residual blocks
+    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (VitsEncoderLayer, VitsResidualCouplingLayer,
+                                                            HifiGanResidualBlock)
+
     def __init__(self, config: VitsConfig):
         super().__init__()
         self.config = config

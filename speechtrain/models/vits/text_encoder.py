@@ -40,7 +40,8 @@ def absolute_to_relative(x: torch.Tensor) -> torch.Tensor:
 
 class VitsAttention(nn.Module):
     """Self-attention whose keys and values also get a learned embedding of the offset `j - i`, clipped to
-    `±window_size` (shared by all heads). Without a window it is plain attention through `layers.attention`."""
+    `±window_size` (shared by all heads). Without a window it is plain attention through `layers.attention`, with
+    the config's `attn_implementation`; the relative-position scores have no fused kernel and are computed eagerly."""
 
     def __init__(self, config: VitsConfig):
         super().__init__()
@@ -49,6 +50,7 @@ class VitsAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.window_size = config.window_size
         self.dropout = config.attention_dropout
+        self.attn_implementation = config.attn_implementation
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
         self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=config.use_bias)
@@ -76,7 +78,7 @@ class VitsAttention(nn.Module):
         q = self._heads(self.q_proj(hidden_states) * self.scaling)
         k, v = self._heads(self.k_proj(hidden_states)), self._heads(self.v_proj(hidden_states))
         if not self.window_size:
-            out = attend(q, k, v, mask=key_mask, scale=1.0, dropout_p=dropout, implementation="sdpa")
+            out = attend(q, k, v, mask=key_mask, scale=1.0, dropout_p=dropout, implementation=self.attn_implementation)
         else:
             rel_k = self._relative_embeddings(self.emb_rel_k, time)  # [1, 2T-1, Dh]
             scores = q @ k.transpose(-2, -1) + relative_to_absolute(q @ rel_k.transpose(-2, -1))  # [B, H, T, T]

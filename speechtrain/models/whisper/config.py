@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
+from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.config_fields import (
     check_choice,
     check_divisible,
@@ -15,7 +15,7 @@ from speechtrain.layers.config_fields import (
     check_token_ids,
 )
 from speechtrain.layers.transformer import ACTIVATION_FUNCTIONS
-from speechtrain.models.hf_config import hf_config_fields
+from speechtrain.models.hf_config import hf_config_fields, saved_fields
 
 ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
@@ -63,8 +63,10 @@ class WhisperConfig:
     mask_feature_prob: float = 0.0
     mask_feature_length: int = 10
     mask_feature_min_masks: int = 0
+    attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 
     def __post_init__(self) -> None:
+        check_implementation(self.attn_implementation)
         check_positive_int(self, "vocab_size", "num_mel_bins", "encoder_layers", "decoder_layers",
                            "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
                            "d_model", "max_source_positions", "max_target_positions")
@@ -93,5 +95,5 @@ class WhisperConfig:
             "model_type": "whisper",
             "is_encoder_decoder": True,
             "use_cache": True,
-            **dataclasses.asdict(self),
+            **saved_fields(self),
         }

@@ -8,12 +8,12 @@ sinusoidal encoder positions and the learned decoder ones.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechtrain.layers.attention import check_implementation
 from speechtrain.layers.transformer import (
     Attention,
     DecoderLayer,
@@ -121,12 +121,13 @@ class WhisperForConditionalGeneration(EncoderDecoderForConditionalGeneration):
     """Whisper with its language-model head (`proj_out`, tied to the token embedding by default)."""
 
     output_head_name = "proj_out"
+    # FSDP and activation-checkpointing units (read by speechtrain.distributed.block_classes)
+    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (WhisperEncoderLayer, WhisperDecoderLayer)
 
-    def __init__(self, config: WhisperConfig, attn_implementation: str = "sdpa"):
+    def __init__(self, config: WhisperConfig):
         super().__init__()
         self.config = config
-        self.attn_implementation = check_implementation(attn_implementation)
-        self.model = WhisperModel(config, attn_implementation)
+        self.model = WhisperModel(config, config.attn_implementation)
         self.proj_out = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         self.tie_weights()

@@ -5,6 +5,9 @@ The folders are Hugging Face-format Bark sub-models (what `python train.py recip
 `semantic` / `coarse_acoustics` / `fine_acoustics` of transformers' Bark saved with `save_pretrained`); the text
 tokenizer (`vocab.txt`) comes from the semantic folder unless `--tokenizer` names another. Sampling follows
 suno-ai/bark's defaults; `--greedy` decodes every stage greedily.
+
+It lives in Bark's folder because it is Bark's alone (the generic command lines in `speechtrain/cli/` name no
+family); it is plain Python over the sub-models, the text tokenizer and the codec, like the rest of the folder.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import torch
 from speechtrain.data.bark_text import BarkTextTokenizer
 from speechtrain.data.codecs import EncodecCodec
 from speechtrain.errors import CheckpointError, ConfigError
-from speechtrain.models.bark import generate_audio, load_pretrained
+from speechtrain.models.bark.generation import generate_audio
+from speechtrain.models.bark.hub import load_pretrained
 from speechtrain.models.bark.layouts import DEFAULTS
 
 

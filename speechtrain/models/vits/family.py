@@ -1,0 +1,15 @@
+"""VITS's entry in the model registry (`speechtrain.models.registry`)."""
+
+from speechtrain.models.registry import ModelCard, ModelFamily
+from speechtrain.models.vits import hub
+from speechtrain.models.vits.config import VitsConfig
+
+MODEL_FAMILIES = (
+    ModelFamily.from_hub(
+        hub, "vits", VitsConfig, hub.build_vits,
+        ModelCard("text-to-speech", "transformers", "transformers.VitsModel.from_pretrained(folder)"),
+        tokenizer="speechtrain.data.text:VitsTextTokenizer",
+        pretrained_example="facebook/mms-tts-eng, downloaded with "
+                           "`huggingface-cli download facebook/mms-tts-eng --local-dir models/mms-tts-eng`",
+    ),
+)

@@ -1,0 +1,17 @@
+"""Whisper's entry in the model registry (`speechtrain.models.registry`)."""
+
+from speechtrain.models.registry import ModelCard, ModelFamily
+from speechtrain.models.whisper import hub
+from speechtrain.models.whisper.config import WhisperConfig
+
+CARD = ModelCard("automatic-speech-recognition", "transformers",
+                 "transformers.WhisperForConditionalGeneration.from_pretrained(folder)")
+PROCESSORS = {"tokenizer": "speechtrain.data.tokenizers:WhisperTokenizer",
+              "feature_extractor": "speechtrain.data.features:WhisperFeatureExtractor"}
+EXAMPLE = ("openai/whisper-tiny, downloaded with "
+           "`huggingface-cli download openai/whisper-tiny --local-dir models/whisper-tiny`")
+
+MODEL_FAMILIES = (
+    ModelFamily.from_hub(hub, "whisper", WhisperConfig, hub.build_whisper, CARD, **PROCESSORS,
+                         pretrained_example=EXAMPLE),
+)
