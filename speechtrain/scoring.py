@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, field
 from functools import cache
 
 import jiwer
@@ -64,47 +64,53 @@ def get_normalizer(name: str) -> Callable[[str], str]:
 
 
 @dataclass
-class ErrorCounts:
-    """Edit counts of one utterance or of a corpus: they add up, rates do not."""
+class EditCounts:
+    """Edits that turn references into hypotheses, over words or characters: they add up, rates do not."""
 
     substitutions: int = 0
     deletions: int = 0
     insertions: int = 0
     hits: int = 0
-    char_substitutions: int = 0
-    char_deletions: int = 0
-    char_insertions: int = 0
-    char_hits: int = 0
 
     @property
-    def word_errors(self) -> int:
+    def errors(self) -> int:
         return self.substitutions + self.deletions + self.insertions
 
     @property
-    def words(self) -> int:
+    def reference_length(self) -> int:
         return self.substitutions + self.deletions + self.hits
 
     @property
-    def char_errors(self) -> int:
-        return self.char_substitutions + self.char_deletions + self.char_insertions
+    def rate(self) -> float:
+        return self.errors / max(self.reference_length, 1)
 
-    @property
-    def chars(self) -> int:
-        return self.char_substitutions + self.char_deletions + self.char_hits
+    def __add__(self, other: EditCounts) -> EditCounts:
+        return EditCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+@dataclass
+class ErrorCounts:
+    """Word and character edits of one utterance or of a corpus."""
+
+    words: EditCounts = field(default_factory=EditCounts)
+    chars: EditCounts = field(default_factory=EditCounts)
 
     @property
     def wer(self) -> float:
-        return self.word_errors / max(self.words, 1)
+        return self.words.rate
 
     @property
     def cer(self) -> float:
-        return self.char_errors / max(self.chars, 1)
+        return self.chars.rate
 
     def __add__(self, other: ErrorCounts) -> ErrorCounts:
-        return ErrorCounts(**{key: value + getattr(other, key) for key, value in asdict(self).items()})
+        return ErrorCounts(self.words + other.words, self.chars + other.chars)
 
     def as_dict(self) -> dict[str, float]:
-        return {"wer": self.wer, "cer": self.cer, **asdict(self), "words": self.words, "chars": self.chars}
+        """Flat, for JSON: wer, cer, the word edits by kind, `words`, then the same with `char_` for characters."""
+        return {"wer": self.wer, "cer": self.cer, **asdict(self.words), "words": self.words.reference_length,
+                **{f"char_{key}": value for key, value in asdict(self.chars).items()},
+                "chars": self.chars.reference_length}
 
 
 def count_errors(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorCounts:
@@ -115,8 +121,8 @@ def count_errors(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorC
         return ErrorCounts()
     words = jiwer.process_words(list(references), list(hypotheses))
     chars = jiwer.process_characters(list(references), list(hypotheses))
-    return ErrorCounts(words.substitutions, words.deletions, words.insertions, words.hits,
-                       chars.substitutions, chars.deletions, chars.insertions, chars.hits)
+    return ErrorCounts(EditCounts(words.substitutions, words.deletions, words.insertions, words.hits),
+                       EditCounts(chars.substitutions, chars.deletions, chars.insertions, chars.hits))
 
 
 def error_counts(references: Sequence[str], hypotheses: Sequence[str], normalizer: str = "basic") -> ErrorCounts:

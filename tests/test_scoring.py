@@ -16,7 +16,7 @@ def test_basic_normalizer_keeps_combining_marks_inside_words():
     assert normalize_basic("cafe\u0301 ok") == "café ok"  # NFKC composes the accent
     assert normalize_basic("x\u20dd y") == "x\u20dd y"  # an enclosing mark (Me)
     counts = error_counts(["नमस्ते दुनिया"], ["नमस्ते दुनिया"])
-    assert counts.words == 2 and counts.word_errors == 0
+    assert counts.words.reference_length == 2 and counts.words.errors == 0
 
 
 # (text, basic, whisper_english): contractions, numbers, titles, British spellings, currency
@@ -63,5 +63,6 @@ def test_counts_add_up_across_shards_with_their_edit_kinds():
     refs, hyps = ["a b c", "d e", "f g h i"], ["a x c", "d", "f g h i j"]
     whole = error_counts(refs, hyps)
     assert whole == error_counts(refs[:1], hyps[:1]) + error_counts(refs[1:], hyps[1:])
-    assert (whole.substitutions, whole.deletions, whole.insertions, whole.hits) == (1, 1, 1, 7)
-    assert whole.word_errors == 3 and whole.words == 9
+    words = whole.words
+    assert (words.substitutions, words.deletions, words.insertions, words.hits) == (1, 1, 1, 7)
+    assert words.errors == 3 and words.reference_length == 9 and whole.wer == pytest.approx(3 / 9)

@@ -96,7 +96,7 @@ def evaluate_asr(
                 errors = count_errors([reference], [normalized_hypothesis])
                 totals += errors
                 row.update(hypothesis=hypothesis, normalized_reference=reference,
-                           normalized_hypothesis=normalized_hypothesis, wer=errors.wer, **asdict(errors))
+                           normalized_hypothesis=normalized_hypothesis, **errors.as_dict())
             lines.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             progress.update(len(batch))
     seconds = time.perf_counter() - started

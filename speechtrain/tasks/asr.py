@@ -107,7 +107,8 @@ class Seq2SeqASRTask(GuardedTask):
 
     def on_validation_epoch_end(self) -> None:
         totals = self._val_counts
-        counts = torch.tensor([totals.word_errors, totals.words, totals.char_errors, totals.chars],
+        counts = torch.tensor([totals.words.errors, totals.words.reference_length, totals.chars.errors,
+                               totals.chars.reference_length],
                               dtype=torch.float64, device=self.device)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         self.log("val/wer", (counts[0] / counts[1].clamp(min=1)).float(), prog_bar=True)
