@@ -15,6 +15,7 @@ import torch
 
 from speechtrain.data.audio import AudioError, load_audio
 from speechtrain.decoding import decode_to_text
+from speechtrain.errors import CheckpointError
 from speechtrain.hub import load_bundle
 
 
@@ -26,6 +27,12 @@ class Transcriber:
         self.model, self.tokenizer, self.features = load_bundle(model_dir, tokenizer_kwargs=tokenizer_kwargs)
         self.model.to(device).eval()
         self.device, self.num_beams = device, num_beams
+        vocab_size = self.model.config.vocab_size
+        if len(self.tokenizer) > vocab_size or max(self.tokenizer.prefix_ids + [self.tokenizer.eos_id]) >= vocab_size:
+            raise CheckpointError(
+                f"{model_dir}: the tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size is "
+                f"{vocab_size}: they belong to different models (copy the tokenizer files of the model's own folder)"
+            )
 
     @property
     def window_samples(self) -> int | None:

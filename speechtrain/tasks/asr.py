@@ -17,9 +17,9 @@ from torch import nn
 from speechtrain.decoding import decode_to_text
 from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.layers.specaugment import SpecAugment
+from speechtrain.scoring import ErrorCounts, error_counts, get_normalizer
 from speechtrain.tasks.checkpointing import attach_pretrained_files
 from speechtrain.tasks.guards import GuardedTask
-from speechtrain.tasks.metrics import error_counts
 from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
 from speechtrain.tasks.sample_logging import log_text_table
 
@@ -43,8 +43,10 @@ class Seq2SeqASRTask(GuardedTask):
         max_new_tokens: int | None = None,
         num_logged_predictions: int = 4,
         max_consecutive_nonfinite: int = 10,
+        normalizer: str = "basic",
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
+        get_normalizer(normalizer)  # an unknown name fails here, not at the first validation
         self.model = model
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
@@ -57,9 +59,10 @@ class Seq2SeqASRTask(GuardedTask):
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.num_logged_predictions = num_logged_predictions
+        self.normalizer = normalizer  # speechtrain/scoring.py: the same names as speechtrain-evaluate's
         if freeze_encoder:
             self.model.get_encoder().requires_grad_(False)
-        self._val_counts: dict[str, int] = {}
+        self._val_counts = ErrorCounts()
         self._val_samples: list[tuple[str, str, str]] = []
 
     # --- training -------------------------------------------------------------------------------
@@ -86,7 +89,7 @@ class Seq2SeqASRTask(GuardedTask):
     # --- validation -----------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
-        self._val_counts = {"word_errors": 0, "words": 0, "char_errors": 0, "chars": 0}
+        self._val_counts = ErrorCounts()
         self._val_samples = []
 
     def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
@@ -96,13 +99,14 @@ class Seq2SeqASRTask(GuardedTask):
         self.log("val/loss", self.model_step(batch), prog_bar=True, batch_size=batch_size, sync_dist=True)
         hypotheses = decode_to_text(self.model, self.tokenizer, batch["input_features"], batch["attention_mask"],
                                     self.num_beams, self.max_new_tokens)
-        for key, value in error_counts(batch["texts"], hypotheses).items():
-            self._val_counts[key] += value
+        self._val_counts += error_counts(batch["texts"], hypotheses, self.normalizer)
         room = self.num_logged_predictions - len(self._val_samples)
         self._val_samples += list(zip(batch["ids"], batch["texts"], hypotheses, strict=True))[: max(room, 0)]
 
     def on_validation_epoch_end(self) -> None:
-        counts = torch.tensor([self._val_counts[k] for k in ("word_errors", "words", "char_errors", "chars")],
+        totals = self._val_counts
+        counts = torch.tensor([totals.words.errors, totals.words.reference_length, totals.chars.errors,
+                               totals.chars.reference_length],
                               dtype=torch.float64, device=self.device)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         self.log("val/wer", (counts[0] / counts[1].clamp(min=1)).float(), prog_bar=True)

@@ -1,0 +1,54 @@
+"""`speechtrain-import-ctranslate2 CT2_DIR OUT_DIR`: a faster-whisper (CTranslate2) Whisper folder to Hugging Face
+format, so that speechtrain fine-tunes it (`model.pretrained=OUT_DIR`) and transformers loads it.
+
+The folder gets config.json, model.safetensors (float32), the tokenizer files, generation_config.json (prompt
+ids, suppressed tokens, alignment heads and languages from CTranslate2's config.json) and Whisper's
+preprocessor_config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from speechtrain.data.features import WhisperFeatureExtractor
+from speechtrain.data.tokenizers import WhisperTokenizer
+from speechtrain.errors import SpeechtrainError
+from speechtrain.hub import save_bundle
+from speechtrain.model_card import write_model_card
+from speechtrain.models.whisper.ctranslate2 import TOKENIZER_NAME, load_ctranslate2_whisper
+
+SAMPLING_RATE, HOP_LENGTH = 16000, 160
+
+
+def import_ctranslate2(ct2_dir: str | Path, out_dir: str | Path) -> Path:
+    """Writes the Hugging Face-format folder of the CTranslate2 Whisper in `ct2_dir` into `out_dir`."""
+    ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
+    model, generation_config = load_ctranslate2_whisper(ct2_dir)
+    tokenizer = WhisperTokenizer(Tokenizer.from_file(str(ct2_dir / TOKENIZER_NAME)), generation_config)
+    config = model.config
+    # the encoder sees 2 * max_source_positions frames of HOP_LENGTH samples: 30 s for every released Whisper
+    chunk_length = config.max_source_positions * 2 * HOP_LENGTH // SAMPLING_RATE
+    features = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=SAMPLING_RATE,
+                                       hop_length=HOP_LENGTH, chunk_length=chunk_length)
+    save_bundle(out_dir, model, tokenizer, features)
+    write_model_card(out_dir, f"the CTranslate2 folder `{ct2_dir}` (speechtrain-import-ctranslate2)")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ct2_dir", help="a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json)")
+    parser.add_argument("out_dir", help="the Hugging Face-format folder to write")
+    args = parser.parse_args(argv)
+    try:
+        out = import_ctranslate2(args.ct2_dir, args.out_dir)
+    except (FileNotFoundError, SpeechtrainError) as exc:
+        parser.exit(1, f"speechtrain-import-ctranslate2: error: {exc}\n")
+    print(f"imported {args.ct2_dir} to {out}")
+
+
+if __name__ == "__main__":
+    main()
