@@ -27,7 +27,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from speechtrain.callbacks import RankSeed
@@ -114,8 +114,22 @@ def compose(recipe: str, *overrides: str, output_dir: str | Path | None = None,
         output_dir = Path("outputs") / recipe / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir is not None else []
     with initialize_config_module(config_module="speechtrain.conf", version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=[f"recipe={recipe}", *overrides, *extra,
-                                                            f"paths.output_dir={Path(output_dir).resolve()}"])
+        return compose_root([f"recipe={recipe}", *overrides, *extra, f"paths.output_dir={Path(output_dir).resolve()}"])
+
+
+RECIPE_NAME_FROM_CHOICE = "${hydra:runtime.choices.recipe}"  # conf/train.yaml's recipe_name
+
+
+def compose_root(overrides: list[str]) -> DictConfig:
+    """`hydra.compose` of the root config, inside an `initialize_config_*` block. Hydra sets no HydraConfig
+    outside @hydra.main, so the root's `recipe_name: ${hydra:runtime.choices.recipe}` takes the recipe chosen
+    here (unless a recipe or an override set it); the hydra node is dropped, as compose does by default."""
+    cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        if OmegaConf.to_container(cfg, resolve=False).get("recipe_name") == RECIPE_NAME_FROM_CHOICE:
+            cfg.recipe_name = cfg.hydra.runtime.choices.get("recipe")
+        del cfg["hydra"]
+    return cfg
 
 
 def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:

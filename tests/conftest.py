@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
-from speechtrain.train import CONFIG_DIR, train
+from speechtrain.train import CONFIG_DIR, compose_root, train
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,12 +28,9 @@ def compose() -> Callable[..., DictConfig]:
 
     def _compose(*overrides: str, output_dir: Path) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(
-                config_name="train",
-                overrides=[*overrides, f"paths.output_dir={output_dir}", "trainer.accelerator=cpu",
-                           "+trainer.enable_progress_bar=false", "~callbacks.progress_bar",
-                           "+trainer.enable_model_summary=false"],
-            )
+            return compose_root([*overrides, f"paths.output_dir={output_dir}", "trainer.accelerator=cpu",
+                                 "+trainer.enable_progress_bar=false", "~callbacks.progress_bar",
+                                 "+trainer.enable_model_summary=false"])
 
     return _compose
 

@@ -72,7 +72,7 @@ def test_compose_and_fit_run_a_users_own_recipe_folder_from_a_notebook(tmp_path,
     recipes = tmp_path / "my_configs" / "recipe"
     recipes.mkdir(parents=True)
     (recipes / "my_whisper.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - whisper_mini\ntrainer:\n  max_epochs: 1\nrecipe_name: my_whisper\n")
+        "# @package _global_\ndefaults:\n  - whisper_mini\ntrainer:\n  max_epochs: 1\n")  # named by its file
     monkeypatch.chdir(tmp_path)
     cfg = speechtrain.compose("my_whisper", "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
                               "logger=none", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
