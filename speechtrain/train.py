@@ -164,7 +164,9 @@ def _set_float32_matmul_precision(precision: str | None) -> None:
 
 def _taken_arguments(node: DictConfig, **inputs: Any) -> dict[str, Any]:
     """The `inputs` that the `_target_` of `node` takes by its signature (all of them if it takes `**kwargs`), so
-    that a builder, data module or task is handed only what it uses."""
+    that a builder, data module or task is handed only what it uses; a recipe without one (None) passes nothing,
+    leaving the target's default."""
+    inputs = {name: value for name, value in inputs.items() if value is not None}
     parameters = inspect.signature(hydra.utils.get_object(node._target_)).parameters
     if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         return inputs
