@@ -27,6 +27,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -173,6 +174,10 @@ def _taken_arguments(node: DictConfig, **inputs: Any) -> dict[str, Any]:
     return {name: value for name, value in inputs.items() if name in parameters}
 
 
+def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
     check_required_values(cfg)
@@ -185,6 +190,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     model = hydra.utils.instantiate(cfg.model, **_taken_arguments(cfg.model, **inputs))
     datamodule = hydra.utils.instantiate(cfg.data, **_taken_arguments(cfg.data, **inputs))
     task = hydra.utils.instantiate(cfg.task, **_taken_arguments(cfg.task, **inputs), model=model)
+    if cfg.data.get("test") and not is_overridden("test_step", task):
+        raise ConfigError(f"data.test is set but {type(task).__name__} has no test pass; remove data.test")
     return task, datamodule
 
 
@@ -217,7 +224,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("model: %s, %.2f M parameters", type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6)
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg, output_dir))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics = _scalar_metrics(trainer)
+    if getattr(datamodule, "test_dataset", None) is not None:  # data.test: scored once, with the final weights
+        trainer.test(task, datamodule=datamodule, verbose=False)
+        metrics.update(_scalar_metrics(trainer))
 
     if cfg.export and trainer.is_global_zero:
         export_dir = output_dir / "exported"

@@ -215,3 +215,17 @@ def test_training_on_cuda_turns_on_tf32(compose, tmp_path):
     train(compose("recipe=whisper_mini", "trainer.max_steps=1", "export=false",  # set by train() whatever the device
                   "logger=none", "~callbacks.learning_rate_monitor", output_dir=tmp_path))
     assert torch.get_float32_matmul_precision() == "high"
+
+
+def test_a_test_split_is_scored_after_training_and_goes_into_the_model_card(compose, tmp_path):
+    from huggingface_hub import ModelCard
+
+    test_corpus = f"+data.test={{format: ljspeech, path: {BUNDLED_DATA_DIR / 'mini'}, limit: 6}}"
+    metrics = train(compose("recipe=whisper_mini", *FAST, test_corpus.replace("+data", "data"), output_dir=tmp_path))
+    assert {"test/wer", "test/cer", "test/loss"} <= metrics.keys()
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/wer"] == metrics["test/wer"]
+    card = ModelCard.load(tmp_path / "exported" / "README.md")
+    results = {result.metric_type: result for result in card.data.eval_results}
+    assert results["wer"].metric_value == pytest.approx(metrics["test/wer"])
+    assert results["cer"].dataset_name == "mini" and results["wer"].task_type == "automatic-speech-recognition"
+    assert card.data.model_name == "whisper_mini" and card.data.datasets == ["mini"]

@@ -153,6 +153,7 @@ class BucketedDataModule(L.LightningDataModule, ABC):
         self.collator: Callable | None = None
         self.train_dataset: Any = None
         self.val_dataset: Any = None
+        self.test_dataset: Any = None  # a held-out test split, scored once after training (`data.test`)
         self._train_loader: ResumableDataLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None
 
@@ -185,6 +186,12 @@ class BucketedDataModule(L.LightningDataModule, ABC):
             raise RuntimeError("call setup() before val_dataloader()")
         return [] if self.val_dataset is None else self._loader(self.val_dataset, shuffle=False)
 
+    def test_dataloader(self) -> DataLoader | list:
+        """The test loader in a fixed order, or an empty list without a test split."""
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before test_dataloader()")
+        return [] if self.test_dataset is None else self._loader(self.test_dataset, shuffle=False)
+
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position and random states. Lightning saves a stateful loader's state itself
         but restores it only into a loader built after the restore; a task that reads
@@ -201,12 +208,12 @@ class BucketedDataModule(L.LightningDataModule, ABC):
 class SpeechDataModule(BucketedDataModule):
     """What the ASR and TTS data modules share: corpora in, checked datasets, duration-bucketed batches out.
 
-    `train`/`val` are `CorpusSpec`s or their fields as a dict (as Hydra passes them); relative paths
-    are resolved against the current directory. Without `val`, `val_fraction` > 0 holds out a seeded
-    random part of train. Batches come from `DynamicBucketSampler` as the loader's `batch_sampler`
-    (at most `max_batch_seconds` of padded audio, `max_batch_size` items), sharded across DDP ranks
-    by the sampler itself: create the Trainer with `use_distributed_sampler=False`. Lightning calls
-    the sampler's `set_epoch` at each epoch start, so every epoch has a new batch order.
+    `train`/`val`/`test` are `CorpusSpec`s or their fields as a dict (as Hydra passes them); relative paths
+    are resolved against the current directory. A `test` corpus is scored once, after training. Without `val`,
+    `val_fraction` > 0 holds out a seeded random part of train. Batches come from `DynamicBucketSampler` as the
+    loader's `batch_sampler` (at most `max_batch_seconds` of padded audio, `max_batch_size` items), sharded across
+    DDP ranks by the sampler itself: create the Trainer with `use_distributed_sampler=False`. Lightning calls the
+    sampler's `set_epoch` at each epoch start, so every epoch has a new batch order.
 
     Subclasses set `self.collator` and build a split's dataset in `_dataset`; `_prepare` sees the
     training utterances first (the TTS module maps its speakers there).
@@ -224,6 +231,7 @@ class SpeechDataModule(BucketedDataModule):
         seed: int = 0,
         num_buckets: int = 10,
         max_batch_size: int | None = None,
+        test: CorpusSpec | Mapping | None = None,
     ):
         super().__init__(max_batch_seconds, val_fraction, val is not None, "a val corpus", max_batch_size, num_buckets,
                          num_workers, seed)
@@ -234,6 +242,7 @@ class SpeechDataModule(BucketedDataModule):
             )
         self.train_spec = CorpusSpec.coerce(train)
         self.val_spec = None if val is None else CorpusSpec.coerce(val)
+        self.test_spec = None if test is None else CorpusSpec.coerce(test)
         self.max_duration = max_duration
         self.strict = strict
 
@@ -253,9 +262,12 @@ class SpeechDataModule(BucketedDataModule):
                 "the warning above says why)"
             )
         self.val_dataset = self._dataset(val, "val") if val else None
+        test = read_corpus(self.test_spec) if self.test_spec is not None else []
+        self.test_dataset = self._dataset(test, "test") if test else None
         logger.info(
-            "train: %d utterances, %.1f h; val: %d utterances", len(self.train_dataset),
+            "train: %d utterances, %.1f h; val: %d utterances; test: %d utterances", len(self.train_dataset),
             sum(self.train_dataset.durations) / 3600, len(self.val_dataset) if self.val_dataset else 0,
+            len(self.test_dataset) if self.test_dataset else 0,
         )
 
     def _prepare(self, train: list[Utterance]) -> None:
@@ -297,6 +309,7 @@ class AsrDataModule(SpeechDataModule):
         seed: int = 0,
         num_buckets: int = 10,
         max_batch_size: int | None = None,
+        test: CorpusSpec | Mapping | None = None,
     ):
         chunk_length = getattr(feature_extractor, "chunk_length", None)
         if max_duration is None:
@@ -311,7 +324,7 @@ class AsrDataModule(SpeechDataModule):
             )
         super().__init__(
             train, val, max_batch_seconds, max_duration, num_workers=num_workers, strict=strict,
-            val_fraction=val_fraction, seed=seed, num_buckets=num_buckets, max_batch_size=max_batch_size,
+            val_fraction=val_fraction, seed=seed, num_buckets=num_buckets, max_batch_size=max_batch_size, test=test,
         )
         if chunk_length is not None and chunk_length > max_batch_seconds:
             raise ConfigError(f"data.max_batch_seconds={max_batch_seconds} cannot hold one {chunk_length} s chunk of "

@@ -86,33 +86,51 @@ class Seq2SeqASRTask(GuardedTask):
     def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.model_step(batch), {}
 
-    # --- validation -----------------------------------------------------------------------------
+    # --- validation and test: the same scoring, under `val/` or `test/` ----------------------------
 
     def on_validation_epoch_start(self) -> None:
+        self._start_scoring()
+
+    def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+        self._score_batch(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_scoring()
+
+    def test_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+        self._score_batch(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _start_scoring(self) -> None:
         self._val_counts = ErrorCounts()
         self._val_samples = []
 
-    def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+    def _score_batch(self, batch: dict[str, Any] | None, stage: str) -> None:
         if batch is None:
             return
         batch_size = len(batch["ids"])
-        self.log("val/loss", self.model_step(batch), prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log(f"{stage}/loss", self.model_step(batch), prog_bar=True, batch_size=batch_size, sync_dist=True)
         hypotheses = decode_to_text(self.model, self.tokenizer, batch["input_features"], batch["attention_mask"],
                                     self.num_beams, self.max_new_tokens)
         self._val_counts += error_counts(batch["texts"], hypotheses, self.normalizer)
         room = self.num_logged_predictions - len(self._val_samples)
         self._val_samples += list(zip(batch["ids"], batch["texts"], hypotheses, strict=True))[: max(room, 0)]
 
-    def on_validation_epoch_end(self) -> None:
+    def _log_scores(self, stage: str) -> None:
+        """Corpus WER and CER from the edit counts of every rank (rates of shards would not average)."""
         totals = self._val_counts
         counts = torch.tensor([totals.words.errors, totals.words.reference_length, totals.chars.errors,
-                               totals.chars.reference_length],
-                              dtype=torch.float64, device=self.device)
+                               totals.chars.reference_length], dtype=torch.float64, device=self.device)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        self.log("val/wer", (counts[0] / counts[1].clamp(min=1)).float(), prog_bar=True)
-        self.log("val/cer", (counts[2] / counts[3].clamp(min=1)).float(), prog_bar=True)
+        self.log(f"{stage}/wer", (counts[0] / counts[1].clamp(min=1)).float(), prog_bar=True)
+        self.log(f"{stage}/cer", (counts[2] / counts[3].clamp(min=1)).float(), prog_bar=True)
         if self._val_samples and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            log_text_table(self.loggers, "val/predictions", ["id", "reference", "hypothesis"],
+            log_text_table(self.loggers, f"{stage}/predictions", ["id", "reference", "hypothesis"],
                            self._val_samples, self.global_step)
 
     # --- optimisation and checkpoints -----------------------------------------------------------
