@@ -50,19 +50,20 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "whisper": Family(
         model_hub="speechtrain.models.whisper.hub",
-        tokenizer="speechtrain.data.tokenizers:WhisperTokenizer",
-        feature_extractor="speechtrain.data.features:WhisperFeatureExtractor",
+        tokenizer="speechtrain.models.whisper.tokenizer:WhisperTokenizer",
+        feature_extractor="speechtrain.models.whisper.features:WhisperFeatureExtractor",
     ),
     "speech_to_text": Family(
         model_hub="speechtrain.models.speech2text.hub",
-        tokenizer="speechtrain.data.tokenizers:Speech2TextTokenizer",
-        feature_extractor="speechtrain.data.features:Speech2TextFeatureExtractor",
+        tokenizer="speechtrain.models.speech2text.tokenizer:Speech2TextTokenizer",
+        feature_extractor="speechtrain.models.speech2text.features:Speech2TextFeatureExtractor",
     ),
-    "vits": Family(model_hub="speechtrain.models.vits.hub", tokenizer="speechtrain.data.text:VitsTextTokenizer"),
+    "vits": Family(model_hub="speechtrain.models.vits.hub",
+                   tokenizer="speechtrain.models.vits.tokenizer:VitsTextTokenizer"),
     # Codec-token models: SoundStorm reads and writes token ids only; Bark's semantic model reads text.
     "soundstorm": Family(model_hub="speechtrain.models.soundstorm.hub", tokenizer=None),
     "semantic": Family(model_hub="speechtrain.models.bark.hub",
-                       tokenizer="speechtrain.data.bark_text:BarkTextTokenizer"),
+                       tokenizer="speechtrain.models.bark.tokenizer:BarkTextTokenizer"),
     "coarse_acoustics": Family(model_hub="speechtrain.models.bark.hub", tokenizer=None),
     "fine_acoustics": Family(model_hub="speechtrain.models.bark.hub", tokenizer=None),
 }

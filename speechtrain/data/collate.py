@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from speechtrain.data.features import FeatureExtractor
+from speechtrain.models.feature_extraction import FeatureExtractor
 
 IGNORE_INDEX = -100  # label padding that cross-entropy ignores
 

@@ -4,7 +4,6 @@ import warnings
 import pytest
 import torch
 
-from speechtrain.data.tokenizers import train_whisper_tokenizer
 from speechtrain.models.whisper import (
     WhisperConfig,
     WhisperForConditionalGeneration,
@@ -13,6 +12,7 @@ from speechtrain.models.whisper import (
     model_from_hf_config,
     save_pretrained,
 )
+from speechtrain.models.whisper.tokenizer import train_whisper_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
