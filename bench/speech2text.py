@@ -18,8 +18,8 @@ import torch
 import transformers
 from common import add_common_arguments, best_rates, machine_line, torch_dtype, training_step_fn
 
-from speechtrain.data.features import Speech2TextFeatureExtractor
 from speechtrain.models.speech2text import Speech2TextConfig, Speech2TextForConditionalGeneration
+from speechtrain.models.speech2text.features import Speech2TextFeatureExtractor
 
 SIZES = {  # fairseq s2t_transformer_{s,m,l}: (d_model, ffn_dim, heads)
     "s": (256, 2048, 4),

@@ -17,8 +17,8 @@ import torch
 import transformers
 from common import add_common_arguments, best_rates, machine_line, torch_dtype, training_step_fn
 
-from speechtrain.data.features import WhisperFeatureExtractor
 from speechtrain.models.whisper import WhisperConfig, WhisperForConditionalGeneration
+from speechtrain.models.whisper.features import WhisperFeatureExtractor
 
 SIZES = {  # openai/whisper dimensions: (d_model, layers, heads)
     "tiny": (384, 4, 6),

@@ -63,7 +63,7 @@ def test_bad_items_are_skipped_and_counted_and_every_line_is_written(mini_bundle
 
 
 def test_a_tokenizer_of_another_model_is_refused(mini_bundle, tmp_path):
-    from speechtrain.data.tokenizers import train_whisper_tokenizer_on_corpus
+    from speechtrain.models.whisper.tokenizer import train_whisper_tokenizer_on_corpus
 
     folder = tmp_path / "mixed"
     shutil.copytree(mini_bundle, folder)

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from speechtrain.data.features import FeatureExtractor
 from speechtrain.layers.labels import IGNORE_INDEX
+from speechtrain.models.feature_extraction import FeatureExtractor
 
 
 class AsrCollator:

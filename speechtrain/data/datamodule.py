@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 from speechtrain.data.collate import AsrCollator
 from speechtrain.data.corpora import CorpusSpec, Utterance, read_corpus
 from speechtrain.data.datasets import CheckedDataset, SpeechDataset
-from speechtrain.data.features import FeatureExtractor
 from speechtrain.data.samplers import DynamicBucketSampler
 from speechtrain.errors import ConfigError, DataError
+from speechtrain.models.feature_extraction import FeatureExtractor
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The spectrograms of VITS, as the original mel_processing.py computes them.
+"""The spectrograms of VITS, as the original mel_processing.py computes them, and the one Slaney mel filter bank
+(`mel_filters`), which Whisper's features use too.
 
 The linear magnitude spectrogram feeds the posterior encoder; the log-mel spectrogram of real and
 generated audio gives the reconstruction loss. Both run in float32 even under autocast (the mel loss
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
-import torchaudio
 
 from speechtrain.errors import ConfigError
 
@@ -30,16 +31,41 @@ def _hann_window(win_length: int, device: torch.device) -> torch.Tensor:
     return torch.hann_window(win_length, device=device)
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    mel = 3.0 * hz / 200.0
+    log_region = hz >= 1000.0
+    mel[log_region] = 15.0 + np.log(hz[log_region] / 1000.0) * 27.0 / np.log(6.4)
+    return mel
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    hz = 200.0 * mel / 3.0
+    log_region = mel >= 15.0
+    hz[log_region] = 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel[log_region] - 15.0))
+    return hz
+
+
 @lru_cache(maxsize=16)
 def mel_filters(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None,
                 device: torch.device | None = None) -> torch.Tensor:
-    """Slaney-scale, Slaney-normalised triangular filters `[n_mels, n_fft // 2 + 1]`, the defaults of the
-    `librosa.filters.mel` that the original uses (`f_max=None` is `sample_rate / 2`). Cached: treat as read-only."""
-    filters = torchaudio.functional.melscale_fbanks(
-        n_fft // 2 + 1, f_min, sample_rate / 2 if f_max is None else f_max, n_mels, sample_rate,
-        norm="slaney", mel_scale="slaney",
-    )  # [n_freqs, n_mels]
-    return filters.T.contiguous().to(device)
+    """Slaney-scale, area-normalised triangular filters `[n_mels, n_fft // 2 + 1]` float32: the defaults of
+    `librosa.filters.mel` (which the original VITS uses; `f_max=None` is `sample_rate / 2`) and Whisper's filters.
+
+    Same formula as `torchaudio.functional.melscale_fbanks(norm="slaney", mel_scale="slaney")`, but computed in
+    float64 like librosa and transformers, then rounded: torchaudio's float32 filters move Whisper's log-mel by up
+    to 2e-5, these match transformers' features exactly. Cached: treat as read-only.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    fft_freqs = np.linspace(0.0, sample_rate // 2, n_fft // 2 + 1)
+    mel_min, mel_max = _hz_to_mel(np.array([f_min, f_max], dtype=np.float64))
+    edges = _mel_to_hz(np.linspace(mel_min, mel_max, n_mels + 2))  # [n_mels + 2] triangle corners in Hz
+    widths = np.diff(edges)  # [n_mels + 1]
+    offsets = edges[None, :] - fft_freqs[:, None]  # [n_freqs, n_mels + 2]
+    rising = -offsets[:, :-2] / widths[:-1]
+    falling = offsets[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))  # [n_freqs, n_mels]
+    return torch.from_numpy(filters.T.astype(np.float32)).contiguous().to(device)
 
 
 def _as_batch(audio: torch.Tensor) -> torch.Tensor:

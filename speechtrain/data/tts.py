@@ -21,7 +21,7 @@ from speechtrain.errors import ConfigError, DataError
 
 
 class TtsTokenizer(Protocol):
-    """What the TTS data layer needs of a tokenizer (`speechtrain.data.text.VitsTextTokenizer` has it)."""
+    """What the TTS data layer needs of a tokenizer (`speechtrain.models.vits.tokenizer.VitsTextTokenizer` has it)."""
 
     pad_id: int
 

@@ -11,9 +11,9 @@ from speechtrain.data.bark_data import (
     BarkTokenDataModule,
     check_token_info,
 )
-from speechtrain.data.bark_text import BarkTextTokenizer
 from speechtrain.data.token_shards import TokenizedUtterance
 from speechtrain.models.bark.layouts import coarse_windows, fine_windows
+from speechtrain.models.bark.tokenizer import BarkTextTokenizer
 from speechtrain.train import BUNDLED_DATA_DIR
 
 TOKENS = BUNDLED_DATA_DIR / "mini_tokens"

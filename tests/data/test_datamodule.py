@@ -4,7 +4,8 @@ import torch
 
 from speechtrain.data.corpora import CorpusSpec
 from speechtrain.data.datamodule import AsrDataModule
-from speechtrain.data.features import Speech2TextFeatureExtractor, WhisperFeatureExtractor
+from speechtrain.models.speech2text.features import Speech2TextFeatureExtractor
+from speechtrain.models.whisper.features import WhisperFeatureExtractor
 
 TEXTS = ["one small step", "hello world", "a quick test", "good morning", "see you soon", "thank you",
          "it is raining", "the end is near", "open the door", "close it", "yes", "not today"]

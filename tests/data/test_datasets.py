@@ -9,7 +9,7 @@ from speechtrain.data.audio import AudioError
 from speechtrain.data.collate import AsrCollator
 from speechtrain.data.corpora import Utterance
 from speechtrain.data.datasets import SpeechDataset
-from speechtrain.data.features import WhisperFeatureExtractor
+from speechtrain.models.whisper.features import WhisperFeatureExtractor
 
 MAX_LABELS = 24  # 4 prefix tokens + up to 19 characters + end token
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torchaudio
 from transformers.audio_utils import mel_filter_bank
 
 from speechtrain.data.spectrogram import linear_spectrogram, mel_filters, mel_spectrogram, spectrogram_to_mel
@@ -48,6 +49,13 @@ def test_mel_filters_are_librosa_slaney(n_fft, n_mels, rate, f_max):
     print(f"{n_mels} filters at {rate} Hz: max abs difference {np.abs(ours - expected).max():.2e}")
     assert ours.shape == (n_mels, n_fft // 2 + 1)
     assert np.abs(ours - expected).max() < 1e-5 * expected.max()  # float32 filters against a float64 reference
+
+
+def test_mel_filters_agree_with_torchaudio():
+    """Whisper's filters (n_fft=400, so 201 bins; 0-8 kHz at 16 kHz) against torchaudio's float32 ones."""
+    for n_mels in (80, 128):
+        reference = torchaudio.functional.melscale_fbanks(201, 0.0, 8000.0, n_mels, 16000, "slaney", "slaney")
+        assert (mel_filters(400, n_mels, 16000, 0.0, 8000.0) - reference.T).abs().max() < 1e-6
 
 
 def test_mel_spectrogram_is_log_of_clamped_filtered_magnitudes(audio):

@@ -6,8 +6,8 @@ import torch
 
 from speechtrain.data.corpora import CorpusSpec, Utterance
 from speechtrain.data.spectrogram import linear_spectrogram
-from speechtrain.data.text import VitsTextTokenizer
 from speechtrain.data.tts import TtsCollator, TtsDataModule, TtsDataset
+from speechtrain.models.vits.tokenizer import VitsTextTokenizer
 
 RATE, HOP, N_FFT, SEGMENT = 16000, 64, 256, 8  # a segment is 8 * 64 = 512 samples, 32 ms
 
@@ -53,7 +53,7 @@ def test_bad_utterances_are_dropped_with_one_summary_warning(corpus, caplog):
 
 
 def test_a_lenient_tokenizer_drops_characters_and_what_is_left_decides(corpus, caplog):
-    with caplog.at_level(logging.WARNING, logger="speechtrain.data.text"):
+    with caplog.at_level(logging.WARNING, logger="speechtrain.models.vits.tokenizer"):
         dataset = make_dataset(corpus, tokenizer=VitsTextTokenizer())
     assert "digits" in [u.id for u in dataset.utterances]  # "route " is left
     assert dataset.skipped["no symbols in the table"] == 1  # "42 @ #" leaves nothing

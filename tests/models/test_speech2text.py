@@ -165,7 +165,7 @@ def test_config_from_a_transformers_dict_ignores_other_keys():
 
 
 def test_build_speech2text_from_scratch_and_pretrained(tmp_path):
-    from speechtrain.data.tokenizers import train_s2t_tokenizer
+    from speechtrain.models.speech2text.tokenizer import train_s2t_tokenizer
 
     tokenizer = train_s2t_tokenizer(["a small corpus of spoken words", "more words here and there"] * 4,
                                     vocab_size=28)

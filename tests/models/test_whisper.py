@@ -7,7 +7,6 @@ test_seq2seq_families.py.
 import pytest
 import torch
 
-from speechtrain.data.tokenizers import train_whisper_tokenizer
 from speechtrain.models.whisper import (
     WhisperConfig,
     WhisperForConditionalGeneration,
@@ -15,6 +14,7 @@ from speechtrain.models.whisper import (
     model_from_hf_config,
     save_pretrained,
 )
+from speechtrain.models.whisper.tokenizer import train_whisper_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from speechtrain.cli.import_ctranslate2 import import_ctranslate2
 from speechtrain.data.audio import load_audio
 from speechtrain.errors import CheckpointError
 from speechtrain.hub import load_bundle
 from speechtrain.models.whisper.ctranslate2 import load_ctranslate2_whisper, read_model_bin
+from speechtrain.models.whisper.import_ctranslate2 import import_ctranslate2
 from speechtrain.train import BUNDLED_DATA_DIR
 
 transformers = pytest.importorskip("transformers")
@@ -25,7 +25,7 @@ CLIPS = [BUNDLED_DATA_DIR / "mini" / "wavs" / f"mini_{i:04d}.wav" for i in (1, 7
 @pytest.fixture(scope="module")
 def tiny_transformers_folder(tmp_path_factory) -> Path:
     """A random transformers Whisper with a real Whisper-shaped tokenizer (the default recipe's, 320 tokens)."""
-    from speechtrain.data.tokenizers import train_whisper_tokenizer_on_corpus
+    from speechtrain.models.whisper.tokenizer import train_whisper_tokenizer_on_corpus
 
     folder = tmp_path_factory.mktemp("hf")
     tokenizer = train_whisper_tokenizer_on_corpus({"format": "ljspeech", "path": str(BUNDLED_DATA_DIR / "mini")},

@@ -20,12 +20,12 @@ from pathlib import Path
 import soundfile
 import torch
 
-from speechtrain.data.bark_text import BarkTextTokenizer
 from speechtrain.data.codecs import EncodecCodec
 from speechtrain.errors import CheckpointError, ConfigError
 from speechtrain.models.bark.generation import generate_audio
 from speechtrain.models.bark.hub import load_pretrained
 from speechtrain.models.bark.layouts import DEFAULTS
+from speechtrain.models.bark.tokenizer import BarkTextTokenizer
 
 
 def _load(folder: str | Path, kind: str, device: str) -> torch.nn.Module:

@@ -21,7 +21,8 @@ def _sub_model(model_type: str, build: Callable[..., nn.Module], transformers_cl
 
 
 MODEL_FAMILIES = (
-    _sub_model("semantic", hub.build_semantic, "BarkSemanticModel", "speechtrain.data.bark_text:BarkTextTokenizer"),
+    _sub_model("semantic", hub.build_semantic, "BarkSemanticModel",
+               "speechtrain.models.bark.tokenizer:BarkTextTokenizer"),
     _sub_model("coarse_acoustics", hub.build_coarse_acoustics, "BarkCoarseModel"),
     _sub_model("fine_acoustics", hub.build_fine_acoustics, "BarkFineModel"),
 )

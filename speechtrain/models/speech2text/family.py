@@ -11,8 +11,8 @@ MODEL_FAMILIES = (
         hub, "speech_to_text", Speech2TextConfig, hub.build_speech2text,
         ModelCard("automatic-speech-recognition", "transformers",
                   "transformers.Speech2TextForConditionalGeneration.from_pretrained(folder)"),
-        tokenizer="speechtrain.data.tokenizers:Speech2TextTokenizer",
-        feature_extractor="speechtrain.data.features:Speech2TextFeatureExtractor",
+        tokenizer="speechtrain.models.speech2text.tokenizer:Speech2TextTokenizer",
+        feature_extractor="speechtrain.models.speech2text.features:Speech2TextFeatureExtractor",
         pretrained_example=f"{S2T_EXAMPLE}, downloaded with `huggingface-cli download {S2T_EXAMPLE} "
                            "--local-dir models/s2t-small-librispeech-asr`",
     ),

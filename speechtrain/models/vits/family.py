@@ -8,7 +8,7 @@ MODEL_FAMILIES = (
     ModelFamily.from_hub(
         hub, "vits", VitsConfig, hub.build_vits,
         ModelCard("text-to-speech", "transformers", "transformers.VitsModel.from_pretrained(folder)"),
-        tokenizer="speechtrain.data.text:VitsTextTokenizer",
+        tokenizer="speechtrain.models.vits.tokenizer:VitsTextTokenizer",
         pretrained_example="facebook/mms-tts-eng, downloaded with "
                            "`huggingface-cli download facebook/mms-tts-eng --local-dir models/mms-tts-eng`",
     ),

@@ -6,8 +6,8 @@ from speechtrain.models.whisper.config import WhisperConfig
 
 CARD = ModelCard("automatic-speech-recognition", "transformers",
                  "transformers.WhisperForConditionalGeneration.from_pretrained(folder)")
-PROCESSORS = {"tokenizer": "speechtrain.data.tokenizers:WhisperTokenizer",
-              "feature_extractor": "speechtrain.data.features:WhisperFeatureExtractor"}
+PROCESSORS = {"tokenizer": "speechtrain.models.whisper.tokenizer:WhisperTokenizer",
+              "feature_extractor": "speechtrain.models.whisper.features:WhisperFeatureExtractor"}
 EXAMPLE = ("openai/whisper-tiny, downloaded with "
            "`huggingface-cli download openai/whisper-tiny --local-dir models/whisper-tiny`")
 

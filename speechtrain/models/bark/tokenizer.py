@@ -5,16 +5,16 @@ transformers' `BertTokenizer(...)(text, add_special_tokens=False)`, which `BarkP
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from speechtrain.errors import DataError
+from speechtrain.models.tokenization import TOKENIZER_CONFIG_NAME, read_optional_json, token_text, write_json_files
 
 VOCAB_FILE = "vocab.txt"
-CONFIG_FILE = "tokenizer_config.json"
+CONFIG_FILE = TOKENIZER_CONFIG_NAME
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                   "mask_token": "[MASK]"}
 
@@ -63,8 +63,7 @@ class BarkTextTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / VOCAB_FILE).write_text("".join(token + "\n" for token in self.vocab), encoding="utf-8")
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
+        write_json_files(directory, {CONFIG_FILE: self.config()})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> BarkTextTokenizer:
@@ -76,15 +75,7 @@ class BarkTextTokenizer:
             raise FileNotFoundError(f"no {VOCAB_FILE} in {directory}; expected a BERT WordPiece tokenizer folder")
         vocab = vocab_path.read_text(encoding="utf-8").split("\n")  # only "\n" ends a token, as in BERT
         vocab = vocab[:-1] if vocab[-1] == "" else vocab
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-        except json.JSONDecodeError as error:
-            raise DataError(f"{config_path}: invalid JSON ({error})") from error
-        special = {key: _token_text(config[key]) for key in SPECIAL_TOKENS if _token_text(config.get(key))}
+        config = read_optional_json(config_path)
+        special = {key: token_text(config[key]) for key in SPECIAL_TOKENS if token_text(config.get(key))}
         return cls(vocab, do_lower_case=config.get("do_lower_case", True), strip_accents=config.get("strip_accents"),
                    tokenize_chinese_chars=config.get("tokenize_chinese_chars", True), special_tokens=special)
-
-
-def _token_text(token: Any) -> str | None:
-    """A special token as `tokenizer_config.json` stores it: a string or an AddedToken dict."""
-    return token.get("content") if isinstance(token, dict) else token

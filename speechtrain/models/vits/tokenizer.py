@@ -35,6 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from speechtrain.errors import ConfigError, DataError, DependencyError
+from speechtrain.models.tokenization import (
+    TOKENIZER_CONFIG_NAME,
+    read_json,
+    read_optional_json,
+    token_text,
+    write_json_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ IPA_LETTERS = (
 )
 SYMBOLS = (PAD, *PUNCTUATION, *LETTERS, *IPA_LETTERS)  # the original table: 178 entries, ids 0..177
 
-VOCAB_FILE, CONFIG_FILE = "vocab.json", "tokenizer_config.json"
+VOCAB_FILE, CONFIG_FILE = "vocab.json", TOKENIZER_CONFIG_NAME
 INSTALL_PHONEMIZER = "`pip install phonemizer` (or `pip install speechtrain[phonemes]`)"
 INSTALL_ESPEAK = "`apt-get install espeak-ng` (Debian, Ubuntu) or `brew install espeak-ng` (macOS)"
 
@@ -287,8 +294,7 @@ class VitsTextTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         vocab = json.dumps(self.vocab, indent=2, sort_keys=True, ensure_ascii=False)
         (directory / VOCAB_FILE).write_text(vocab + "\n", encoding="utf-8")
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
+        write_json_files(directory, {CONFIG_FILE: self.config()})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, strict: bool = False) -> VitsTextTokenizer:
@@ -297,14 +303,10 @@ class VitsTextTokenizer:
         vocab_path, config_path = directory / VOCAB_FILE, directory / CONFIG_FILE
         if not vocab_path.is_file():
             raise FileNotFoundError(f"no {VOCAB_FILE} in {directory}; expected a VITS tokenizer folder")
-        try:
-            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-            config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-        except json.JSONDecodeError as err:
-            raise DataError(f"{directory}: invalid JSON in {VOCAB_FILE} or {CONFIG_FILE} ({err})") from err
+        vocab, config = read_json(vocab_path), read_optional_json(config_path)
         if not isinstance(vocab, dict):
             raise ValueError(f"{vocab_path}: expected a {{symbol: id}} object, got {type(vocab).__name__}")
-        special = {key: _token_text(config.get(key)) for key in ("pad_token", "unk_token")}
+        special = {key: token_text(config.get(key)) for key in ("pad_token", "unk_token")}
         return cls(
             vocab, cleaners=config.get("cleaners"), add_blank=config.get("add_blank", True),
             normalize=config.get("normalize", True), phonemize=config.get("phonemize", True),
@@ -312,8 +314,3 @@ class VitsTextTokenizer:
             language=config.get("language"), pad_token=special["pad_token"] or "<pad>",
             unk_token=special["unk_token"] if "unk_token" in config else "<unk>", strict=strict,
         )
-
-
-def _token_text(token: Any) -> str | None:
-    """A special token as transformers writes it: a string or an `AddedToken` dict with its `content`."""
-    return token.get("content") if isinstance(token, dict) else token

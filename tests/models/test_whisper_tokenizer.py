@@ -2,7 +2,11 @@ import json
 
 import pytest
 
-from speechtrain.data.tokenizers import WhisperTokenizer, train_whisper_tokenizer, train_whisper_tokenizer_on_corpus
+from speechtrain.models.whisper.tokenizer import (
+    WhisperTokenizer,
+    train_whisper_tokenizer,
+    train_whisper_tokenizer_on_corpus,
+)
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from speechtrain.data.features import Speech2TextFeatureExtractor
+from speechtrain.models.speech2text.features import Speech2TextFeatureExtractor
 
 transformers = pytest.importorskip("transformers")
 

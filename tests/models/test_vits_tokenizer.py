@@ -10,15 +10,15 @@ import pytest
 from transformers import VitsTokenizer
 
 from speechtrain.data.corpora import Utterance
-from speechtrain.data.text import (
+from speechtrain.data.tts import TtsDataset
+from speechtrain.errors import DependencyError
+from speechtrain.models.vits.tokenizer import (
     SYMBOLS,
     UnknownSymbolError,
     VitsTextTokenizer,
     build_symbol_table,
     english_cleaners,
 )
-from speechtrain.data.tts import TtsDataset
-from speechtrain.errors import DependencyError
 
 TEXTS = ["hello, world!", "Mixed Case; and   spaces ", "¿que? «quoted» “curly” — dash…", "a", "don't stop",
          "x y z!?", ""]
@@ -91,7 +91,7 @@ def test_strict_rejects_unknown_characters_naming_them_and_the_text():
 
 def test_lenient_drops_unknown_characters_with_one_warning_each(caplog):
     tokenizer = VitsTextTokenizer()
-    with caplog.at_level(logging.WARNING, logger="speechtrain.data.text"):
+    with caplog.at_level(logging.WARNING, logger="speechtrain.models.vits.tokenizer"):
         ids = tokenizer.encode("a1b2 11")
         tokenizer.encode("1 more 2 and 3")
     assert tokenizer.decode(ids) == "ab"  # '1' and '2' dropped, then the trailing space stripped

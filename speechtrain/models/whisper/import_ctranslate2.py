@@ -13,12 +13,12 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from speechtrain.data.features import WhisperFeatureExtractor
-from speechtrain.data.tokenizers import WhisperTokenizer
 from speechtrain.errors import SpeechtrainError
 from speechtrain.hub import save_bundle
 from speechtrain.model_card import write_model_card
 from speechtrain.models.whisper.ctranslate2 import TOKENIZER_NAME, load_ctranslate2_whisper
+from speechtrain.models.whisper.features import WhisperFeatureExtractor
+from speechtrain.models.whisper.tokenizer import WhisperTokenizer
 
 SAMPLING_RATE, HOP_LENGTH = 16000, 160
 

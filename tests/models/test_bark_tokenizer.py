@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from speechtrain.data.bark_text import BarkTextTokenizer
+from speechtrain.models.bark.tokenizer import BarkTextTokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import sentencepiece
 
-from speechtrain.data.tokenizers import (
+from speechtrain.models.speech2text.tokenizer import (
     Speech2TextTokenizer,
     main,
     train_s2t_tokenizer,
