@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -196,24 +197,68 @@ def scratch_vocab_size(tokenizer: Any, values: Mapping[str, Any], config_class: 
     return vocab_size
 
 
-def load_tied_model(
-    path: str | Path, model_class: Any, config_class: Any, tied_key: str, overrides: Mapping[str, Any] | None = None
-) -> Any:
-    """`model_class(config)` with the weights of folder `path`, every key checked; `tied_key` (the
-    output head tied to the token embedding) may be absent when `config.tie_word_embeddings`. The model is built
-    on the meta device, so no time goes into initialising weights that are about to be replaced; buffers outside
-    the state dict are the caller's to rebuild."""
-    config = load_config(path, config_class, overrides)
-    state = read_state_dict(path)
-    with torch.device("meta"):
-        model = model_class(config)
-    check_state_dict(model, state, str(path), optional={tied_key} if config.tie_word_embeddings else ())
-    model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    return model
+@dataclass(frozen=True)
+class TiedEncoderDecoderFormat:
+    """How an encoder-decoder family whose output head is tied to the token embedding (Whisper's `proj_out`,
+    Speech2Text's `lm_head`) reads and writes transformers folders and builds from scratch: one piece of code for
+    both, since their folders differ only in the names held here.
 
+    `model_class(config)` builds the model; its `finish_loading()` rebuilds what the state dict does not hold.
+    `scratch_token_fields(tokenizer)` gives the family's config values that come from a tokenizer besides the
+    vocabulary size, the pad, end and decoder-start ids (which every family takes from it).
+    """
 
-def save_tied_model(model: nn.Module, path: str | Path, tied_key: str) -> None:
-    """Writes `config.json` and `model.safetensors`, without `tied_key` when it is tied (as transformers)."""
-    write_model_folder(path, model.config.to_hf_dict(), model.state_dict(),
-                       skip={tied_key} if model.config.tie_word_embeddings else ())
+    model_class: Any
+    config_class: Any
+    tied_key: str
+    builder_name: str
+    scratch_token_fields: Callable[[Any], dict[str, Any]]
+
+    def model_from_hf_config(self, hf_config: Mapping[str, Any]) -> nn.Module:
+        """A randomly initialised model of the architecture in a transformers `config.json` dict."""
+        return self.model_class(self.config_class.from_hf_dict(dict(hf_config)))
+
+    def load_pretrained(self, path: str | Path, overrides: Mapping[str, Any] | None = None) -> nn.Module:
+        """Loads a transformers-format folder as a float32 model; `overrides` replace `config.json` values before
+        building (e.g. dropout for fine-tuning, `attn_implementation`). Every weight must match by name and shape;
+        only the tied head may be absent. The model is built on the meta device, so no time goes into initialising
+        weights that are about to be replaced."""
+        config = load_config(path, self.config_class, overrides)
+        state = read_state_dict(path)
+        with torch.device("meta"):
+            model = self.model_class(config)
+        check_state_dict(model, state, str(path), optional={self.tied_key} if config.tie_word_embeddings else ())
+        model.load_state_dict(state, strict=False, assign=True)
+        model.tie_weights()
+        model.finish_loading()
+        return model.float()
+
+    def save_pretrained(self, model: nn.Module, path: str | Path) -> None:
+        """Writes `config.json` and `model.safetensors`, without the tied head (as transformers)."""
+        write_model_folder(path, model.config.to_hf_dict(), model.state_dict(),
+                           skip={self.tied_key} if model.config.tie_word_embeddings else ())
+
+    def build(
+        self,
+        config: Mapping[str, Any] | None,
+        pretrained: str | Path | None,
+        overrides: Mapping[str, Any] | None,
+        tokenizer: AsrTokenizer | None,
+    ) -> nn.Module:
+        """From scratch (`config` over the defaults) or from a `pretrained` folder, `overrides` over either.
+
+        From scratch, the vocabulary size and the special token ids come from the `tokenizer` when one is given
+        (`vocab_size` may be set larger). From a folder, the tokenizer must fit inside the checkpoint's vocabulary.
+        """
+        values = build_values(config, pretrained, overrides, self.builder_name)
+        if pretrained is not None:
+            return fit_tokenizer(self.load_pretrained(pretrained, values), tokenizer, pretrained)
+        if tokenizer is not None:
+            values.update(
+                vocab_size=scratch_vocab_size(tokenizer, values, self.config_class, f"{self.builder_name} config"),
+                pad_token_id=tokenizer.pad_id,
+                eos_token_id=tokenizer.eos_id,
+                decoder_start_token_id=tokenizer.prefix_ids[0],
+                **self.scratch_token_fields(tokenizer),
+            )
+        return self.model_class(self.config_class(**values))

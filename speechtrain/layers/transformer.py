@@ -14,13 +14,20 @@ are computed from the encoder states once. Beam search reorders it with `index_s
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from speechtrain.layers.attention import attend, check_implementation, padding_to_attention_mask
+from speechtrain.layers.config_fields import (
+    check_choice,
+    check_divisible,
+    check_positive_int,
+    check_probability,
+    check_token_ids,
+)
 
 LayerCache = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -37,16 +44,47 @@ ACTIVATION_FUNCTIONS = {
 class TransformerConfig(Protocol):
     """The config fields the shared layers and stacks read (WhisperConfig and Speech2TextConfig have them)."""
 
+    vocab_size: int
     d_model: int
+    encoder_layers: int
+    decoder_layers: int
+    encoder_attention_heads: int
+    decoder_attention_heads: int
+    encoder_ffn_dim: int
+    decoder_ffn_dim: int
     dropout: float
     attention_dropout: float
     activation_dropout: float
     activation_function: str
-    decoder_attention_heads: int
-    decoder_ffn_dim: int
     encoder_layerdrop: float
     decoder_layerdrop: float
+    max_source_positions: int
+    max_target_positions: int
+    pad_token_id: int
+    bos_token_id: int
+    eos_token_id: int
+    decoder_start_token_id: int
+    init_std: float
+    tie_word_embeddings: bool
+    attn_implementation: str
 
+
+
+def check_transformer_config(
+    config: TransformerConfig, positive: tuple[str, ...] = (), probabilities: tuple[str, ...] = ()
+) -> None:
+    """Validates the fields every encoder-decoder config has, plus the family's own `positive` integers and
+    `probabilities`; errors name the config class and the field."""
+    check_implementation(config.attn_implementation)
+    check_positive_int(config, "vocab_size", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+                       "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "d_model",
+                       "max_source_positions", "max_target_positions", *positive)
+    check_divisible(config, "d_model", "encoder_attention_heads", "decoder_attention_heads")
+    check_token_ids(config, "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
+                    vocab_size=config.vocab_size)
+    check_choice(config, "activation_function", tuple(ACTIVATION_FUNCTIONS))
+    check_probability(config, "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
+                      "decoder_layerdrop", *probabilities)
 
 class Attention(nn.Module):
     """Multi-head attention for both self- and cross-attention.
@@ -181,6 +219,15 @@ class TransformerEncoder(nn.Module):
         for unused parameters (read by `speechtrain.distributed.build_strategy`)."""
         return self.config.encoder_layerdrop > 0
 
+    def build_layers(self, layer_class: type[EncoderLayer], attn_implementation: str) -> None:
+        """`layers` (`encoder_layers` of the family's `layer_class`) and the final `layer_norm`."""
+        config = self.config
+        self.layers = nn.ModuleList(
+            layer_class(config, attn_implementation, config.encoder_attention_heads, config.encoder_ffn_dim)
+            for _ in range(config.encoder_layers)
+        )
+        self.layer_norm = nn.LayerNorm(config.d_model)
+
     def run_layers(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, S, d]` embedded input and an optional `[B, S]` mask (True = real) -> `[B, S, d]`, dropping layers
         (`encoder_layerdrop`) in training."""
@@ -204,6 +251,12 @@ class TransformerDecoder(nn.Module):
     def may_leave_parameters_unused(self) -> bool:
         """As the encoder's, for `decoder_layerdrop`."""
         return self.config.decoder_layerdrop > 0
+
+    def build_layers(self, layer_class: type[DecoderLayer], attn_implementation: str) -> None:
+        """`layers` (`decoder_layers` of the family's `layer_class`) and the final `layer_norm`."""
+        self.layers = nn.ModuleList(layer_class(self.config, attn_implementation)
+                                    for _ in range(self.config.decoder_layers))
+        self.layer_norm = nn.LayerNorm(self.config.d_model)
 
     def embed(self, input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
         """`[B, T]` new tokens, the first at position `past_length` -> `[B, T, d]` token + position embeddings."""
@@ -262,20 +315,45 @@ class TransformerDecoder(nn.Module):
         return self.layer_norm(x), new_cache if use_cache else []
 
 
+class EncoderDecoderModel(nn.Module):
+    """Holds the encoder and decoder under transformers' `model.` prefix; the root module drives them."""
+
+    def __init__(self, encoder: TransformerEncoder, decoder: TransformerDecoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+
 class EncoderDecoderForConditionalGeneration(nn.Module):
     """What the root classes of Whisper and Speech2Text share: the interface of docs/design.md (`encode`,
-    `decode`, teacher-forced `forward`), weight tying and transformers' initialisation.
+    `decode`, teacher-forced `forward`), the modules, weight tying and transformers' initialisation.
 
-    A family's `__init__` builds `model` (with `model.encoder` and `model.decoder`) and the language-model head
-    under the attribute named by `output_head_name` (transformers' name: `proj_out`, `lm_head`), then calls
-    `self.apply(self._init_weights)` and `self.tie_weights()`. It implements `encode` and, if the encoder
-    subsamples the frames, `encoder_mask`. Shared by subclassing rather than kept as copies: the two drifted
-    apart once (the decode-time mask check was Speech2Text's only), and the family files keep only what differs.
+    A family names its `encoder_class` and `decoder_class` (built as `model.encoder`, `model.decoder`) and the
+    attribute of its language-model head (`output_head_name`, transformers' name: `proj_out`, `lm_head`). It
+    implements `encode` and, if the encoder subsamples the frames, `encoder_mask`. Shared by subclassing rather
+    than kept as copies: the two drifted apart once (the decode-time mask check was Speech2Text's only), and the
+    family files keep only what differs.
     """
 
     config: TransformerConfig
-    model: nn.Module
-    output_head_name: str
+    model: EncoderDecoderModel
+    output_head_name: ClassVar[str]
+    encoder_class: ClassVar[type[TransformerEncoder]]
+    decoder_class: ClassVar[type[TransformerDecoder]]
+    # FSDP and activation-checkpointing units, the family's subclasses included (speechtrain.distributed)
+    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (EncoderLayer, DecoderLayer)
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.model = EncoderDecoderModel(self.encoder_class(config, config.attn_implementation),
+                                         self.decoder_class(config, config.attn_implementation))
+        setattr(self, self.output_head_name, nn.Linear(config.d_model, config.vocab_size, bias=False))
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def finish_loading(self) -> None:
+        """Called after the weights of a folder were assigned to a model built on the meta device: rebuilds what
+        the state dict does not hold (position tables, frozen flags)."""
 
     @property
     def output_head(self) -> nn.Linear:

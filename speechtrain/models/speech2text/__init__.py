@@ -9,26 +9,22 @@ from speechtrain.models.speech2text.hub import (
 )
 from speechtrain.models.speech2text.modeling import (
     Conv1dSubsampler,
-    Speech2TextAttention,
     Speech2TextDecoder,
     Speech2TextDecoderLayer,
     Speech2TextEncoder,
     Speech2TextEncoderLayer,
     Speech2TextForConditionalGeneration,
-    Speech2TextModel,
     Speech2TextSinusoidalPositionalEmbedding,
 )
 
 __all__ = [
     "Conv1dSubsampler",
-    "Speech2TextAttention",
     "Speech2TextConfig",
     "Speech2TextDecoder",
     "Speech2TextDecoderLayer",
     "Speech2TextEncoder",
     "Speech2TextEncoderLayer",
     "Speech2TextForConditionalGeneration",
-    "Speech2TextModel",
     "Speech2TextSinusoidalPositionalEmbedding",
     "build_speech2text",
     "load_pretrained",

@@ -6,18 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
-from speechtrain.layers.attention import check_implementation
-from speechtrain.layers.config_fields import (
-    check_choice,
-    check_divisible,
-    check_positive_int,
-    check_probability,
-    check_token_ids,
-)
-from speechtrain.layers.transformer import ACTIVATION_FUNCTIONS
+from speechtrain.layers.transformer import check_transformer_config
 from speechtrain.models.hf_config import hf_config_fields, saved_fields
-
-ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
 
 @dataclass
@@ -59,13 +49,9 @@ class Speech2TextConfig:
     attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 
     def __post_init__(self) -> None:
-        check_implementation(self.attn_implementation)
         self.conv_kernel_sizes = list(self.conv_kernel_sizes)
-        check_positive_int(self, "vocab_size", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-                           "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "d_model",
-                           "max_source_positions", "max_target_positions", "num_conv_layers", "conv_channels",
-                           "input_feat_per_channel", "input_channels")
-        check_divisible(self, "d_model", "encoder_attention_heads", "decoder_attention_heads")
+        check_transformer_config(self, positive=("num_conv_layers", "conv_channels", "input_feat_per_channel",
+                                                 "input_channels"))
         if self.d_model < 4:
             raise ConfigError(f"Speech2TextConfig.d_model={self.d_model} must be >= 4 (sinusoidal positions)")
         if len(self.conv_kernel_sizes) != self.num_conv_layers:
@@ -80,11 +66,6 @@ class Speech2TextConfig:
             )
         if self.conv_channels % 2:
             raise ConfigError(f"Speech2TextConfig.conv_channels={self.conv_channels} must be even (GLU halves it)")
-        check_token_ids(self, "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-                        vocab_size=self.vocab_size)
-        check_choice(self, "activation_function", ACTIVATIONS)
-        check_probability(self, "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
-                          "decoder_layerdrop")
 
     @property
     def input_size(self) -> int:

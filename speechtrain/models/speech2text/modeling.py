@@ -14,14 +14,12 @@ mapping.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from speechtrain.layers.transformer import (
-    Attention,
     DecoderLayer,
     EncoderDecoderForConditionalGeneration,
     EncoderLayer,
@@ -110,20 +108,12 @@ class Conv1dSubsampler(nn.Module):
         return x.transpose(1, 2)  # [B, S, d]
 
 
-class Speech2TextAttention(Attention):
-    """Multi-head attention for both self- and cross-attention, every projection with a bias."""
-
-
 class Speech2TextEncoderLayer(EncoderLayer):
-    """Pre-norm self-attention + feed-forward block."""
-
-    attention_class = Speech2TextAttention
+    """Pre-norm self-attention + feed-forward block; the shared `Attention`, a bias on every projection."""
 
 
 class Speech2TextDecoderLayer(DecoderLayer):
     """Causal self-attention, cross-attention to the encoder, feed-forward."""
-
-    attention_class = Speech2TextAttention
 
 
 class Speech2TextEncoder(TransformerEncoder):
@@ -137,12 +127,7 @@ class Speech2TextEncoder(TransformerEncoder):
         self.embed_positions = Speech2TextSinusoidalPositionalEmbedding(
             config.max_source_positions, config.d_model, config.pad_token_id
         )
-        self.layers = nn.ModuleList(
-            Speech2TextEncoderLayer(config, attn_implementation, config.encoder_attention_heads,
-                                    config.encoder_ffn_dim)
-            for _ in range(config.encoder_layers)
-        )
-        self.layer_norm = nn.LayerNorm(config.d_model)
+        self.build_layers(Speech2TextEncoderLayer, attn_implementation)
 
     def forward(self, input_features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, T, n_features]` filterbanks and the subsampled `[B, S]` mask (True = real) -> `[B, S, d]`."""
@@ -168,10 +153,7 @@ class Speech2TextDecoder(TransformerDecoder):
         self.embed_positions = Speech2TextSinusoidalPositionalEmbedding(
             config.max_target_positions, config.d_model, config.pad_token_id
         )
-        self.layers = nn.ModuleList(
-            Speech2TextDecoderLayer(config, attn_implementation) for _ in range(config.decoder_layers)
-        )
-        self.layer_norm = nn.LayerNorm(config.d_model)
+        self.build_layers(Speech2TextDecoderLayer, attn_implementation)
 
     def embed(self, input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
         """Scaled token embeddings + sinusoidal positions `[B, T, d]`. Tokens equal to `pad_token_id` get the
@@ -181,29 +163,12 @@ class Speech2TextDecoder(TransformerDecoder):
         return x + self.embed_positions(positions, self.config.pad_token_id + past_length + input_ids.shape[1])
 
 
-class Speech2TextModel(nn.Module):
-    """Holds the encoder and decoder under transformers' `model.` prefix; the root module drives them."""
-
-    def __init__(self, config: Speech2TextConfig, attn_implementation: str = "sdpa"):
-        super().__init__()
-        self.encoder = Speech2TextEncoder(config, attn_implementation)
-        self.decoder = Speech2TextDecoder(config, attn_implementation)
-
-
 class Speech2TextForConditionalGeneration(EncoderDecoderForConditionalGeneration):
     """Speech2Text with its language-model head (`lm_head`, tied to the token embedding by default)."""
 
     output_head_name = "lm_head"
-    # FSDP and activation-checkpointing units (read by speechtrain.distributed.block_classes)
-    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (Speech2TextEncoderLayer, Speech2TextDecoderLayer)
-
-    def __init__(self, config: Speech2TextConfig):
-        super().__init__()
-        self.config = config
-        self.model = Speech2TextModel(config, config.attn_implementation)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        self.tie_weights()
+    encoder_class = Speech2TextEncoder
+    decoder_class = Speech2TextDecoder
 
     def encoder_mask(self, frame_mask: torch.Tensor | None) -> torch.Tensor | None:
         """The `[B, T]` frame mask (True = real frame) mapped onto the encoder's subsampled axis: `[B, S]` bool."""
@@ -231,3 +196,9 @@ class Speech2TextForConditionalGeneration(EncoderDecoderForConditionalGeneration
     def encode(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, T, n_features]` filterbanks and their `[B, T]` frame mask -> `[B, S, d]` encoder states."""
         return self.model.encoder(*self._encoder_inputs(input_features, attention_mask))
+
+    def finish_loading(self) -> None:
+        """The position tables are buffers outside the state dict: rebuilt after a meta-device build."""
+        for module in self.modules():
+            if isinstance(module, Speech2TextSinusoidalPositionalEmbedding):
+                module.reset_parameters()

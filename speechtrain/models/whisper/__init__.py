@@ -9,7 +9,6 @@ from speechtrain.models.whisper.modeling import (
     WhisperEncoder,
     WhisperEncoderLayer,
     WhisperForConditionalGeneration,
-    WhisperModel,
 )
 
 __all__ = [
@@ -20,7 +19,6 @@ __all__ = [
     "WhisperEncoder",
     "WhisperEncoderLayer",
     "WhisperForConditionalGeneration",
-    "WhisperModel",
     "build_whisper",
     "load_pretrained",
     "model_from_hf_config",

@@ -6,18 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from speechtrain.errors import ConfigError
-from speechtrain.layers.attention import check_implementation
-from speechtrain.layers.config_fields import (
-    check_choice,
-    check_divisible,
-    check_positive_int,
-    check_probability,
-    check_token_ids,
-)
-from speechtrain.layers.transformer import ACTIVATION_FUNCTIONS
+from speechtrain.layers.transformer import check_transformer_config
 from speechtrain.models.hf_config import hf_config_fields, saved_fields
-
-ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS)
 
 
 @dataclass
@@ -66,18 +56,10 @@ class WhisperConfig:
     attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 
     def __post_init__(self) -> None:
-        check_implementation(self.attn_implementation)
-        check_positive_int(self, "vocab_size", "num_mel_bins", "encoder_layers", "decoder_layers",
-                           "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
-                           "d_model", "max_source_positions", "max_target_positions")
-        check_divisible(self, "d_model", "encoder_attention_heads", "decoder_attention_heads")
+        check_transformer_config(self, positive=("num_mel_bins",),
+                                 probabilities=("mask_time_prob", "mask_feature_prob"))
         if self.d_model % 2 or self.d_model < 4:
             raise ConfigError(f"WhisperConfig.d_model={self.d_model} must be even and >= 4 (sinusoidal positions)")
-        check_token_ids(self, "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-                        vocab_size=self.vocab_size)
-        check_choice(self, "activation_function", ACTIVATIONS)
-        check_probability(self, "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop",
-                          "decoder_layerdrop", "mask_time_prob", "mask_feature_prob")
 
     @classmethod
     def from_hf_dict(cls, hf_config: dict[str, Any]) -> WhisperConfig:

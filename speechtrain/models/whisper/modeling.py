@@ -8,7 +8,6 @@ sinusoidal encoder positions and the learned decoder ones.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +62,7 @@ class WhisperEncoder(TransformerEncoder):
         self.conv2 = nn.Conv1d(config.d_model, config.d_model, kernel_size=3, stride=2, padding=1)
         self.embed_positions = nn.Embedding(config.max_source_positions, config.d_model)
         self.embed_positions.requires_grad_(False)
-        self.layers = nn.ModuleList(
-            WhisperEncoderLayer(config, attn_implementation, config.encoder_attention_heads, config.encoder_ffn_dim)
-            for _ in range(config.encoder_layers)
-        )
-        self.layer_norm = nn.LayerNorm(config.d_model)
+        self.build_layers(WhisperEncoderLayer, attn_implementation)
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
         """`[B, n_mels, 2 * max_source_positions]` log-mel features -> `[B, max_source_positions, d]`."""
@@ -92,10 +87,7 @@ class WhisperDecoder(TransformerDecoder):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
         self.embed_positions = nn.Embedding(config.max_target_positions, config.d_model)
-        self.layers = nn.ModuleList(
-            WhisperDecoderLayer(config, attn_implementation) for _ in range(config.decoder_layers)
-        )
-        self.layer_norm = nn.LayerNorm(config.d_model)
+        self.build_layers(WhisperDecoderLayer, attn_implementation)
 
     def embed(self, input_ids: torch.Tensor, past_length: int) -> torch.Tensor:
         """Token + learned position embeddings `[B, T, d]`; the positions end at `max_target_positions`."""
@@ -108,29 +100,12 @@ class WhisperDecoder(TransformerDecoder):
         return self.embed_tokens(input_ids) + self.embed_positions.weight[past_length : past_length + time]
 
 
-class WhisperModel(nn.Module):
-    """Holds the encoder and decoder under transformers' `model.` prefix; the root module drives them."""
-
-    def __init__(self, config: WhisperConfig, attn_implementation: str = "sdpa"):
-        super().__init__()
-        self.encoder = WhisperEncoder(config, attn_implementation)
-        self.decoder = WhisperDecoder(config, attn_implementation)
-
-
 class WhisperForConditionalGeneration(EncoderDecoderForConditionalGeneration):
     """Whisper with its language-model head (`proj_out`, tied to the token embedding by default)."""
 
     output_head_name = "proj_out"
-    # FSDP and activation-checkpointing units (read by speechtrain.distributed.block_classes)
-    block_classes: ClassVar[tuple[type[nn.Module], ...]] = (WhisperEncoderLayer, WhisperDecoderLayer)
-
-    def __init__(self, config: WhisperConfig):
-        super().__init__()
-        self.config = config
-        self.model = WhisperModel(config, config.attn_implementation)
-        self.proj_out = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-        self.tie_weights()
+    encoder_class = WhisperEncoder
+    decoder_class = WhisperDecoder
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -144,3 +119,7 @@ class WhisperForConditionalGeneration(EncoderDecoderForConditionalGeneration):
         transformers does): it was trained on 30 s windows padded with silence; `decode` ignores its
         `encoder_attention_mask` likewise."""
         return self.model.encoder(input_features)
+
+    def finish_loading(self) -> None:
+        """Assigned weights come with `requires_grad`: the sinusoidal encoder positions stay frozen."""
+        self.model.encoder.embed_positions.requires_grad_(False)
