@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torchaudio
 
+from speechtrain.data.frozen_model import WrapsFrozenModel
 from speechtrain.errors import CheckpointError, ConfigError
 from speechtrain.safe_load import load_untrusted
 
@@ -60,7 +61,7 @@ def _load_state_dict(model: torch.nn.Module, checkpoint: str | Path) -> None:
         raise CheckpointError(f"{path}: tensor shapes do not match the 24 kHz EnCodec model ({err})") from err
 
 
-class EncodecCodec:
+class EncodecCodec(WrapsFrozenModel):
     """The 24 kHz EnCodec model at one bandwidth, in eval mode, without gradients.
 
     `checkpoint=None` gives seeded random weights (tests and smoke runs; a warning says so), a path
@@ -134,14 +135,6 @@ class EncodecCodec:
     @property
     def codebook_size(self) -> int:
         return int(self.model.quantizer.bins)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: str | torch.device) -> EncodecCodec:
-        self.model.to(device)
-        return self
 
     def settings(self) -> dict:
         """What identifies these codes; `speechtrain.data.token_shards` stores it and refuses to mix others."""

@@ -21,6 +21,7 @@ import torchaudio
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from speechtrain.data.frozen_model import WrapsFrozenModel
 from speechtrain.errors import CheckpointError, ConfigError
 from speechtrain.safe_load import load_untrusted
 
@@ -156,7 +157,7 @@ def _hubert_from_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, st
     return model, architecture
 
 
-class HubertSemanticTokenizer:
+class HubertSemanticTokenizer(WrapsFrozenModel):
     """HuBERT layer-`layer` features, then k-means ids: waveforms to LongTensor[frames] at 50 Hz.
 
     `checkpoint=None` gives seeded random `hubert_base` weights (tests and smoke runs; a warning
@@ -212,14 +213,6 @@ class HubertSemanticTokenizer:
     @property
     def num_clusters(self) -> int | None:
         return None if self.kmeans is None else self.kmeans.num_clusters
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: str | torch.device) -> HubertSemanticTokenizer:
-        self.model.to(device)
-        return self
 
     def settings(self) -> dict:
         """What identifies these ids; `kmeans` names the file the centroids were loaded from, if any."""

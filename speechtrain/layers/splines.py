@@ -121,9 +121,10 @@ def _spline(
     knots_y = _knots(unnormalized_heights, bottom, top, min_bin_height)  # [..., num_bins + 1]
     derivatives = min_derivative + F.softplus(unnormalized_derivatives)  # [..., num_bins + 1]
 
-    # the bin holding each input; the top edge belongs to the last bin
-    edges = (knots_y if reverse else knots_x).contiguous()
-    bin_idx = torch.searchsorted(edges, inputs[..., None].contiguous(), right=True) - 1
+    # the bin holding each input (the edges at or below it, less one; what searchsorted(right=True) gives, written
+    # as a comparison so that the ONNX export has an operator for it); the top edge belongs to the last bin
+    edges = knots_y if reverse else knots_x
+    bin_idx = (edges <= inputs[..., None]).sum(dim=-1, keepdim=True) - 1
     bin_idx = bin_idx.clamp(0, num_bins - 1)  # [..., 1]
     x0, x1 = knots_x.gather(-1, bin_idx)[..., 0], knots_x.gather(-1, bin_idx + 1)[..., 0]
     y0, y1 = knots_y.gather(-1, bin_idx)[..., 0], knots_y.gather(-1, bin_idx + 1)[..., 0]

@@ -30,6 +30,8 @@ class VitsConfig:
     `noise_scale`, `noise_scale_duration` and `speaking_rate` are the inference defaults of `VitsModel.forward`.
     `initializer_range` is kept for the config.json round trip only: VITS initialises as the original code does.
     `window_size=0` turns the relative positions off (plain attention; transformers cannot run that).
+    `resblock_type=2` is HiFi-GAN V2's residual block (Piper's x_low, low and medium voices), which transformers'
+    `VitsModel` lacks: such a folder loads here and exports to Piper, not to transformers.
     """
 
     vocab_size: int = 38
@@ -57,6 +59,7 @@ class VitsConfig:
     upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 16, 4, 4])
     resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
     resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
+    resblock_type: int = 1
     leaky_relu_slope: float = 0.1
     depth_separable_channels: int = 2
     depth_separable_num_layers: int = 3
@@ -104,6 +107,7 @@ class VitsConfig:
         if self.num_speakers > 1 and self.speaker_embedding_size == 0:
             raise ConfigError(f"VitsConfig.num_speakers={self.num_speakers} needs speaker_embedding_size > 0")
         check_choice(self, "hidden_act", ACTIVATIONS)
+        check_choice(self, "resblock_type", (1, 2))
         if not self.upsample_rates or len(self.upsample_kernel_sizes) != len(self.upsample_rates):
             raise ConfigError(f"VitsConfig.upsample_kernel_sizes={self.upsample_kernel_sizes} and upsample_rates="
                              f"{self.upsample_rates} must be non-empty lists of the same length")
@@ -122,6 +126,11 @@ class VitsConfig:
                           "duration_predictor_dropout", "wavenet_dropout")
         check_positive(self, "speaking_rate", "duration_predictor_tail_bound", "layer_norm_eps")
         check_token_ids(self, "pad_token_id", vocab_size=self.vocab_size, optional=True)
+
+    @property
+    def transformers_compatible(self) -> bool:
+        """Whether transformers' `VitsModel` can hold this layout: it has HiFi-GAN's V1 residual block only."""
+        return self.resblock_type == 1
 
     @property
     def hop_length(self) -> int:

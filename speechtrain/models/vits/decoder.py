@@ -41,9 +41,31 @@ class HifiGanResidualBlock(nn.Module):
         return x
 
 
+class HifiGanResidualBlock2(nn.Module):
+    """HiFi-GAN V2's lighter block (Piper's x_low, low and medium voices): one dilated convolution per dilation,
+    each with a leaky ReLU before it and a residual connection around it. transformers' `VitsHifiGan` has only
+    the V1 block, so layouts with this one export to Piper (`--format piper`) rather than to transformers."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: list[int], leaky_relu_slope: float):
+        super().__init__()
+        self.leaky_relu_slope = leaky_relu_slope
+        self.convs = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=same_padding(kernel_size, d)))
+            for d in dilations
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = x + conv(F.leaky_relu(x, self.leaky_relu_slope))
+        return x
+
+
+RESIDUAL_BLOCKS = {1: HifiGanResidualBlock, 2: HifiGanResidualBlock2}
+
+
 class VitsHifiGan(nn.Module):
     """Transposed-convolution upsampling by `prod(upsample_rates)`, each stage followed by the average of
-    multi-receptive-field residual blocks."""
+    multi-receptive-field residual blocks (of `resblock_type` 1 or 2, as HiFi-GAN's V1 and V2)."""
 
     def __init__(self, config: VitsConfig):
         super().__init__()
@@ -52,13 +74,14 @@ class VitsHifiGan(nn.Module):
         self.conv_pre = nn.Conv1d(config.flow_size, config.upsample_initial_channel, kernel_size=7, padding=3)
         self.upsampler = nn.ModuleList()
         self.resblocks = nn.ModuleList()
+        block_class = RESIDUAL_BLOCKS[config.resblock_type]
         for i, (rate, kernel_size) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes)):
             channels = config.upsample_initial_channel // 2 ** (i + 1)
             self.upsampler.append(weight_norm(nn.ConvTranspose1d(
                 2 * channels, channels, kernel_size, stride=rate, padding=(kernel_size - rate) // 2
             )))
             for block_kernel, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes):
-                self.resblocks.append(HifiGanResidualBlock(channels, block_kernel, dilations, self.leaky_relu_slope))
+                self.resblocks.append(block_class(channels, block_kernel, dilations, self.leaky_relu_slope))
         self.conv_post = nn.Conv1d(channels, 1, kernel_size=7, padding=3, bias=False)
         if config.speaker_embedding_size:
             self.cond = nn.Conv1d(config.speaker_embedding_size, config.upsample_initial_channel, 1)

@@ -8,6 +8,7 @@ split into (norm, direction) on the way in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,19 @@ from speechtrain.hub import (
 from speechtrain.models.vits.config import VitsConfig
 from speechtrain.models.vits.modeling import VitsModel
 
+logger = logging.getLogger(__name__)
+
 NORM, DIRECTION = "parametrizations.weight.original0", "parametrizations.weight.original1"
 LEGACY_NAMES = {".weight_g": "." + NORM, ".weight_v": "." + DIRECTION}
 
 
 def _weight_normed_decoder_modules(model: VitsModel) -> dict[str, torch.nn.Module]:
     return {f"decoder.{name}.": module for name, module in model.decoder.named_modules()
+            if parametrize.is_parametrized(module, "weight")}
+
+
+def _weight_normed_modules(model: VitsModel) -> dict[str, torch.nn.Module]:
+    return {f"{name}.": module for name, module in model.named_modules()
             if parametrize.is_parametrized(module, "weight")}
 
 
@@ -54,14 +62,16 @@ def _kernel_norm(weight: torch.Tensor) -> torch.Tensor:
 
 
 def state_dict_from_hf(model: VitsModel, hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A transformers `VitsModel` state dict (either weight-norm naming) renamed to ours; keys are not checked."""
+    """A transformers `VitsModel` state dict (either weight-norm naming) renamed to ours; keys are not checked.
+    A weight-normed convolution given as a plain `weight` (transformers' decoder; a weight-folded export such as
+    Piper's ONNX) is split into its norm and direction."""
     state = {}
     for key, value in hf_state.items():
         for legacy, current in LEGACY_NAMES.items():
             if key.endswith(legacy):
                 key = key[: -len(legacy)] + current
         state[key] = value
-    for prefix in _weight_normed_decoder_modules(model):
+    for prefix in _weight_normed_modules(model):
         if prefix + "weight" in state:
             weight = state.pop(prefix + "weight")
             state[prefix + NORM] = _kernel_norm(weight)
@@ -94,7 +104,12 @@ def load_pretrained(path: str | Path, overrides: Mapping[str, Any] | None = None
 
 
 def save_pretrained(model: VitsModel, path: str | Path) -> None:
-    """Writes `config.json` and `model.safetensors` that transformers' `VitsModel.from_pretrained` loads."""
+    """Writes `config.json` and `model.safetensors` that transformers' `VitsModel.from_pretrained` loads (when
+    transformers can hold the layout: a warning says when it cannot)."""
+    if not model.config.transformers_compatible:
+        logger.warning("%s: resblock_type=%d (HiFi-GAN V2, Piper's lighter voices) is not in transformers' VitsModel: "
+                       "this folder loads in speechtrain and exports to Piper (speechtrain-export --format piper), "
+                       "but transformers would misread it", path, model.config.resblock_type)
     write_model_folder(path, model.config.to_hf_dict(), state_dict_to_hf(model))
 
 

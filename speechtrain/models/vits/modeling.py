@@ -20,7 +20,7 @@ from torch import nn
 
 from speechtrain.layers.alignment import monotonic_alignment_search
 from speechtrain.models.vits.config import VitsConfig
-from speechtrain.models.vits.decoder import HifiGanResidualBlock, VitsHifiGan
+from speechtrain.models.vits.decoder import HifiGanResidualBlock, HifiGanResidualBlock2, VitsHifiGan
 from speechtrain.models.vits.duration_predictor import VitsDurationPredictor, VitsStochasticDurationPredictor
 from speechtrain.models.vits.flow import VitsResidualCouplingBlock, VitsResidualCouplingLayer
 from speechtrain.models.vits.posterior_encoder import VitsPosteriorEncoder
@@ -28,8 +28,9 @@ from speechtrain.models.vits.text_encoder import VitsEncoderLayer, VitsTextEncod
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
-    """`[B]` lengths -> boolean `[B, max_length]`, True inside each length."""
-    max_length = int(lengths.max()) if max_length is None else max_length
+    """`[B]` lengths -> boolean `[B, max_length]`, True inside each length. The longest length stays a tensor, so
+    that a traced (ONNX) synthesis keeps the output length dynamic."""
+    max_length = lengths.max() if max_length is None else max_length
     return torch.arange(max_length, device=lengths.device) < lengths[:, None]
 
 
@@ -78,7 +79,7 @@ def slice_segments(x: torch.Tensor, starts: torch.Tensor, segment_size: int) -> 
 class VitsModel(nn.Module):
     # FSDP and activation-checkpointing units: text-encoder layers, flow coupling layers, HiFi-GAN residual blocks
     block_classes: ClassVar[tuple[type[nn.Module], ...]] = (VitsEncoderLayer, VitsResidualCouplingLayer,
-                                                            HifiGanResidualBlock)
+                                                            HifiGanResidualBlock, HifiGanResidualBlock2)
 
     def __init__(self, config: VitsConfig):
         super().__init__()

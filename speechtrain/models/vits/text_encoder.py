@@ -66,10 +66,11 @@ class VitsAttention(nn.Module):
         return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
 
     def _relative_embeddings(self, embeddings: torch.Tensor, length: int) -> torch.Tensor:
-        """`[1, 2W+1, Dh]` -> `[1, 2T-1, Dh]`: offsets `-(T-1)..T-1`, zero beyond the window."""
-        pad = max(length - (self.window_size + 1), 0)
-        start = max((self.window_size + 1) - length, 0)
-        return F.pad(embeddings, (0, 0, pad, pad))[:, start : start + 2 * length - 1]
+        """`[1, 2W+1, Dh]` -> `[1, 2T-1, Dh]`: offsets `-(T-1)..T-1`, zero beyond the window. Padded by T-1 on
+        both sides and cut from W on (the original pads and cuts by branches on T, which a traced ONNX export
+        would freeze at the example's length)."""
+        padded = F.pad(embeddings, (0, 0, length - 1, length - 1))  # [1, 2W+1 + 2(T-1), Dh], offset 0 at W+T-1
+        return padded[:, self.window_size : self.window_size + 2 * length - 1]
 
     def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`[B, T, d]` -> `[B, T, d]`; `key_mask` is boolean `[B, 1, 1, T]`, True at real tokens."""

@@ -297,9 +297,12 @@ class VitsTextTokenizer:
         write_json_files(directory, {CONFIG_FILE: self.config()})
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, strict: bool = False) -> VitsTextTokenizer:
-        """Reads a folder written by `save_pretrained` or by transformers (e.g. `facebook/mms-tts-*`)."""
+    def from_pretrained(cls, directory: str | Path, strict: bool = False) -> VitsTextTokenizer | PiperPhonemeTokenizer:
+        """Reads a folder written by `save_pretrained` or by transformers (e.g. `facebook/mms-tts-*`); a folder
+        of an imported Piper voice gives its `PiperPhonemeTokenizer`."""
         directory = Path(directory)
+        if (directory / PIPER_VOICE_FILE).is_file():
+            return PiperPhonemeTokenizer.from_pretrained(directory)
         vocab_path, config_path = directory / VOCAB_FILE, directory / CONFIG_FILE
         if not vocab_path.is_file():
             raise FileNotFoundError(f"no {VOCAB_FILE} in {directory}; expected a VITS tokenizer folder")
@@ -314,3 +317,76 @@ class VitsTextTokenizer:
             language=config.get("language"), pad_token=special["pad_token"] or "<pad>",
             unk_token=special["unk_token"] if "unk_token" in config else "<unk>", strict=strict,
         )
+
+
+PIPER_VOICE_FILE = "piper_voice.json"  # the voice's .onnx.json, kept whole
+INSTALL_PIPER = "`pip install piper-tts` (or `pip install speechtrain[piper]`)"
+
+
+class PiperPhonemeTokenizer:
+    """Text to a Piper voice's phoneme ids, through piper-tts's own phonemizer and id map (`PiperVoice.phonemize`
+    and `phonemes_to_ids`), so the ids are Piper's exactly: `^`, then each phoneme followed by the pad `_`, then `$`.
+
+    `voice` is the voice's `.onnx.json` (phoneme map, espeak voice, phoneme type, speakers), saved whole as
+    `piper_voice.json` so that an export hands Piper back the same front end. `encode` joins the sentences of a
+    text into one sequence, as Piper's training data does; `encode_sentences` gives one per sentence, as Piper
+    synthesises.
+    """
+
+    def __init__(self, voice: Mapping[str, Any]):
+        if "phoneme_id_map" not in voice or "_" not in voice["phoneme_id_map"]:
+            raise DataError("a Piper voice config needs a phoneme_id_map with the pad '_'")
+        self.voice = dict(voice)
+        self._piper_voice: Any = None
+        self._lock = threading.Lock()  # espeak is not thread-safe
+
+    @property
+    def pad_id(self) -> int:
+        return self.voice["phoneme_id_map"]["_"][0]
+
+    @property
+    def speaker_id_map(self) -> dict[str, int]:
+        return dict(self.voice.get("speaker_id_map") or {})
+
+    def __len__(self) -> int:
+        return int(self.voice.get("num_symbols") or 1 + max(i for ids in self.voice["phoneme_id_map"].values()
+                                                            for i in ids))
+
+    def _voice(self) -> Any:
+        if self._piper_voice is None:
+            try:
+                from piper.config import PiperConfig
+                from piper.voice import PiperVoice
+            except ImportError as error:
+                raise DependencyError(f"a Piper voice's phonemes need piper-tts: {INSTALL_PIPER}") from error
+            self._piper_voice = PiperVoice(session=None, config=PiperConfig.from_dict(self.voice))
+        return self._piper_voice
+
+    def encode_sentences(self, text: str) -> list[list[int]]:
+        """One id sequence per sentence of `text`, as Piper synthesises it."""
+        with self._lock:
+            voice = self._voice()
+            return [voice.phonemes_to_ids(phonemes) for phonemes in voice.phonemize(text)]
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of the whole `text`: its sentences' phonemes joined, as Piper's training data has them."""
+        with self._lock:
+            voice = self._voice()
+            return voice.phonemes_to_ids([phoneme for sentence in voice.phonemize(text) for phoneme in sentence])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"voice": self.voice}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["voice"])
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes `piper_voice.json` (the voice config) and a `tokenizer_config.json` naming this class."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_files(directory, {PIPER_VOICE_FILE: self.voice,
+                                     CONFIG_FILE: {"tokenizer_class": type(self).__name__}})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **_: Any) -> PiperPhonemeTokenizer:
+        return cls(read_json(Path(directory) / PIPER_VOICE_FILE))
