@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import soundfile
 import torch
@@ -61,20 +62,12 @@ class Synthesizer:
             yield waveform[0, : int(lengths[0])].cpu()
 
 
-def synthesize(
-    model_dir: str | Path,
-    texts: list[str],
-    speaking_rate: float = 1.0,
-    noise_scale: float | None = None,
-    noise_scale_duration: float | None = None,
-    speaker_id: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-) -> tuple[list[torch.Tensor], int]:
-    """One 1-D waveform per text and the sampling rate; the same seed gives the same audio."""
+def synthesize(model_dir: str | Path, texts: list[str], device: str = "cpu",
+               **options: Any) -> tuple[list[torch.Tensor], int]:
+    """One 1-D waveform per text and the sampling rate; `options` are `Synthesizer.speak`'s (speaking_rate, noise
+    scales, speaker_id, seed: the same seed gives the same audio)."""
     synthesizer = Synthesizer(model_dir, device)
-    speech = synthesizer.speak(texts, speaking_rate, noise_scale, noise_scale_duration, speaker_id, seed)
-    return list(speech), synthesizer.sampling_rate
+    return list(synthesizer.speak(texts, **options)), synthesizer.sampling_rate
 
 
 def write_wav(path: str | Path, waveform: torch.Tensor, sample_rate: int) -> None:
@@ -105,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     if not texts:
         parser.error("give texts or --text-file")
     try:
-        waveforms, sample_rate = synthesize(args.model_dir, texts, args.speaking_rate, args.noise_scale,
-                                            args.noise_scale_duration, args.speaker_id, args.seed, args.device)
+        waveforms, sample_rate = synthesize(
+            args.model_dir, texts, args.device, speaking_rate=args.speaking_rate, noise_scale=args.noise_scale,
+            noise_scale_duration=args.noise_scale_duration, speaker_id=args.speaker_id, seed=args.seed)
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"speechtrain-synthesize: error: {exc}\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
