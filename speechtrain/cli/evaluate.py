@@ -270,7 +270,7 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the two commands
     parser.add_argument("model", help="a Hugging Face-format folder (an export, a transformers Whisper or "
                                       "Speech2Text folder) or a Lightning checkpoint (outputs/.../last.ckpt); with "
                                       "--sentences, a text-to-speech one (a VITS)")
