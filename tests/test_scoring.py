@@ -1,8 +1,19 @@
+from functools import cache
+
 import jiwer
+import numpy as np
 import pytest
+import torch
 
 from speechtrain.errors import ConfigError
-from speechtrain.scoring import error_counts, error_rates, get_normalizer, normalize_basic
+from speechtrain.scoring import (
+    dtw_path,
+    error_counts,
+    error_rates,
+    get_normalizer,
+    mel_cepstral_distortion,
+    normalize_basic,
+)
 
 
 def test_basic_normalizer_ignores_case_and_punctuation_but_keeps_contractions():
@@ -66,3 +77,33 @@ def test_counts_add_up_across_shards_with_their_edit_kinds():
     words = whole.words
     assert (words.substitutions, words.deletions, words.insertions, words.hits) == (1, 1, 1, 7)
     assert words.errors == 3 and words.reference_length == 9 and whole.wer == pytest.approx(3 / 9)
+
+
+def cheapest_path_cost(cost: np.ndarray) -> float:
+    """The DTW recursion itself, from (0, 0) to the last cell."""
+
+    @cache
+    def to(i: int, j: int) -> float:
+        before = [to(a, b) for a, b in ((i - 1, j - 1), (i - 1, j), (i, j - 1)) if a >= 0 and b >= 0]
+        return cost[i, j] + min(before, default=0.0)
+
+    return to(cost.shape[0] - 1, cost.shape[1] - 1)
+
+
+def test_dtw_finds_the_cheapest_path_of_every_small_matrix():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        cost = rng.random(tuple(rng.integers(1, 8, 2)))
+        rows, columns = dtw_path(cost)
+        assert (rows[0], columns[0]) == (0, 0) and (rows[-1], columns[-1]) == (cost.shape[0] - 1, cost.shape[1] - 1)
+        assert set(zip(np.diff(rows), np.diff(columns))) <= {(0, 1), (1, 0), (1, 1)}
+        assert cost[rows, columns].sum() == pytest.approx(cheapest_path_cost(cost))
+
+
+def test_mcd_forgives_a_pause_but_not_another_sound():
+    t = torch.arange(22050) / 22050
+    tone = 0.5 * torch.sin(2 * torch.pi * 300 * t) * torch.sin(2 * torch.pi * 3 * t)  # a warbling tone, 1 s
+    paused = torch.cat([tone[:11025], torch.zeros(5000), tone[11025:]])
+    other = 0.5 * torch.sin(2 * torch.pi * 2500 * t) * torch.sin(2 * torch.pi * 3 * t)
+    assert mel_cepstral_distortion(tone, tone) == 0.0
+    assert mel_cepstral_distortion(tone, paused) < 0.2 * mel_cepstral_distortion(tone, other)

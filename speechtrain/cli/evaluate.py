@@ -1,4 +1,5 @@
-"""`speechtrain-evaluate MODEL --data-format F --data-path P`: WER and CER of a speech recogniser on a corpus.
+"""`speechtrain-evaluate MODEL --data-format F --data-path P`: WER and CER of a speech recogniser on a corpus, or
+`speechtrain-evaluate TTS_MODEL --sentences FILE --asr-model ASR`: the intelligibility of a speech synthesiser.
 
 MODEL is a Hugging Face-format folder (a speechtrain export, or a Whisper or Speech2Text folder saved by
 transformers) or a Lightning checkpoint written by `python train.py` (its config.json, tokenizer and feature
@@ -10,48 +11,131 @@ Writes `OUT/results.json` (rates, edit counts, utterances scored and skipped, de
 normaliser, speechtrain version) and `OUT/utterances.jsonl` (one line per utterance with its reference,
 hypothesis and edits, or why it was skipped). An utterance whose audio is missing or unreadable, or whose
 reference is empty after normalisation, is skipped and counted, never a crash.
+
+With `--sentences`, MODEL is a text-to-speech folder (a VITS export) or checkpoint: each sentence is spoken
+(seeded: the same `--seed` gives the same audio), written to `OUT/wavs/<id>.wav`, transcribed by the `--asr-model`
+and scored against the sentence; the WER and CER say how intelligible the speech is (to that recogniser). A
+sentences file holds one sentence per line (ids sentence_0001, ...) or `id|text` lines (LJSpeech's metadata.csv
+works); blank lines are ignored. `--references CORPUS` adds the mel-cepstral distortion after DTW against the
+corpus's recording of the same id (speechtrain/scoring.py); sentences without one are counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import soundfile
 import torch
 from tqdm.auto import tqdm
 
 from speechtrain.cli.export import export_checkpoint
+from speechtrain.cli.synthesize import Synthesizer, write_wav
 from speechtrain.cli.transcribe import Transcriber
 from speechtrain.data.audio import AudioError, load_audio
-from speechtrain.data.corpora import FORMATS, CorpusSpec, Utterance, read_corpus
-from speechtrain.errors import SpeechtrainError
-from speechtrain.scoring import NORMALIZERS, ErrorCounts, count_errors, get_normalizer
+from speechtrain.data.corpora import FORMATS, CorpusSpec, Utterance, parse_ljspeech_line, read_corpus
+from speechtrain.errors import CheckpointError, DataError, SpeechtrainError
+from speechtrain.hub import read_model_type
+from speechtrain.models.registry import get_family
+from speechtrain.scoring import (
+    MCD_SETTINGS,
+    NORMALIZERS,
+    ErrorCounts,
+    count_errors,
+    get_normalizer,
+    mel_cepstral_distortion,
+)
 
-RESULTS_NAME, UTTERANCES_NAME = "results.json", "utterances.jsonl"
+RESULTS_NAME, UTTERANCES_NAME, WAVS_NAME = "results.json", "utterances.jsonl", "wavs"
+ASR_TAG, TTS_TAG = "automatic-speech-recognition", "text-to-speech"  # the families' model card pipeline tags
+
+
+@contextmanager
+def model_folder(model: str | Path, pipeline_tag: str, trust_checkpoint: bool = False) -> Iterator[Path]:
+    """The folder of `model`, or of a `.ckpt` exported into a temporary folder for the duration; a CheckpointError
+    when its family does the other job (a synthesiser where a recogniser is needed, or the reverse)."""
+    model = Path(model)
+    with tempfile.TemporaryDirectory(prefix="speechtrain-evaluate-") if model.is_file() else nullcontext() as exported:
+        folder = export_checkpoint(model, exported, trust_checkpoint=trust_checkpoint) if exported else model
+        family = get_family(read_model_type(folder))
+        if family.card.pipeline_tag != pipeline_tag:
+            raise CheckpointError(f"{model}: a {family.model_type} model ({family.card.pipeline_tag}), where a "
+                                  f"{pipeline_tag} model is needed")
+        yield folder
 
 
 def load_transcriber(model: str | Path, device: str = "cpu", num_beams: int = 1, language: str | None = None,
                      trust_checkpoint: bool = False) -> Transcriber:
-    """A Transcriber for a model folder or a `.ckpt` (exported into a temporary folder first)."""
-    model = Path(model)
-    if model.is_file():
-        with tempfile.TemporaryDirectory(prefix="speechtrain-evaluate-") as folder:
-            export_checkpoint(model, folder, trust_checkpoint=trust_checkpoint)
-            return Transcriber(folder, device, num_beams, language)
-    return Transcriber(model, device, num_beams, language)
+    """A Transcriber for a speech recognition folder or a `.ckpt`."""
+    with model_folder(model, ASR_TAG, trust_checkpoint) as folder:
+        return Transcriber(folder, device, num_beams, language)
+
+
+def load_synthesizer(model: str | Path, device: str = "cpu", trust_checkpoint: bool = False) -> Synthesizer:
+    """A Synthesizer for a text-to-speech folder or a `.ckpt`."""
+    with model_folder(model, TTS_TAG, trust_checkpoint) as folder:
+        return Synthesizer(folder, device)
+
+
+def read_sentences(path: str | Path) -> list[tuple[str, str]]:
+    """(id, text) of every non-blank line of a sentences file: all `id|text` lines (a third, normalised column is
+    used when present, as in LJSpeech) or all plain sentences, which get the ids sentence_0001, sentence_0002, ..."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sentences file {path} not found: give one sentence per line, or id|text lines")
+    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if line.strip()]
+    if not lines:
+        raise DataError(f"sentences file {path} is empty: give one sentence per line, or id|text lines")
+    with_ids = "|" in lines[0][1]
+    sentences = []
+    for number, line in lines:
+        where = f"{path}:{number}"
+        if ("|" in line) != with_ids:
+            first = f"line {lines[0][0]} is {'id|text' if with_ids else 'a plain sentence'}"
+            raise DataError(f"{where}: {first} but this one is not; give every line as id|text, or none")
+        plain = (f"sentence_{len(sentences) + 1:04d}", line.strip())
+        sentence_id, text = parse_ljspeech_line(line, where) if with_ids else plain
+        if Path(sentence_id).name != sentence_id or sentence_id in (".", ".."):
+            raise DataError(f"{where}: id {sentence_id!r} cannot name a file in {WAVS_NAME}/")
+        sentences.append((sentence_id, text))
+    repeated = sorted(i for i, n in Counter(i for i, _ in sentences).items() if n > 1)
+    if repeated:
+        raise DataError(f"{path}: ids {repeated} are given more than once; each names its own wav")
+    return sentences
 
 
 def _batches(items: Sequence[Utterance], size: int) -> Iterator[Sequence[Utterance]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _read(utterance: Utterance, sampling_rate: int) -> torch.Tensor:
+    return load_audio(utterance.audio_bytes or utterance.audio_path, sampling_rate, name=utterance.audio_path)
+
+
+def _distortion(utterance: Utterance, reference: Utterance | None) -> tuple[dict[str, Any], str | None]:
+    """The row fields of the MCD against `reference`, and why there is none (or None)."""
+    if reference is None:
+        return {"mcd_skipped": "no reference"}, "no reference"
+    rate = MCD_SETTINGS["sample_rate"]
+    try:
+        reference_audio = _read(reference, rate)
+    except (AudioError, FileNotFoundError) as error:
+        return {"reference_audio": reference.audio_path, "mcd_skipped": f"unreadable reference: {error}"}, \
+            "unreadable reference"
+    return {"reference_audio": reference.audio_path,
+            "mcd": mel_cepstral_distortion(reference_audio, _read(utterance, rate))}, None
 
 
 def evaluate_asr(
@@ -61,14 +145,17 @@ def evaluate_asr(
     normalizer: str = "basic",
     batch_size: int = 8,
     description: dict[str, Any] | None = None,
+    references: Mapping[str, Utterance] | None = None,
 ) -> dict[str, Any]:
     """Transcribes and scores `utterances`, writes the two result files into `out_dir`, returns the results.
 
-    `description` (model, corpus, decoding settings) is written into the results as given."""
+    `description` (model, corpus, decoding settings) is written into the results as given. With `references` (by
+    utterance id), each scored utterance is also compared with its reference recording by MCD."""
     normalize = get_normalizer(normalizer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     totals, skipped, started = ErrorCounts(), Counter(), time.perf_counter()
+    distortions, without_distortion = [], Counter()
     sampling_rate = transcriber.features.sampling_rate
     with (out_dir / UTTERANCES_NAME).open("w", encoding="utf-8") as lines, \
             tqdm(total=len(utterances), unit="utt", desc="evaluating", dynamic_ncols=True) as progress:
@@ -81,9 +168,8 @@ def evaluate_asr(
                 problem = None if reference else "empty reference after normalisation"
                 if problem is None:
                     try:
-                        waveforms.append(load_audio(utterance.audio_bytes or utterance.audio_path, sampling_rate,
-                                                    name=utterance.audio_path))
-                        scorable.append((row, reference))
+                        waveforms.append(_read(utterance, sampling_rate))
+                        scorable.append((row, reference, utterance))
                     except (AudioError, FileNotFoundError) as error:
                         problem = f"unreadable audio: {error}"
                 if problem is not None:
@@ -91,24 +177,90 @@ def evaluate_asr(
                     row["skipped"] = problem
                 rows.append(row)
             hypotheses = transcriber.transcribe_waveforms(waveforms) if waveforms else []
-            for (row, reference), hypothesis in zip(scorable, hypotheses, strict=True):
+            for (row, reference, utterance), hypothesis in zip(scorable, hypotheses, strict=True):
                 normalized_hypothesis = normalize(hypothesis)
                 errors = count_errors([reference], [normalized_hypothesis])
                 totals += errors
                 row.update(hypothesis=hypothesis, normalized_reference=reference,
                            normalized_hypothesis=normalized_hypothesis, **errors.as_dict())
+                if references is not None:
+                    fields, problem = _distortion(utterance, references.get(utterance.id))
+                    row.update(fields)
+                    if problem is None:
+                        distortions.append(fields["mcd"])
+                    else:
+                        without_distortion[problem] += 1
             lines.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             progress.update(len(batch))
     seconds = time.perf_counter() - started
     scored = len(utterances) - sum(skipped.values())
+    distortion = {} if references is None else {
+        "mcd": sum(distortions) / len(distortions) if distortions else None, "mcd_utterances": len(distortions),
+        "mcd_skipped": sum(without_distortion.values()), "mcd_skipped_by_reason": without_distortion,
+        "mcd_settings": MCD_SETTINGS,
+    }
     results = {
         **totals.as_dict(), "utterances": scored, "skipped": sum(skipped.values()), "skipped_by_reason": skipped,
-        "normalizer": normalizer, **(description or {}), "seconds": round(seconds, 3),
+        **distortion, "normalizer": normalizer, **(description or {}), "seconds": round(seconds, 3),
         "utterances_per_second": round(len(utterances) / max(seconds, 1e-9), 3),
         "speechtrain_version": _version(),
     }
     (out_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return results
+
+
+def score_recordings(
+    transcriber: Transcriber,
+    ids: Sequence[str],
+    audio: Sequence[str | Path | torch.Tensor],
+    sentences: Sequence[str],
+    out_dir: str | Path,
+    sample_rate: int | None = None,
+    **evaluate: Any,
+) -> dict[str, Any]:
+    """`evaluate_asr` of speech said from `sentences`: `audio` holds files or 1-D waveforms at `sample_rate`
+    (synthesised, or recordings scored the same way). `evaluate` are its other arguments (normalizer, batch_size,
+    description, references)."""
+    if not len(ids) == len(audio) == len(sentences):
+        raise ValueError(f"{len(ids)} ids, {len(audio)} recordings and {len(sentences)} sentences")
+    utterances = []
+    for utterance_id, speech, text in zip(ids, audio, sentences):
+        if isinstance(speech, torch.Tensor):
+            if sample_rate is None:
+                raise ValueError("waveforms need their sample_rate")
+            encoded = io.BytesIO()  # float WAV in memory: lossless, and read as any corpus's audio bytes
+            soundfile.write(encoded, speech.numpy(), sample_rate, format="WAV", subtype="FLOAT")
+            utterances.append(Utterance(utterance_id, f"<waveform {utterance_id}>", text,
+                                        audio_bytes=encoded.getvalue()))
+        else:
+            utterances.append(Utterance(utterance_id, str(speech), text))
+    return evaluate_asr(transcriber, utterances, out_dir, **evaluate)
+
+
+def evaluate_tts(
+    synthesizer: Synthesizer,
+    transcriber: Transcriber,
+    sentences: Sequence[tuple[str, str]],
+    out_dir: str | Path,
+    seed: int = 0,
+    speaker_id: int | None = None,
+    description: dict[str, Any] | None = None,
+    **evaluate: Any,
+) -> dict[str, Any]:
+    """Speaks the `(id, text)` sentences into `out_dir/wavs/<id>.wav` (seeded), then scores those files with
+    `score_recordings`, to which `evaluate` goes (normalizer, batch_size, references)."""
+    wavs = Path(out_dir) / WAVS_NAME
+    wavs.mkdir(parents=True, exist_ok=True)
+    ids, texts = [i for i, _ in sentences], [t for _, t in sentences]
+    paths = [wavs / f"{sentence_id}.wav" for sentence_id in ids]
+    started = time.perf_counter()
+    speech = synthesizer.speak(texts, speaker_id=speaker_id, seed=seed)
+    for path, waveform in zip(paths, tqdm(speech, total=len(paths), unit="utt", desc="synthesising")):
+        write_wav(path, waveform, synthesizer.sampling_rate)
+    synthesis = {"seed": seed, "speaker_id": speaker_id, "sampling_rate": synthesizer.sampling_rate,
+                 "seconds": round(time.perf_counter() - started, 3)}
+    return score_recordings(transcriber, ids, paths, texts, out_dir,
+                            description={**(description or {}), "synthesis": synthesis}, **evaluate)
 
 
 def _version() -> str:
@@ -117,43 +269,89 @@ def _version() -> str:
     return __version__
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # the two commands
     parser.add_argument("model", help="a Hugging Face-format folder (an export, a transformers Whisper or "
-                                      "Speech2Text folder) or a Lightning checkpoint (outputs/.../last.ckpt)")
-    parser.add_argument("--data-format", required=True, choices=FORMATS, help="how the corpus is laid out")
-    parser.add_argument("--data-path", required=True, help="the corpus folder or manifest")
-    parser.add_argument("--split", default=None, help="split of a saved Hugging Face dataset (format hf)")
-    parser.add_argument("--text-column", default="text", help="text column (format hf)")
-    parser.add_argument("--audio-column", default="audio", help="audio column (format hf)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+                                      "Speech2Text folder) or a Lightning checkpoint (outputs/.../last.ckpt); with "
+                                      "--sentences, a text-to-speech one (a VITS)")
+    corpus = parser.add_argument_group("speech recognition: a transcribed corpus")
+    corpus.add_argument("--data-format", choices=FORMATS, help="how the corpus is laid out")
+    corpus.add_argument("--data-path", help="the corpus folder or manifest")
+    corpus.add_argument("--split", default=None, help="split of a saved Hugging Face dataset (format hf)")
+    corpus.add_argument("--text-column", default="text", help="text column (format hf)")
+    corpus.add_argument("--audio-column", default="audio", help="audio column (format hf)")
+    speech = parser.add_argument_group("speech synthesis: sentences spoken by MODEL, heard by --asr-model")
+    speech.add_argument("--sentences", type=Path, help="one sentence per line, or id|text lines")
+    speech.add_argument("--asr-model", help="the speech recognition folder or checkpoint that transcribes the speech")
+    speech.add_argument("--seed", type=int, default=0, help="the same seed gives the same speech")
+    speech.add_argument("--speaker-id", type=int, default=None)
+    speech.add_argument("--references", help="a corpus with recordings of the sentences (by id): adds MCD")
+    speech.add_argument("--references-format", default="ljspeech", choices=FORMATS)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N utterances or sentences")
     parser.add_argument("--normalizer", default="basic", choices=NORMALIZERS,
                         help="text normaliser before scoring (whisper_english: as published Whisper WERs)")
     parser.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--language", default=None, help="language token for multilingual models, e.g. en, de")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default="evaluation", help="folder for results.json and utterances.jsonl")
+    parser.add_argument("--out", default="evaluation", help="folder for results.json and utterances.jsonl (and "
+                                                            "wavs/ with --sentences)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle whatever a .ckpt holds (it can run code): only for a file whose origin you "
                              "know")
-    args = parser.parse_args(argv)
-    corpus = CorpusSpec(format=args.data_format, path=args.data_path, split=args.split,
-                        audio_column=args.audio_column, text_column=args.text_column, limit=args.limit)
-    try:
+    return parser
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """Reads the inputs (sentences and corpora first: their mistakes show before a model loads), then evaluates."""
+    decoding = {"beams": args.beams, "batch_size": args.batch_size, "language": args.language, "device": args.device}
+    evaluate = {"normalizer": args.normalizer, "batch_size": args.batch_size}
+    if args.sentences is None:
+        corpus = CorpusSpec(format=args.data_format, path=args.data_path, split=args.split,
+                            audio_column=args.audio_column, text_column=args.text_column, limit=args.limit)
         utterances = read_corpus(corpus)
         transcriber = load_transcriber(args.model, args.device, args.beams, args.language, args.trust_checkpoint)
+        description = {"model": str(args.model), "model_type": _model_type(transcriber),
+                       "corpus": {key: value for key, value in asdict(corpus).items() if value is not None},
+                       "decoding": decoding}
+        return evaluate_asr(transcriber, utterances, args.out, description=description, **evaluate)
+    sentences = read_sentences(args.sentences)[: args.limit]
+    if args.references is not None:
+        recordings = read_corpus(CorpusSpec(format=args.references_format, path=args.references))
+        evaluate["references"] = {utterance.id: utterance for utterance in recordings}
+    synthesizer = load_synthesizer(args.model, args.device, args.trust_checkpoint)
+    transcriber = load_transcriber(args.asr_model, args.device, args.beams, args.language, args.trust_checkpoint)
+    description = {"model": str(args.model), "model_type": _model_type(synthesizer),
+                   "asr_model": str(args.asr_model), "asr_model_type": _model_type(transcriber),
+                   "sentences": str(args.sentences), "decoding": decoding,
+                   **({"references": {"format": args.references_format, "path": args.references}}
+                      if args.references is not None else {})}
+    return evaluate_tts(synthesizer, transcriber, sentences, args.out, args.seed, args.speaker_id, description,
+                        **evaluate)
+
+
+def _model_type(loaded: Transcriber | Synthesizer) -> str:
+    return loaded.model.config.to_hf_dict()["model_type"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.sentences is None and (args.data_format is None or args.data_path is None):
+        parser.error("give --data-format and --data-path (a recogniser on a corpus), or --sentences and --asr-model "
+                     "(a synthesiser)")
+    if args.sentences is not None and (args.asr_model is None or args.data_format or args.data_path):
+        parser.error("--sentences evaluates a synthesiser: give --asr-model, and no --data-format or --data-path "
+                     "(recordings to compare with go in --references)")
+    try:
+        results = _run(args)
     except (FileNotFoundError, SpeechtrainError) as exc:
         parser.exit(1, f"speechtrain-evaluate: error: {exc}\n")
-    description = {
-        "model": str(args.model), "model_type": transcriber.model.config.to_hf_dict()["model_type"],
-        "corpus": {key: value for key, value in asdict(corpus).items() if value is not None},
-        "decoding": {"beams": args.beams, "batch_size": args.batch_size, "language": args.language,
-                     "device": args.device},
-    }
-    results = evaluate_asr(transcriber, utterances, args.out, args.normalizer, args.batch_size, description)
-    print(f"WER {100 * results['wer']:.2f} %  CER {100 * results['cer']:.2f} %  ({results['utterances']} utterances, "
-          f"{results['skipped']} skipped, normalizer {args.normalizer}) -> {Path(args.out) / RESULTS_NAME}")
+    line = (f"WER {100 * results['wer']:.2f} %  CER {100 * results['cer']:.2f} %  ({results['utterances']} "
+            f"utterances, {results['skipped']} skipped, normalizer {args.normalizer})")
+    if results.get("mcd") is not None:
+        line += f"  MCD {results['mcd']:.2f} dB ({results['mcd_utterances']} with a reference)"
+    print(f"{line} -> {Path(args.out) / RESULTS_NAME}")
     sys.exit(0)
 
 

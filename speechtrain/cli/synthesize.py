@@ -7,43 +7,72 @@ Several texts give several files (`out.wav`, `out_1.wav`, ...); `--text-file` re
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import soundfile
 import torch
 
-from speechtrain.errors import ConfigError
-from speechtrain.hub import load_bundle
+from speechtrain.errors import CheckpointError, ConfigError
+from speechtrain.hub import load_bundle, read_model_type
 
 
-def synthesize(
-    model_dir: str | Path,
-    texts: list[str],
-    speaking_rate: float = 1.0,
-    noise_scale: float | None = None,
-    noise_scale_duration: float | None = None,
-    speaker_id: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-) -> tuple[list[torch.Tensor], int]:
-    """One 1-D waveform per text and the sampling rate; the same seed gives the same audio."""
-    if speaking_rate <= 0:
-        raise ConfigError(f"speaking_rate must be positive, got {speaking_rate}")
-    model, tokenizer, _ = load_bundle(model_dir)
-    model.to(device).eval()
-    generator = torch.Generator().manual_seed(seed)
-    waveforms = []
-    for text in texts:
-        ids = tokenizer.encode(text)
-        if all(i == tokenizer.pad_id for i in ids):  # unknown characters dropped: blanks alone are left
+class Synthesizer:
+    """A loaded text-to-speech folder (a VITS: text ids to a waveform in one call) and its tokenizer, read once for
+    many texts."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+        self.model, self.tokenizer, _ = load_bundle(model_dir)
+        self.sampling_rate = getattr(self.model.config, "sampling_rate", None)
+        if self.sampling_rate is None or self.tokenizer is None:
+            raise CheckpointError(f"{model_dir}: a {read_model_type(model_dir)!r} model does not turn text into speech "
+                                  "in one call; give a VITS folder (Bark speaks with speechtrain-bark-generate)")
+        self.model.to(device).eval()
+        self.device = device
+
+    def encode(self, text: str) -> list[int]:
+        """The model's input ids of `text`; a ConfigError when none of its symbols is in the vocabulary."""
+        ids = self.tokenizer.encode(text)
+        if all(i == self.tokenizer.pad_id for i in ids):  # unknown characters dropped: blanks alone are left
             raise ConfigError(f"nothing to say in {text!r}: no symbol of it is in the model's vocabulary")
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        with torch.no_grad():
-            waveform, lengths = model(torch.tensor([ids], device=device), speaker_id=speaker_id,
-                                      noise_scale=noise_scale, noise_scale_duration=noise_scale_duration,
-                                      length_scale=1.0 / speaking_rate)
-        waveforms.append(waveform[0, : int(lengths[0])].cpu())
-    return waveforms, model.config.sampling_rate
+        return ids
+
+    @torch.no_grad()
+    def speak(
+        self,
+        texts: Sequence[str],
+        speaking_rate: float = 1.0,
+        noise_scale: float | None = None,
+        noise_scale_duration: float | None = None,
+        speaker_id: int | None = None,
+        seed: int = 0,
+    ) -> Iterator[torch.Tensor]:
+        """One 1-D waveform per text, made as it is asked for (a long list need not fit in memory); the same seed
+        gives the same audio. Every text is checked before the first is spoken."""
+        if speaking_rate <= 0:
+            raise ConfigError(f"speaking_rate must be positive, got {speaking_rate}")
+        encoded = [self.encode(text) for text in texts]
+        generator = torch.Generator().manual_seed(seed)
+        for ids in encoded:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            waveform, lengths = self.model(torch.tensor([ids], device=self.device), speaker_id=speaker_id,
+                                           noise_scale=noise_scale, noise_scale_duration=noise_scale_duration,
+                                           length_scale=1.0 / speaking_rate)
+            yield waveform[0, : int(lengths[0])].cpu()
+
+
+def synthesize(model_dir: str | Path, texts: list[str], device: str = "cpu",
+               **options: Any) -> tuple[list[torch.Tensor], int]:
+    """One 1-D waveform per text and the sampling rate; `options` are `Synthesizer.speak`'s (speaking_rate, noise
+    scales, speaker_id, seed: the same seed gives the same audio)."""
+    synthesizer = Synthesizer(model_dir, device)
+    return list(synthesizer.speak(texts, **options)), synthesizer.sampling_rate
+
+
+def write_wav(path: str | Path, waveform: torch.Tensor, sample_rate: int) -> None:
+    """16-bit PCM, clipped to [-1, 1]: the speech files of speechtrain-synthesize and speechtrain-evaluate."""
+    soundfile.write(path, waveform.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16")
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -69,13 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     if not texts:
         parser.error("give texts or --text-file")
     try:
-        waveforms, sample_rate = synthesize(args.model_dir, texts, args.speaking_rate, args.noise_scale,
-                                            args.noise_scale_duration, args.speaker_id, args.seed, args.device)
+        waveforms, sample_rate = synthesize(
+            args.model_dir, texts, args.device, speaking_rate=args.speaking_rate, noise_scale=args.noise_scale,
+            noise_scale_duration=args.noise_scale_duration, speaker_id=args.speaker_id, seed=args.seed)
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"speechtrain-synthesize: error: {exc}\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for path, waveform in zip(output_paths(args.out, len(waveforms)), waveforms):
-        soundfile.write(path, waveform.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16")
+        write_wav(path, waveform, sample_rate)
         print(f"{path}\t{len(waveform) / sample_rate:.2f} s")
 
 

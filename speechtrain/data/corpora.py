@@ -56,15 +56,21 @@ def read_ljspeech(root: str | Path) -> list[Utterance]:
     utterances = []
     with metadata.open(encoding="utf-8") as lines:
         for line_number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            columns = line.rstrip("\r\n").split("|")
-            if len(columns) < 2 or not columns[0]:
-                raise DataError(f"{metadata}:{line_number}: expected 'id|text|normalized_text', got {line!r}")
-            text = columns[2] if len(columns) > 2 and columns[2].strip() else columns[1]
-            audio_path = root / "wavs" / f"{columns[0]}.wav"
-            utterances.append(Utterance(columns[0], str(audio_path), text.strip()))
+            if line.strip():
+                utterance_id, text = parse_ljspeech_line(line, f"{metadata}:{line_number}")
+                audio_path = root / "wavs" / f"{utterance_id}.wav"
+                utterances.append(Utterance(utterance_id, str(audio_path), text))
     return utterances
+
+
+def parse_ljspeech_line(line: str, where: str) -> tuple[str, str]:
+    """(id, text) of a metadata.csv line `id|text|normalized_text`; the normalized column when it is not empty.
+    A DataError naming `where` (file:line) for a line without an id or a text column."""
+    columns = line.rstrip("\r\n").split("|")
+    if len(columns) < 2 or not columns[0]:
+        raise DataError(f"{where}: expected 'id|text|normalized_text', got {line!r}")
+    text = columns[2] if len(columns) > 2 and columns[2].strip() else columns[1]
+    return columns[0], text.strip()
 
 
 def read_librispeech(root: str | Path) -> list[Utterance]:

