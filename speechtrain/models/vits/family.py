@@ -11,5 +11,6 @@ MODEL_FAMILIES = (
         tokenizer="speechtrain.models.vits.tokenizer:VitsTextTokenizer",
         pretrained_example="facebook/mms-tts-eng, downloaded with "
                            "`huggingface-cli download facebook/mms-tts-eng --local-dir models/mms-tts-eng`",
+        export_formats={"piper": "speechtrain.models.vits.piper:export_piper_folder"},
     ),
 )

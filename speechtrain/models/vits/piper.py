@@ -339,3 +339,24 @@ def export_piper(model: VitsModel, tokenizer: Any, onnx_path: str | Path) -> lis
     json_path.write_text(json.dumps(voice_json(model, tokenizer), ensure_ascii=False, indent=2))
     return [onnx_path, json_path]
 
+
+
+def piper_voice_name(tokenizer: PiperPhonemeTokenizer, quality: str = "medium") -> str:
+    """Piper's file name for a voice, `<language>-<dataset>-<quality>` (en_US-joe-medium), from its config."""
+    voice = tokenizer.voice
+    language = voice.get("language", {}).get("code") or voice.get("espeak", {}).get("voice", "voice")
+    quality = voice.get("audio", {}).get("quality") or quality
+    return f"{language}-{voice.get('dataset') or 'speechtrain'}-{quality}"
+
+
+def export_piper_folder(model_folder: str | Path, out_dir: str | Path) -> list[Path]:
+    """`speechtrain-export --format piper`: the VITS folder `model_folder` as `out_dir/<voice name>.onnx` and its
+    `.onnx.json`."""
+    from speechtrain.hub import load_bundle
+
+    model, tokenizer, _ = load_bundle(model_folder)
+    if not isinstance(tokenizer, PiperPhonemeTokenizer):
+        raise CheckpointError(f"{model_folder}: --format piper needs a voice with Piper's phonemes (imported with "
+                              f"speechtrain-import-piper, or fine-tuned from one); its tokenizer is a "
+                              f"{type(tokenizer).__name__}")
+    return export_piper(model, tokenizer, Path(out_dir) / f"{piper_voice_name(tokenizer)}.onnx")
