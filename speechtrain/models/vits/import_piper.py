@@ -23,7 +23,7 @@ def import_piper(source: str | Path, out_dir: str | Path, trust_checkpoint: bool
     source, out_dir = Path(source), Path(out_dir)
     model, tokenizer = load_piper_voice(source, trust_checkpoint=trust_checkpoint)
     save_bundle(out_dir, model, tokenizer)
-    lacks = " (an ONNX voice: posterior encoder and duration posterior freshly initialised)" * (source.suffix == ".onnx")
+    lacks = " (an ONNX voice: posterior encoder and duration posterior fresh)" * (source.suffix == ".onnx")
     write_model_card(out_dir, f"the Piper voice `{source.name}` (speechtrain-import-piper){lacks}")
     return out_dir
 
