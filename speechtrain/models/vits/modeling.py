@@ -126,7 +126,7 @@ class VitsModel(nn.Module):
         hidden, means, log_stddevs = self.text_encoder(input_ids, padding_mask)
         return hidden.transpose(1, 2), means.transpose(1, 2), log_stddevs.transpose(1, 2), padding_mask.transpose(1, 2)
 
-    def forward(
+    def synthesize_latent(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
@@ -134,8 +134,9 @@ class VitsModel(nn.Module):
         noise_scale: float | None = None,
         noise_scale_duration: float | None = None,
         length_scale: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Synthesis: `input_ids` `[B, T]` -> waveform `[B, samples]` (padded) and each row's length `[B]`.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The latent the decoder turns into speech: `z` `[B, flow_size, frames]` (the prior sample mapped back
+        through the flow), its frame mask `[B, 1, frames]` and the speaker embedding (`[B or 1, E, 1]` or None).
 
         The scales default to the config's `noise_scale`, `noise_scale_duration` and `1 / speaking_rate`; zero
         noise scales make the output deterministic.
@@ -155,9 +156,23 @@ class VitsModel(nn.Module):
 
         means, log_stddevs = means @ alignment, log_stddevs @ alignment  # [B, flow_size, frames]
         z_p = means + torch.randn_like(means) * torch.exp(log_stddevs) * noise_scale
-        z = self.flow(z_p, frame_mask, speaker, reverse=True)
-        waveform = self.decoder(z * frame_mask, speaker)[:, 0]  # [B, frames * hop_length]
-        return waveform, frame_lengths * self.hop_length
+        return self.flow(z_p, frame_mask, speaker, reverse=True) * frame_mask, frame_mask, speaker
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        speaker_id: int | torch.Tensor | None = None,
+        noise_scale: float | None = None,
+        noise_scale_duration: float | None = None,
+        length_scale: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Synthesis: `input_ids` `[B, T]` -> waveform `[B, samples]` (padded) and each row's length `[B]`; the
+        scales as in `synthesize_latent`."""
+        z, frame_mask, speaker = self.synthesize_latent(input_ids, attention_mask, speaker_id, noise_scale,
+                                                        noise_scale_duration, length_scale)
+        waveform = self.decoder(z, speaker)[:, 0]  # [B, frames * hop_length]
+        return waveform, frame_mask.sum(dim=(1, 2)).long() * self.hop_length
 
     def forward_train(
         self,
