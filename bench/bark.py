@@ -21,7 +21,7 @@ import argparse
 
 import torch
 import transformers
-from common import add_common_arguments, best_rates, machine_line, torch_dtype, training_step_fn
+from common import add_common_arguments, machine_line, training_rates
 
 from speechtrain.data.bark_data import BarkCoarseCollator, BarkSemanticCollator
 from speechtrain.data.token_shards import TokenizedUtterance
@@ -87,11 +87,9 @@ def logits_fns(kind: str, ours, theirs, batch):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each utterance")
-    add_common_arguments(parser, steps=3)
+    add_common_arguments(parser, steps=3, sizes=SIZES, default_size="small")
     args = parser.parse_args()
-    dtype = torch_dtype(args.dtype)
     rows = []
     for kind, (config_class, model_class) in HF.items():
         torch.manual_seed(0)
@@ -108,9 +106,8 @@ def main() -> None:
             difference = (ours_logits() - theirs_logits()).abs().max().item()
             ours.train(), theirs.train()
         labels = batch["labels"]
-        rates = best_rates({"speechtrain": training_step_fn(ours, ours_logits, labels, dtype, args.device),
-                            "transformers": training_step_fn(theirs, theirs_logits, labels, dtype, args.device)},
-                           args.steps, args.rounds, args.device)
+        rates = training_rates({"speechtrain": (ours, ours_logits), "transformers": (theirs, theirs_logits)}, labels,
+                               args)
         tokens = int((labels != -100).sum())
         rows.append((kind, tuple(batch["input_ids"].shape), tokens,
                      rates["speechtrain"] * tokens, rates["transformers"] * tokens, difference,

@@ -1,12 +1,14 @@
-"""Timing pieces the side-by-side benchmarks share: timing a step, alternating rounds, the CLI options and the
-header line of the printed markdown tables. The scripts import it as `common` (run them as `python bench/x.py`)."""
+"""Pieces the side-by-side benchmarks share: timing a step, alternating rounds, our models built from a transformers
+model's config and weights, feature-extraction speed, the CLI options and the header line of the printed markdown
+tables. The scripts import it as `common` (run them as `python bench/x.py`)."""
 
 from __future__ import annotations
 
 import argparse
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +74,50 @@ def training_step_fn(
     return step
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
-    """The options every model benchmark takes (the model size and input length are each script's own)."""
+def training_rates(steps: Mapping[str, tuple[torch.nn.Module, Callable[[], torch.Tensor]]], labels: torch.Tensor,
+                   args: argparse.Namespace) -> dict[str, float]:
+    """Training steps per second of each named `(model, logits_fn)`: `training_step_fn` steps under `args.dtype`,
+    the best of `args.rounds` alternating rounds of `args.steps` steps on `args.device` (the options of
+    `add_common_arguments`)."""
+    dtype = torch_dtype(args.dtype)
+    return best_rates({name: training_step_fn(model, logits_fn, labels, dtype, args.device)
+                       for name, (model, logits_fn) in steps.items()}, args.steps, args.rounds, args.device)
+
+
+def side_by_side(
+    theirs: torch.nn.Module, model_from_hf_config: Callable[[Mapping[str, Any]], torch.nn.Module],
+    implementations: Iterable[str], device: str,
+) -> dict[str, torch.nn.Module]:
+    """Our model of a transformers model's config once per attention implementation, each holding its weights (every
+    key), then the transformers model itself: `{"speechtrain (sdpa)": ..., "transformers (eager)": theirs}`, all on
+    `device` in train mode."""
+    models = {}
+    for implementation in implementations:
+        ours = model_from_hf_config({**theirs.config.to_dict(), "attn_implementation": implementation})
+        ours.load_state_dict(theirs.state_dict())
+        models[f"speechtrain ({implementation})"] = ours.to(device).train()
+    models[f"transformers ({theirs.config._attn_implementation})"] = theirs.to(device).train()
+    return models
+
+
+def feature_rates(ours: Callable[[list[torch.Tensor]], object], theirs: Callable[..., object],
+                  waveforms: list[torch.Tensor], rounds: int, **theirs_options: object) -> tuple[float, float]:
+    """Seconds of 16 kHz audio per second that our feature extractor (`ours(waveforms)`) and transformers'
+    (`theirs(numpy waveforms, sampling_rate=16000, return_tensors="pt", **theirs_options)`) turn into features on
+    the CPU, each the best of `rounds` alternating rounds."""
+    numpy_waves = [w.numpy() for w in waveforms]
+    rates = best_rates({
+        "speechtrain": lambda: ours(waveforms),
+        "transformers": lambda: theirs(numpy_waves, sampling_rate=16000, return_tensors="pt", **theirs_options),
+    }, 3, rounds, "cpu")
+    audio = sum(len(w) for w in waveforms) / 16000
+    return audio * rates["speechtrain"], audio * rates["transformers"]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, steps: int, sizes: Iterable[str], default_size: str) -> None:
+    """The options every model benchmark takes: --size (one of `sizes`; what a size means and the input length are
+    each script's own), batch, tokens, steps, rounds, device and dtype."""
+    parser.add_argument("--size", choices=sorted(sizes), default=default_size)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=64, help="decoder tokens per example")
     parser.add_argument("--steps", type=int, default=steps)

@@ -11,13 +11,12 @@ neither gets a warmer machine. Prints a markdown table (paste into docs/benchmar
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 import transformers
-from common import add_common_arguments, best_rates, machine_line, torch_dtype, training_step_fn
+from common import add_common_arguments, feature_rates, machine_line, side_by_side, training_rates
 
-from speechtrain.models.whisper import WhisperConfig, WhisperForConditionalGeneration
+from speechtrain.models.whisper import model_from_hf_config
 from speechtrain.models.whisper.features import WhisperFeatureExtractor
 
 SIZES = {  # openai/whisper dimensions: (d_model, layers, heads)
@@ -27,55 +26,39 @@ SIZES = {  # openai/whisper dimensions: (d_model, layers, heads)
 }
 
 
-def make_configs(size: str, vocab_size: int) -> tuple[WhisperConfig, transformers.WhisperConfig]:
-    d_model, layers, heads = SIZES[size]
-    kwargs = dict(
+def hf_config(d_model: int, layers: int, heads: int, vocab_size: int) -> transformers.WhisperConfig:
+    return transformers.WhisperConfig(
         vocab_size=vocab_size, num_mel_bins=80, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
         encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=4 * d_model,
         decoder_ffn_dim=4 * d_model, max_source_positions=1500, max_target_positions=448,
         pad_token_id=vocab_size - 1, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 2,
         decoder_start_token_id=vocab_size - 3, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
     )
-    return WhisperConfig(**kwargs), transformers.WhisperConfig(**kwargs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    add_common_arguments(parser, steps=5)
+    add_common_arguments(parser, steps=5, sizes=SIZES, default_size="tiny")
     parser.add_argument("--feature-batch", type=int, default=16, help="30 s waveforms per feature batch")
     args = parser.parse_args()
-    dtype = torch_dtype(args.dtype)
     torch.manual_seed(0)
 
-    ours_config, hf_config = make_configs(args.size, vocab_size=51865)
-    theirs = transformers.WhisperForConditionalGeneration(hf_config)
+    theirs = transformers.WhisperForConditionalGeneration(hf_config(*SIZES[args.size], vocab_size=51865))
     theirs.config._attn_implementation = "sdpa"
-    ours = WhisperForConditionalGeneration(dataclasses.replace(ours_config, attn_implementation="sdpa"))
-    ours.load_state_dict(theirs.state_dict(), strict=False)
-    ours.to(args.device).train()
-    theirs.to(args.device).train()
+    models = side_by_side(theirs, model_from_hf_config, ["sdpa"], args.device)
+    ours = models["speechtrain (sdpa)"]
 
     features = torch.randn(args.batch_size, 80, 3000, device=args.device)
     decoder_input_ids = torch.randint(0, 51800, (args.batch_size, args.tokens), device=args.device)
     labels = torch.randint(0, 51800, (args.batch_size, args.tokens), device=args.device)
-    train_rate = best_rates({
-        "speechtrain": training_step_fn(ours, lambda: ours(features, None, decoder_input_ids, None), labels,
-                                        dtype, args.device),
-        "transformers": training_step_fn(
-            theirs, lambda: theirs(input_features=features, decoder_input_ids=decoder_input_ids).logits, labels,
-            dtype, args.device),
-    }, args.steps, args.rounds, args.device)
+    train_rate = training_rates({
+        "speechtrain": (ours, lambda: ours(features, None, decoder_input_ids, None)),
+        "transformers": (theirs, lambda: theirs(input_features=features, decoder_input_ids=decoder_input_ids).logits),
+    }, labels, args)
 
     waveforms = [torch.randn(16000 * 30) * 0.1 for _ in range(args.feature_batch)]
-    ours_fe = WhisperFeatureExtractor(feature_size=80)
-    hf_fe = transformers.WhisperFeatureExtractor(feature_size=80)
-    numpy_waves = [w.numpy() for w in waveforms]
-    feature_rate = best_rates({
-        "speechtrain": lambda: ours_fe(waveforms),
-        "transformers": lambda: hf_fe(numpy_waves, sampling_rate=16000, return_tensors="pt"),
-    }, 3, args.rounds, "cpu")
-    audio = 30.0 * args.feature_batch
+    ours_rt, hf_rt = feature_rates(WhisperFeatureExtractor(feature_size=80),
+                                   transformers.WhisperFeatureExtractor(feature_size=80), waveforms, args.rounds)
 
     print(f"\nWhisper-{args.size}, batch {args.batch_size} x 30 s, {args.tokens} tokens, {args.dtype}, "
           f"{machine_line(args.device)}\n")
@@ -83,7 +66,6 @@ def main() -> None:
     print("|---|---|---|---|")
     print(f"| training steps/s | {train_rate['speechtrain']:.3f} | {train_rate['transformers']:.3f} | "
           f"{train_rate['speechtrain'] / train_rate['transformers']:.2f} |")
-    ours_rt, hf_rt = audio * feature_rate["speechtrain"], audio * feature_rate["transformers"]
     print(f"| log-mel features, s of audio per s (CPU, batch {args.feature_batch}) | {ours_rt:.0f} | {hf_rt:.0f} | "
           f"{ours_rt / hf_rt:.2f} |")
 

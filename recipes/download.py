@@ -9,6 +9,7 @@ unpacked archive leaves a `.done` marker beside its contents, so a rerun neither
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import http.client
 import logging
@@ -16,6 +17,8 @@ import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from tqdm import tqdm
@@ -169,3 +172,39 @@ def prepare_openslr_subsets(
         write_manifest_with_durations(reader(root / corpus_folder / subset), manifest, subset)
         manifests.append(manifest)
     return manifests
+
+
+@dataclass(frozen=True)
+class OpenSLRCorpus:
+    """A corpus that openslr.org publishes as one `SUBSET.tar.gz` per subset, its md5 sums in an `md5sum.txt` (kept
+    beside the corpus's prepare script): what the script downloads, checks, unpacks and writes manifests of, and
+    the command-line options it takes."""
+
+    resource: int  # openslr's number: the archives are https://www.openslr.org/resources/<resource>/SUBSET.tar.gz
+    folder: str  # they unpack into ROOT/<folder>/SUBSET
+    reader: Callable[[Path], list[Utterance]]  # reads one unpacked subset
+    md5sum_file: Path
+
+    @cached_property
+    def checksums(self) -> dict[str, str]:
+        """`{subset: "md5:HEX"}` for every subset openslr publishes."""
+        return read_md5sums(self.md5sum_file)
+
+    @property
+    def url(self) -> str:
+        return f"https://www.openslr.org/resources/{self.resource}/{{subset}}.tar.gz"
+
+    def prepare(self, root: Path, subsets: list[str], fetch: bool = True) -> list[Path]:
+        """`prepare_openslr_subsets` for this corpus: download (optionally), unpack and write one manifest per
+        subset; returns the manifest paths."""
+        return prepare_openslr_subsets(root, subsets, self.url, self.checksums, self.folder, self.reader, fetch)
+
+    def argument_parser(self, description: str, option: str, default: list[str]) -> argparse.ArgumentParser:
+        """The options every openslr prepare script takes: --root, `option` (the subsets to prepare, `default`
+        unless given) and --no-download."""
+        parser = argparse.ArgumentParser(description=description)
+        parser.add_argument("--root", type=Path, default=Path("data"))
+        parser.add_argument(option, nargs="+", choices=tuple(self.checksums), default=default)
+        parser.add_argument("--no-download", action="store_true",
+                            help=f"the {option.removeprefix('--')} are already unpacked under --root")
+        return parser

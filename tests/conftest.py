@@ -37,20 +37,55 @@ def compose() -> Callable[..., DictConfig]:
 
 @pytest.fixture
 def train_and_export(compose, tmp_path) -> Callable[..., tuple]:
-    """Trains a recipe for one epoch, exports its last checkpoint and returns `(folder, (model, tokenizer,
-    feature_extractor) loaded back with eager attention, the checkpoint's state dict)` for parity tests."""
+    """Trains a recipe for one epoch, exports its last checkpoint and loads the export back on both sides, for
+    parity tests: `train_and_export(recipe, *overrides, transformers_classes=(names of the transformers model,
+    tokenizer and feature-extractor classes))` returns `(folder, (model, tokenizer, feature_extractor) loaded by
+    speechtrain with eager attention, the same three loaded by those classes (the model in eval mode), the
+    checkpoint's state dict)`. Skips without transformers."""
+    transformers = pytest.importorskip("transformers")
     from speechtrain.cli.export import export_checkpoint
     from speechtrain.hub import load_bundle
     from speechtrain.safe_load import load_checkpoint
 
-    def _train_and_export(recipe: str, *overrides: str) -> tuple:
+    def _train_and_export(recipe: str, *overrides: str, transformers_classes: tuple[str, str, str]) -> tuple:
         train(compose(f"recipe={recipe}", *overrides, "trainer.max_epochs=1", output_dir=tmp_path / "run"))
         checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
         folder = export_checkpoint(checkpoint, tmp_path / "hf")
         state = load_checkpoint(checkpoint)["state_dict"]
-        return folder, load_bundle(folder, {"attn_implementation": "eager"}), state
+        model_class, tokenizer_class, features_class = (getattr(transformers, name) for name in transformers_classes)
+        theirs = (model_class.from_pretrained(folder).eval(), tokenizer_class.from_pretrained(folder),
+                  features_class.from_pretrained(folder))
+        return folder, load_bundle(folder, {"attn_implementation": "eager"}), theirs, state
 
     return _train_and_export
+
+
+@pytest.fixture
+def finetune_from_export(compose, tmp_path) -> Callable[..., tuple[DictConfig, Path]]:
+    """Trains `recipe` for one epoch, exports it, then fine-tunes `finetune_recipe` from that folder for one epoch
+    at lr 1e-3, and checks the fine-tuned export: a finite training loss, the same tensors with `moved_weight`
+    changed, and each of `kept_files` copied byte for byte. `finetune_from_export(recipe, finetune_recipe,
+    *finetune_overrides, base_overrides=..., moved_weight=..., kept_files=...)` returns `(the fine-tuning config,
+    the fine-tuned export folder)`; the base export is `tmp_path / "base" / "exported"`."""
+    from safetensors.torch import load_file
+
+    def _finetune(recipe: str, finetune_recipe: str, *overrides: str, base_overrides: list[str], moved_weight: str,
+                  kept_files: tuple[str, ...]) -> tuple[DictConfig, Path]:
+        train(compose(f"recipe={recipe}", *base_overrides, "trainer.max_epochs=1", output_dir=tmp_path / "base"))
+        pretrained, tuned = tmp_path / "base" / "exported", tmp_path / "tuned" / "exported"
+        cfg = compose(f"recipe={finetune_recipe}", f"model.pretrained={pretrained}", *overrides, "trainer.max_epochs=1",
+                      "task.optimizer.lr=1e-3", output_dir=tmp_path / "tuned")
+        metrics = train(cfg)
+        assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+        before, after = load_file(pretrained / "model.safetensors"), load_file(tuned / "model.safetensors")
+        assert before.keys() == after.keys()
+        assert before[moved_weight].shape == after[moved_weight].shape
+        assert not torch.equal(before[moved_weight], after[moved_weight])
+        for file in kept_files:
+            assert (tuned / file).read_bytes() == (pretrained / file).read_bytes(), file
+        return cfg, tuned
+
+    return _finetune
 
 
 class FakeTokenizer:

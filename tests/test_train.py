@@ -40,14 +40,10 @@ def test_default_recipe_trains_checkpoints_and_exports(compose, tmp_path):
 
 
 def test_exported_checkpoint_loads_in_transformers_with_same_logits(train_and_export):
-    transformers = pytest.importorskip("transformers")
-
-    out, (ours, tokenizer, features), state = train_and_export("whisper_mini", *FAST)
+    out, (ours, tokenizer, features), (theirs, hf_tokenizer, hf_features), state = train_and_export(
+        "whisper_mini", *FAST, transformers_classes=("WhisperForConditionalGeneration", "WhisperTokenizerFast",
+                                                     "WhisperFeatureExtractor"))
     assert "whisper" in (out / "README.md").read_text()
-
-    theirs = transformers.WhisperForConditionalGeneration.from_pretrained(out).eval()
-    hf_features = transformers.WhisperFeatureExtractor.from_pretrained(out)
-    hf_tokenizer = transformers.WhisperTokenizerFast.from_pretrained(out)
 
     waveforms = [torch.randn(16000) * 0.1, torch.randn(24000) * 0.1]
     input_features, frame_mask = features(waveforms)
@@ -165,25 +161,13 @@ def test_training_skips_and_counts_bad_items_or_stops_when_strict(compose, tmp_p
         train(compose("recipe=whisper_mini", *FAST, *data, "data.strict=true", output_dir=tmp_path / "strict"))
 
 
-def test_finetune_recipe_starts_from_a_hugging_face_folder(compose, tmp_path):
+def test_finetune_recipe_starts_from_a_hugging_face_folder(finetune_from_export):
     """Train briefly, export, then fine-tune from the export with the whisper_finetune recipe."""
-    from safetensors.torch import load_file
-
-    train(compose("recipe=whisper_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path / "base"))
-    pretrained = tmp_path / "base" / "exported"
     data = [f"data.train.path={BUNDLED_DATA_DIR / 'mini'}", "data.max_duration=3.0", "data.max_batch_seconds=40"]
-    cfg = compose("recipe=whisper_finetune", f"model.pretrained={pretrained}", *data, *FAST[1:],
-                  "trainer.max_epochs=1", "task.optimizer.lr=1e-3", output_dir=tmp_path / "tuned")
+    cfg, _ = finetune_from_export("whisper_mini", "whisper_finetune", *data, *FAST[1:], base_overrides=FAST,
+                                  moved_weight="model.decoder.embed_tokens.weight",
+                                  kept_files=("tokenizer.json", "generation_config.json", "preprocessor_config.json"))
     assert cfg.data.max_label_tokens == 96  # read from the folder's config.json
-    metrics = train(cfg)
-    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
-    before = load_file(pretrained / "model.safetensors")
-    after = load_file(tmp_path / "tuned" / "exported" / "model.safetensors")
-    assert before.keys() == after.keys()
-    name = "model.decoder.embed_tokens.weight"
-    assert before[name].shape == after[name].shape and not torch.equal(before[name], after[name])
-    for file in ("tokenizer.json", "generation_config.json", "preprocessor_config.json"):
-        assert (tmp_path / "tuned" / "exported" / file).read_text() == (pretrained / file).read_text(), file
 
 
 def test_training_without_any_logger_runs_with_the_default_callbacks(compose, tmp_path):

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from speechtrain.train import BUNDLED_DATA_DIR, train
 
@@ -19,14 +18,10 @@ def test_tiny_speech2text_overfits_the_mini_corpus(compose, tmp_path):
 
 
 def test_exported_checkpoint_loads_in_transformers_with_same_logits(train_and_export):
-    transformers = pytest.importorskip("transformers")
-
-    out, (ours, tokenizer, features), state = train_and_export("s2t_mini", *FAST)
+    out, (ours, tokenizer, features), (theirs, hf_tokenizer, hf_features), state = train_and_export(
+        "s2t_mini", *FAST, transformers_classes=("Speech2TextForConditionalGeneration", "Speech2TextTokenizer",
+                                                 "Speech2TextFeatureExtractor"))
     assert "speech_to_text" in (out / "README.md").read_text()
-
-    theirs = transformers.Speech2TextForConditionalGeneration.from_pretrained(out).eval()
-    hf_features = transformers.Speech2TextFeatureExtractor.from_pretrained(out)
-    hf_tokenizer = transformers.Speech2TextTokenizer.from_pretrained(out)
 
     generator = torch.Generator().manual_seed(0)
     waveforms = [torch.randn(16000, generator=generator) * 0.1, torch.randn(9000, generator=generator) * 0.1]
@@ -50,27 +45,18 @@ def test_exported_checkpoint_loads_in_transformers_with_same_logits(train_and_ex
                                state["model.model.encoder.conv.conv_layers.0.weight"])
 
 
-def test_finetune_recipe_starts_from_a_hugging_face_folder_and_transcribes(compose, tmp_path, capsys):
+def test_finetune_recipe_starts_from_a_hugging_face_folder_and_transcribes(finetune_from_export, capsys):
     from speechtrain.cli.transcribe import main as transcribe
 
-    train(compose("recipe=s2t_mini", *FAST, "trainer.max_epochs=1", output_dir=tmp_path / "base"))
-    pretrained = tmp_path / "base" / "exported"
-    cfg = compose("recipe=s2t_finetune", f"model.pretrained={pretrained}", f"data.train.path={MINI}", *FAST,
-                  "trainer.max_epochs=1", "task.optimizer.lr=1e-3", output_dir=tmp_path / "tuned")
+    cfg, tuned = finetune_from_export(
+        "s2t_mini", "s2t_finetune", f"data.train.path={MINI}", *FAST, base_overrides=FAST,
+        moved_weight="model.encoder.conv.conv_layers.0.weight",
+        kept_files=("sentencepiece.bpe.model", "vocab.json", "tokenizer_config.json", "preprocessor_config.json"))
     assert cfg.data.max_label_tokens == 128  # read from the folder's config.json
-    metrics = train(cfg)
-    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
-    before = load_file(pretrained / "model.safetensors")
-    after = load_file(tmp_path / "tuned" / "exported" / "model.safetensors")
-    assert before.keys() == after.keys()
-    name = "model.encoder.conv.conv_layers.0.weight"
-    assert before[name].shape == after[name].shape and not torch.equal(before[name], after[name])
-    for file in ("sentencepiece.bpe.model", "vocab.json", "tokenizer_config.json", "preprocessor_config.json"):
-        assert (tmp_path / "tuned" / "exported" / file).read_bytes() == (pretrained / file).read_bytes(), file
 
     wav = MINI / "wavs" / "mini_0001.wav"
     with pytest.raises(SystemExit) as exit_info:  # no fixed window: the whole file goes in at once
-        transcribe([str(tmp_path / "tuned" / "exported"), str(wav), "--beams", "2"])
+        transcribe([str(tuned), str(wav), "--beams", "2"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith(f"{wav}\t")
 

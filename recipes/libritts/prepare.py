@@ -16,26 +16,23 @@ training subset first.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from download import prepare_openslr_subsets, read_md5sums  # noqa: E402
+from download import OpenSLRCorpus  # noqa: E402
 
 from speechtrain.cli import tokenize  # noqa: E402
 from speechtrain.data.corpora import read_libritts  # noqa: E402
 
-URL = "https://www.openslr.org/resources/60/{subset}.tar.gz"
 # The md5 sums of openslr's SLR60 archives, in md5sum's format in the md5sum.txt beside this script;
 # every archive is checked before it is unpacked.
-CHECKSUMS = read_md5sums(Path(__file__).with_name("md5sum.txt"))
-SUBSETS = tuple(CHECKSUMS)
+LIBRITTS = OpenSLRCorpus(60, "LibriTTS", read_libritts, Path(__file__).with_name("md5sum.txt"))
 
 
 def prepare_libritts(root: Path, subsets: list[str], fetch: bool = True) -> list[Path]:
     """Download (optionally), unpack and write one manifest per subset; returns the manifest paths."""
-    return prepare_openslr_subsets(root, subsets, URL, CHECKSUMS, "LibriTTS", read_libritts, fetch)
+    return LIBRITTS.prepare(root, subsets, fetch)
 
 
 def tokenize_subsets(manifests: list[Path], tokens: Path, tokenize_args: list[str]) -> list[Path]:
@@ -51,10 +48,7 @@ def tokenize_subsets(manifests: list[Path], tokens: Path, tokenize_args: list[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path("data"))
-    parser.add_argument("--subsets", nargs="+", choices=SUBSETS, default=["train-clean-100", "dev-clean"])
-    parser.add_argument("--no-download", action="store_true", help="the subsets are already unpacked under --root")
+    parser = LIBRITTS.argument_parser(__doc__.splitlines()[0], "--subsets", default=["train-clean-100", "dev-clean"])
     parser.add_argument("--tokens", type=Path, default=None, help="also tokenize each subset into TOKENS/<subset>")
     args, tokenize_args = parser.parse_known_args()
     if tokenize_args and args.tokens is None:

@@ -12,15 +12,7 @@ from speechtrain.models.bark import (
     generate_coarse,
     generate_fine,
     generate_semantic,
-)
-from speechtrain.models.bark.layouts import (
-    IGNORE_INDEX,
-    coarse_batch,
-    coarse_windows,
-    fine_batch,
-    fine_windows,
-    semantic_batch,
-    semantic_example,
+    layouts,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -70,10 +62,11 @@ def test_greedy_semantic_equals_transformers_and_layout_gives_its_logits():
     assert len(set(generated[0].tolist())) > 5  # the random model does not just repeat one token
 
     step_logits = torch.stack([logits[:, -1] for _, _, logits in calls], dim=1)  # [B, steps, V]
-    batch = semantic_batch([semantic_example(text, row.tolist(), history) for text, row in zip(TEXTS, generated)])
+    examples = [layouts.semantic_example(text, row.tolist(), history) for text, row in zip(TEXTS, generated)]
+    batch = layouts.semantic_batch(examples)
     with torch.no_grad():
         logits, _ = ours(input_embeds=ours.embed_merged_context(batch["input_ids"]))
-    scored = batch["labels"] != IGNORE_INDEX
+    scored = batch["labels"] != layouts.IGNORE_INDEX
     assert logits.shape[1] == batch["labels"].shape[1] == 256 + 1 + 24
     assert scored[:, :256].sum() == 0 and scored.sum() == 2 * 25  # 24 tokens + the end token per row
     assert (logits[:, 256:-1] - step_logits).abs().max() < 1e-4  # last scored position: the end token, not generated
@@ -115,15 +108,15 @@ def test_greedy_coarse_equals_transformers_and_windows_are_its_prompts():
     assert torch.equal(generated, expected) and torch.equal(lengths, expected_lengths.long())
     assert lengths.tolist() == [186, 120] and generated.shape[1] == 186  # 7 windows
 
-    windows = coarse_windows(semantic[0].tolist(), coarse_codes(generated[0], config), config)
+    windows = layouts.coarse_windows(semantic[0].tolist(), coarse_codes(generated[0], config), config)
     prompts = [kwargs["input_ids"][0] for _, kwargs, _ in calls if kwargs["input_ids"].shape[1] > 1]
     assert len(windows) == len(prompts) == 7
     assert prompts[-1][257:].tolist() == generated[0, 180 - 90 : 180].tolist()  # the history is cut to 90
-    batch = coarse_batch(windows, config)
+    batch = layouts.coarse_batch(windows, config)
     with torch.no_grad():
         logits, _ = ours(batch["input_ids"])
     step_logits = torch.stack([logits[0, -1] for _, _, logits in calls])  # [steps, V]
-    scored = batch["labels"] != IGNORE_INDEX
+    scored = batch["labels"] != layouts.IGNORE_INDEX
     assert torch.equal(batch["labels"][scored], generated[0])
     assert (logits[scored] - step_logits).abs().max() < 1e-4
     for (input_ids, _), prompt in zip(windows, prompts):
@@ -158,15 +151,15 @@ def test_fine_windows_are_what_generation_feeds(frames):
                                 coarse_generation_config=BarkCoarseGenerationConfig(),
                                 fine_generation_config=BarkFineGenerationConfig())
     assert torch.equal(generate_fine(ours, (codes + torch.tensor([10_000, 11_024])).flatten(1)), generated)
-    (window,) = fine_windows(generated[0].T)
+    (window,) = layouts.fine_windows(generated[0].T)
     assert (window.new_from, window.new_to) == (0, frames)
-    batch = fine_batch([window] * 6, list(range(2, 8)))
+    batch = layouts.fine_batch([window] * 6, list(range(2, 8)))
     with torch.no_grad():
         logits = ours(batch["codebook_idx"], batch["input_ids"])
     for row, (args, _, expected_logits) in enumerate(calls):
         codebook, fed = args
         assert codebook == row + 2
-        scored = batch["labels"][row] != IGNORE_INDEX
+        scored = batch["labels"][row] != layouts.IGNORE_INDEX
         assert scored.sum() == frames
         # generation also writes predictions into the padding after the last frame; the frames themselves agree
         assert torch.equal(batch["input_ids"][row, :frames], fed[0, :frames].long())
@@ -177,9 +170,9 @@ def test_fine_windows_are_what_generation_feeds(frames):
 
 def test_fine_windows_with_a_prompt_score_only_new_frames():
     codes = torch.randint(0, 1024, (512 + 700, 8), generator=torch.Generator().manual_seed(2))
-    windows = fine_windows(codes, n_history=512)
+    windows = layouts.fine_windows(codes, n_history=512)
     assert [(w.new_from, w.new_to) for w in windows] == [(512, 1024), (1024 - 188, 1024)]
-    batch = fine_batch(windows, [3, 3])
+    batch = layouts.fine_batch(windows, [3, 3])
     assert torch.equal(batch["input_ids"][0, :512], codes[:512])  # the prompt is given in full
     assert (batch["input_ids"][0, 512:, 3:] == 1024).all() and torch.equal(batch["input_ids"][0, 512:, :3],
                                                                            codes[512:1024, :3])

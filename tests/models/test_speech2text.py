@@ -3,17 +3,14 @@
 The checks it shares with Whisper (cached decoding, Hub folders, config round trip) are in test_seq2seq_families.py.
 """
 
+from functools import partial
+
 import pytest
 import torch
+from transformers_parity import ours_from_transformers
 
 from speechtrain.decoding import beam_search, greedy_decode
-from speechtrain.models.speech2text import (
-    Speech2TextConfig,
-    Speech2TextForConditionalGeneration,
-    build_speech2text,
-    model_from_hf_config,
-    save_pretrained,
-)
+from speechtrain.models.speech2text import Speech2TextConfig, build_speech2text, model_from_hf_config, save_pretrained
 
 transformers = pytest.importorskip("transformers")
 
@@ -33,11 +30,7 @@ def hf_model(seed=0, **overrides):
     return transformers.Speech2TextForConditionalGeneration(config).eval()
 
 
-def ours_from(hf, attn_implementation="sdpa"):
-    config = Speech2TextConfig.from_hf_dict({**hf.config.to_dict(), "attn_implementation": attn_implementation})
-    model = Speech2TextForConditionalGeneration(config)
-    model.load_state_dict(hf.state_dict(), strict=True)
-    return model.eval()
+ours_from = partial(ours_from_transformers, model_from_hf_config)  # ours_from(hf, attn_implementation="sdpa")
 
 
 def batch(seed=1):

@@ -4,16 +4,13 @@ The checks it shares with Speech2Text (cached decoding, Hub folders, config roun
 test_seq2seq_families.py.
 """
 
+from functools import partial
+
 import pytest
 import torch
+from transformers_parity import ours_from_transformers
 
-from speechtrain.models.whisper import (
-    WhisperConfig,
-    WhisperForConditionalGeneration,
-    build_whisper,
-    model_from_hf_config,
-    save_pretrained,
-)
+from speechtrain.models.whisper import WhisperConfig, build_whisper, model_from_hf_config, save_pretrained
 from speechtrain.models.whisper.tokenizer import train_whisper_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -35,11 +32,7 @@ def hf_model(attn_implementation="sdpa", seed=0, **overrides):
     ).eval()
 
 
-def ours_from(hf, attn_implementation="sdpa"):
-    config = WhisperConfig.from_hf_dict({**hf.config.to_dict(), "attn_implementation": attn_implementation})
-    model = WhisperForConditionalGeneration(config)
-    model.load_state_dict(hf.state_dict(), strict=True)
-    return model.eval()
+ours_from = partial(ours_from_transformers, model_from_hf_config)  # ours_from(hf, attn_implementation="sdpa")
 
 
 def batch(seed=1):
