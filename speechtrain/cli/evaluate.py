@@ -43,8 +43,8 @@ from speechtrain.cli.export import export_checkpoint
 from speechtrain.cli.synthesize import Synthesizer, write_wav
 from speechtrain.cli.transcribe import Transcriber
 from speechtrain.data.audio import AudioError, load_audio
-from speechtrain.data.corpora import FORMATS, CorpusSpec, Utterance, parse_ljspeech_line, read_corpus
-from speechtrain.errors import CheckpointError, DataError, SpeechtrainError
+from speechtrain.data.corpora import FORMATS, CorpusSpec, Utterance, read_corpus, read_sentences
+from speechtrain.errors import CheckpointError, SpeechtrainError
 from speechtrain.hub import read_model_type
 from speechtrain.models.registry import get_family
 from speechtrain.scoring import (
@@ -85,34 +85,6 @@ def load_synthesizer(model: str | Path, device: str = "cpu", trust_checkpoint: b
     """A Synthesizer for a text-to-speech folder or a `.ckpt`."""
     with model_folder(model, TTS_TAG, trust_checkpoint) as folder:
         return Synthesizer(folder, device)
-
-
-def read_sentences(path: str | Path) -> list[tuple[str, str]]:
-    """(id, text) of every non-blank line of a sentences file: all `id|text` lines (a third, normalised column is
-    used when present, as in LJSpeech) or all plain sentences, which get the ids sentence_0001, sentence_0002, ..."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sentences file {path} not found: give one sentence per line, or id|text lines")
-    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             if line.strip()]
-    if not lines:
-        raise DataError(f"sentences file {path} is empty: give one sentence per line, or id|text lines")
-    with_ids = "|" in lines[0][1]
-    sentences = []
-    for number, line in lines:
-        where = f"{path}:{number}"
-        if ("|" in line) != with_ids:
-            first = f"line {lines[0][0]} is {'id|text' if with_ids else 'a plain sentence'}"
-            raise DataError(f"{where}: {first} but this one is not; give every line as id|text, or none")
-        plain = (f"sentence_{len(sentences) + 1:04d}", line.strip())
-        sentence_id, text = parse_ljspeech_line(line, where) if with_ids else plain
-        if Path(sentence_id).name != sentence_id or sentence_id in (".", ".."):
-            raise DataError(f"{where}: id {sentence_id!r} cannot name a file in {WAVS_NAME}/")
-        sentences.append((sentence_id, text))
-    repeated = sorted(i for i, n in Counter(i for i, _ in sentences).items() if n > 1)
-    if repeated:
-        raise DataError(f"{path}: ids {repeated} are given more than once; each names its own wav")
-    return sentences
 
 
 def _batches(items: Sequence[Utterance], size: int) -> Iterator[Sequence[Utterance]]:

@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -359,3 +360,31 @@ def read_corpus(spec: CorpusSpec | Mapping) -> list[Utterance]:
     else:
         utterances = read_hf_dataset(path, spec.split, spec.audio_column, spec.text_column)
     return utterances if spec.limit is None else utterances[: spec.limit]
+
+
+def read_sentences(path: str | Path) -> list[tuple[str, str]]:
+    """(id, text) of every non-blank line of a sentences file: all `id|text` lines (a third, normalised column is
+    used when present, as in LJSpeech) or all plain sentences, which get the ids sentence_0001, sentence_0002, ..."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sentences file {path} not found: give one sentence per line, or id|text lines")
+    lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if line.strip()]
+    if not lines:
+        raise DataError(f"sentences file {path} is empty: give one sentence per line, or id|text lines")
+    with_ids = "|" in lines[0][1]
+    sentences = []
+    for number, line in lines:
+        where = f"{path}:{number}"
+        if ("|" in line) != with_ids:
+            first = f"line {lines[0][0]} is {'id|text' if with_ids else 'a plain sentence'}"
+            raise DataError(f"{where}: {first} but this one is not; give every line as id|text, or none")
+        plain = (f"sentence_{len(sentences) + 1:04d}", line.strip())
+        sentence_id, text = parse_ljspeech_line(line, where) if with_ids else plain
+        if Path(sentence_id).name != sentence_id or sentence_id in (".", ".."):
+            raise DataError(f"{where}: id {sentence_id!r} cannot name a file (it names the sentence's wav)")
+        sentences.append((sentence_id, text))
+    repeated = sorted(i for i, n in Counter(i for i, _ in sentences).items() if n > 1)
+    if repeated:
+        raise DataError(f"{path}: ids {repeated} are given more than once; each names its own wav")
+    return sentences

@@ -19,16 +19,21 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size * dilation - dilation) // 2
 
 
+def dilated_convolutions(channels: int, kernel_size: int, dilations: list[int]) -> nn.ModuleList:
+    """One weight-normed, length-preserving convolution per dilation: the dilated half of either block type."""
+    return nn.ModuleList(
+        weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=same_padding(kernel_size, d)))
+        for d in dilations
+    )
+
+
 class HifiGanResidualBlock(nn.Module):
     """Pairs of (dilated, plain) convolutions with leaky ReLUs and a residual connection around each pair."""
 
     def __init__(self, channels: int, kernel_size: int, dilations: list[int], leaky_relu_slope: float):
         super().__init__()
         self.leaky_relu_slope = leaky_relu_slope
-        self.convs1 = nn.ModuleList(
-            weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=same_padding(kernel_size, d)))
-            for d in dilations
-        )
+        self.convs1 = dilated_convolutions(channels, kernel_size, dilations)
         self.convs2 = nn.ModuleList(
             weight_norm(nn.Conv1d(channels, channels, kernel_size, padding=same_padding(kernel_size)))
             for _ in dilations
@@ -49,10 +54,7 @@ class HifiGanResidualBlock2(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilations: list[int], leaky_relu_slope: float):
         super().__init__()
         self.leaky_relu_slope = leaky_relu_slope
-        self.convs = nn.ModuleList(
-            weight_norm(nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=same_padding(kernel_size, d)))
-            for d in dilations
-        )
+        self.convs = dilated_convolutions(channels, kernel_size, dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
