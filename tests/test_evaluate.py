@@ -246,7 +246,7 @@ def test_sentences_files_take_ids_on_every_line_or_on_none(tmp_path):
     with pytest.raises(DataError, match=r"ids \['a'\] are given more than once"):
         read_sentences(sentences)
     sentences.write_text("../x|Hello.\n")
-    with pytest.raises(DataError, match="cannot name a file in wavs/"):
+    with pytest.raises(DataError, match="cannot name a file"):
         read_sentences(sentences)
 
 

@@ -58,7 +58,7 @@ def test_recipe_without_its_pretrained_model_names_model_pretrained(compose, tmp
         # where to get one: a download command, or for Bark which part of suno/bark to save
         assert ("huggingface-cli download" in str(error.value)) != recipe.startswith("bark"), recipe
     assert needs_pretrained == {"whisper_finetune", "whisper_librispeech", "s2t_finetune", "vits_finetune",
-                                "bark_semantic", "bark_coarse", "bark_fine"}
+                                "vits_finetune_piper", "bark_semantic", "bark_coarse", "bark_fine"}
 
 
 def test_vits_ljspeech_caps_items_per_batch_at_the_original_batch_size(compose, tmp_path):
