@@ -197,6 +197,23 @@ def test_import_then_export_runs_in_piper_as_the_original_voice(joe, tmp_path):
         voice.synthesize_wav(MINI_SENTENCES[0], wav_file)
     with wave.open(io.BytesIO(buffer.getvalue())) as wav_file:
         assert wav_file.getframerate() == 22050 and wav_file.getnframes() > 22050  # over a second of speech
+    assert_sherpa_onnx_speaks(onnx_path, MINI_SENTENCES[0])
+
+
+def assert_sherpa_onnx_speaks(onnx_path: Path, text: str) -> None:
+    """sherpa-onnx's Piper path loads the export (its metadata and tokens.txt) and speaks. The PyPI wheel of
+    sherpa-onnx 2 has no espeak-ng front end, so the phonemes come from piper-tts, as sherpa-onnx accepts them."""
+    sherpa_onnx = pytest.importorskip("sherpa_onnx")
+    from piper import PiperVoice
+
+    phonemes = PiperVoice.load(str(onnx_path)).phonemize(text)
+    vits = sherpa_onnx.OfflineTtsVitsModelConfig(model=str(onnx_path), tokens=str(onnx_path.parent / "tokens.txt"))
+    tts = sherpa_onnx.OfflineTts(sherpa_onnx.OfflineTtsConfig(model=sherpa_onnx.OfflineTtsModelConfig(vits=vits)))
+    generation = sherpa_onnx.GenerationConfig()
+    generation.phoneme_codepoints = [[ord(phoneme) for phoneme in sentence] for sentence in phonemes]
+    generation.sid, generation.speed = 0, 1.0
+    audio = tts.generate(text, generation)
+    assert audio.sample_rate == 22050 and len(audio.samples) > 22050, (audio.sample_rate, len(audio.samples))
 
 
 def test_a_multi_speaker_export_takes_each_speaker_id(tmp_path):
@@ -204,9 +221,12 @@ def test_a_multi_speaker_export_takes_each_speaker_id(tmp_path):
     torch.manual_seed(0)
     model, tokenizer = load_piper_voice(write_piper_checkpoint(tmp_path, piper_generator(hparams), hparams))
     model.eval()
-    onnx_path, _ = export_piper(model, tokenizer, tmp_path / "voice.onnx")
+    onnx_path, _, tokens_path = export_piper(model, tokenizer, tmp_path / "voice.onnx")
     session = onnxruntime.InferenceSession(str(onnx_path))
     assert [i.name for i in session.get_inputs()] == ["input", "input_lengths", "scales", "sid"]
+    metadata = session.get_modelmeta().custom_metadata_map  # what sherpa-onnx reads
+    assert metadata["n_speakers"] == "3" and metadata["comment"] == "piper" and metadata["sample_rate"] == "16000"
+    assert tokens_path.read_text().splitlines()[:3] == ["_ 0", "^ 1", "$ 2"]
     ids = [1, 0, 7, 0, 9, 0, 12, 0, 2]
     outputs = [run_onnx(session, ids, sid) for sid in range(3)]
     for sid, output in enumerate(outputs):

@@ -312,7 +312,8 @@ def voice_json(model: VitsModel, tokenizer: PiperPhonemeTokenizer) -> dict[str, 
 
 
 def export_piper(model: VitsModel, tokenizer: Any, onnx_path: str | Path) -> list[Path]:
-    """Writes `onnx_path` (`VOICE.onnx`) and `VOICE.onnx.json` with Piper's exact interface."""
+    """Writes `onnx_path` (`VOICE.onnx`) and `VOICE.onnx.json` with Piper's exact interface, and what sherpa-onnx's
+    Piper path reads besides: the model's metadata (`sherpa_onnx_metadata`) and `tokens.txt` beside it."""
     if not isinstance(tokenizer, PiperPhonemeTokenizer):
         raise CheckpointError(
             f"--format piper needs a Piper phoneme tokenizer (a voice imported with speechtrain-import-piper, or "
@@ -335,9 +336,33 @@ def export_piper(model: VitsModel, tokenizer: Any, onnx_path: str | Path) -> lis
     with torch.no_grad():
         torch.onnx.export(interface, inputs, str(onnx_path), opset_version=ONNX_OPSET, input_names=names,
                           output_names=["output"], dynamic_axes=axes, dynamo=False)
+    voice = voice_json(model, tokenizer)
+    _add_onnx_metadata(onnx_path, sherpa_onnx_metadata(voice))
     json_path = Path(f"{onnx_path}.json")
-    json_path.write_text(json.dumps(voice_json(model, tokenizer), ensure_ascii=False, indent=2))
-    return [onnx_path, json_path]
+    json_path.write_text(json.dumps(voice, ensure_ascii=False, indent=2))
+    tokens_path = onnx_path.parent / "tokens.txt"
+    tokens_path.write_text("".join(f"{symbol} {ids[0]}\n" for symbol, ids in voice["phoneme_id_map"].items()),
+                           encoding="utf-8")
+    return [onnx_path, json_path, tokens_path]
+
+
+def sherpa_onnx_metadata(voice: Mapping[str, Any]) -> dict[str, str]:
+    """The metadata sherpa-onnx's VITS loader reads from a Piper model (what its `add_meta_data` script adds to
+    Piper's own releases): phonemes from espeak-ng with the voice's language, speakers and sample rate."""
+    return {"model_type": "vits", "comment": "piper", "has_espeak": "1",
+            "language": voice.get("language", {}).get("name_english", ""),
+            "voice": voice.get("espeak", {}).get("voice", ""), "n_speakers": str(voice.get("num_speakers", 1)),
+            "sample_rate": str(voice["audio"]["sample_rate"])}
+
+
+def _add_onnx_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
 
 
 
