@@ -33,20 +33,16 @@ NORM, DIRECTION = "parametrizations.weight.original0", "parametrizations.weight.
 LEGACY_NAMES = {".weight_g": "." + NORM, ".weight_v": "." + DIRECTION}
 
 
-def _weight_normed_decoder_modules(model: VitsModel) -> dict[str, torch.nn.Module]:
-    return {f"decoder.{name}.": module for name, module in model.decoder.named_modules()
-            if parametrize.is_parametrized(module, "weight")}
-
-
-def _weight_normed_modules(model: VitsModel) -> dict[str, torch.nn.Module]:
-    return {f"{name}.": module for name, module in model.named_modules()
-            if parametrize.is_parametrized(module, "weight")}
+def _weight_normed_modules(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.nn.Module]:
+    """The weight-normed submodules of `module`, keyed by their state-dict prefix (`prefix` + name + ".")."""
+    return {f"{prefix}{name}.": sub for name, sub in module.named_modules()
+            if parametrize.is_parametrized(sub, "weight")}
 
 
 def state_dict_to_hf(model: VitsModel) -> dict[str, torch.Tensor]:
     """Our state dict with the decoder's weight norm folded in: exactly transformers' `VitsModel` keys."""
     state = {key: value.detach() for key, value in model.state_dict().items()}
-    for prefix, module in _weight_normed_decoder_modules(model).items():
+    for prefix, module in _weight_normed_modules(model.decoder, "decoder.").items():
         del state[prefix + NORM], state[prefix + DIRECTION]
         state[prefix + "weight"] = module.weight.detach()
     return state

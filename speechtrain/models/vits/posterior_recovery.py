@@ -124,12 +124,13 @@ def reconstruction_mel_l1(model: VitsModel, recordings: Sequence[torch.Tensor], 
     model.eval()
     sizes = stft_sizes(model)
     mel_settings = {"n_fft": sizes["n_fft"], "n_mels": n_mels, "sample_rate": model.config.sampling_rate}
+    speaker = model.speaker_embedding(speaker_id, 1)
     total, frames = 0.0, 0
     for audio in recordings:
         spectrogram = linear_spectrogram(audio[None], **sizes)  # [1, bins, T]
         mask = torch.ones(1, 1, spectrogram.shape[-1])
-        _, means, _ = model.posterior_encoder(spectrogram, mask, model.speaker_embedding(speaker_id, 1))
-        waveform = model.decoder(means, model.speaker_embedding(speaker_id, 1))  # [1, 1, T * hop]
+        _, means, _ = model.posterior_encoder(spectrogram, mask, speaker)
+        waveform = model.decoder(means, speaker)  # [1, 1, T * hop]
         real = spectrogram_to_mel(spectrogram, **mel_settings)
         fake = mel_spectrogram(waveform, hop_length=sizes["hop_length"], win_length=sizes["win_length"],
                                **mel_settings)
