@@ -48,7 +48,8 @@ def _maximum_path_each(path, value, t_y, t_x, max_neg_val=-1e9):
 
 
 @numba.njit(nogil=True, parallel=True)
-def _maximum_path_batch(paths, values, t_ys, t_xs):
+def numba_maximum_path_c(paths, values, t_ys, t_xs):
+    """core.pyx `maximum_path_c`, the signature VITS and Piper import: paths/values [batch, frames, text]."""
     for b in numba.prange(paths.shape[0]):
         _maximum_path_each(paths[b], values[b], t_ys[b], t_xs[b])
 
@@ -60,7 +61,7 @@ def numba_alignment_search(log_likelihood: torch.Tensor, mask: torch.Tensor) -> 
     paths = np.zeros(values.shape, dtype=np.int32)
     frame_lengths = mask[:, 0, :].sum(1).cpu().numpy().astype(np.int32)
     text_lengths = mask[:, :, 0].sum(1).cpu().numpy().astype(np.int32)
-    _maximum_path_batch(paths, values, frame_lengths, text_lengths)
+    numba_maximum_path_c(paths, values, frame_lengths, text_lengths)
     return torch.from_numpy(paths).transpose(1, 2).to(device=log_likelihood.device, dtype=log_likelihood.dtype)
 
 

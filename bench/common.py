@@ -134,3 +134,32 @@ def machine_line(device: str) -> str:
     """Where the numbers come from, for the line above a table."""
     return (f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
             f"torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def tts_batch(batch_size: int, tokens: int, seconds: tuple[float, float], vocab_size: int, sample_rate: int,
+              n_fft: int, hop: int) -> dict[str, Any]:
+    """Random texts of about `tokens` ids and random audio of `seconds` (whole frames), padded by `TtsCollator`;
+    the first row is the longest in both."""
+    from speechtrain.data.tts import TtsCollator
+
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for row in range(batch_size):
+        text_length = tokens if row == 0 else int(torch.randint(int(0.8 * tokens), tokens + 1, (), generator=generator))
+        low, high = (int(s * sample_rate / hop) for s in seconds)
+        frames = high if row == 0 else int(torch.randint(low, high + 1, (), generator=generator))
+        audio = (0.1 * torch.randn(frames * hop, generator=generator)).clamp(-1, 1)
+        token_ids = torch.randint(1, vocab_size, (text_length,), generator=generator).tolist()
+        items.append({"id": f"utt{row}", "text": "", "token_ids": token_ids, "audio": audio, "speaker_id": None})
+    return TtsCollator(n_fft, hop, n_fft, pad_id=0)(items)
+
+
+def lightning_step_fn(task: Any, batch: Any) -> Callable[[], None]:
+    """A manual-optimisation LightningModule's `training_step` without a Trainer: its hooks `optimizers`,
+    `manual_backward` and `log` made plain calls, the optimizers its own `configure_optimizers` returns."""
+    optimizers, _ = task.configure_optimizers()
+    task.optimizers = lambda: tuple(optimizers)
+    task.manual_backward = lambda loss: loss.backward()
+    task.log = task.log_dict = lambda *args, **kwargs: None
+    task.train()
+    return lambda: task.training_step(batch, 0)

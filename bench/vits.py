@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import time_rounds
+from common import lightning_step_fn, time_rounds, tts_batch
 from torch import nn
 from TTS.tts.configs.vits_config import VitsArgs
 from TTS.tts.configs.vits_config import VitsConfig as CoquiVitsConfig
@@ -42,7 +42,6 @@ from TTS.tts.models.vits import Vits as CoquiVits
 from TTS.utils.audio.torch_transforms import spec_to_mel
 
 from speechtrain.data.spectrogram import spectrogram_to_mel
-from speechtrain.data.tts import TtsCollator
 from speechtrain.models.vits import VitsConfig, VitsModel
 from speechtrain.models.vits.discriminator import MultiPeriodDiscriminator
 from speechtrain.tasks.vits import VitsTask
@@ -101,20 +100,6 @@ def build_coqui(size: str, vocab_size: int) -> CoquiVits:
     return model
 
 
-def make_batch(batch_size: int, tokens: int, seconds: tuple[float, float], vocab_size: int) -> dict[str, Any]:
-    """Random texts of about `tokens` ids and random audio of `seconds` (whole frames), padded by `TtsCollator`."""
-    generator = torch.Generator().manual_seed(0)
-    items = []
-    for row in range(batch_size):
-        text_length = tokens if row == 0 else int(torch.randint(int(0.8 * tokens), tokens + 1, (), generator=generator))
-        low, high = (int(s * SAMPLE_RATE / HOP) for s in seconds)
-        frames = high if row == 0 else int(torch.randint(low, high + 1, (), generator=generator))
-        audio = (0.1 * torch.randn(frames * HOP, generator=generator)).clamp(-1, 1)
-        token_ids = torch.randint(1, vocab_size, (text_length,), generator=generator).tolist()
-        items.append({"id": f"utt{row}", "text": "", "token_ids": token_ids, "audio": audio, "speaker_id": None})
-    return TtsCollator(N_FFT, HOP, N_FFT, pad_id=0)(items)
-
-
 def coqui_batch(batch: dict[str, Any]) -> dict[str, Any]:
     """The batch coqui's `train_step` reads, from the same tensors (its `format_batch` + `format_batch_on_device`)."""
     spec_mask = batch["spectrogram_mask"][:, None].float()
@@ -129,16 +114,6 @@ def coqui_batch(batch: dict[str, Any]) -> dict[str, Any]:
 
 def to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-
-
-def our_step_fn(task: VitsTask, batch: dict[str, Any]) -> Callable[[], None]:
-    """`VitsTask.training_step` with its Lightning hooks made plain calls."""
-    (generator_optimizer, discriminator_optimizer), _ = task.configure_optimizers()
-    task.optimizers = lambda: (generator_optimizer, discriminator_optimizer)
-    task.manual_backward = lambda loss: loss.backward()
-    task.log = task.log_dict = lambda *args, **kwargs: None
-    task.train()
-    return lambda: task.training_step(batch, 0)
 
 
 def coqui_step_fn(model: CoquiVits, batch: dict[str, Any]) -> Callable[[], None]:
@@ -179,7 +154,7 @@ def main() -> None:
     ours, coqui = build_ours(args.size, args.vocab_size), build_coqui(args.size, args.vocab_size)
     ours.to(args.device)
     coqui.to(args.device)
-    batch = make_batch(args.batch_size, args.tokens, tuple(args.seconds), args.vocab_size)
+    batch = tts_batch(args.batch_size, args.tokens, tuple(args.seconds), args.vocab_size, SAMPLE_RATE, N_FFT, HOP)
     coqui_inputs = coqui_batch(batch)
     mel_difference = (spectrogram_to_mel(batch["spectrogram"], N_FFT, N_MELS, SAMPLE_RATE)
                       * batch["spectrogram_mask"][:, None] - coqui_inputs["mel"]).abs().max().item()
@@ -194,8 +169,8 @@ def main() -> None:
             raise SystemExit(f"{part} parameters differ by more than 3%: ours {our_count:,}, coqui {coqui_count:,}")
 
     load_before = os.getloadavg()[0]
-    seconds = time_rounds({"speechtrain": our_step_fn(ours, batch), "coqui-tts": coqui_step_fn(coqui, coqui_inputs)},
-                          args.rounds, args.device)
+    steps = {"speechtrain": lightning_step_fn(ours, batch), "coqui-tts": coqui_step_fn(coqui, coqui_inputs)}
+    seconds = time_rounds(steps, args.rounds, args.device)
     ours_s, coqui_s = (statistics.median(seconds[name]) for name in ("speechtrain", "coqui-tts"))
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     hidden, ffn, upsample_channels = SIZES[args.size]
