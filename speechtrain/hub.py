@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,38 @@ CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 PYTORCH_NAME = "pytorch_model.bin"
+
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")  # org/name, optionally @revision
+
+
+def resolve_pretrained(source: str | Path) -> str:
+    """A local model folder for `source`: the folder itself, or a Hugging Face Hub id (`org/name[@revision]`) that
+    is not a local path, fetched into the Hub cache (or found there) with `huggingface_hub.snapshot_download`.
+
+    The environment is read at each call, so that it is the run's: `HF_HUB_OFFLINE=1` looks in the cache only,
+    `HF_HUB_CACHE` (or `HF_HOME`) says where the cache is, `HF_TOKEN` opens gated models."""
+    source = str(source)
+    if Path(source).exists() or not HUB_ID.fullmatch(source):
+        return source
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = source.partition("@")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    cache_dir = os.environ.get("HF_HUB_CACHE") or (
+        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None)
+    try:
+        return snapshot_download(repo_id, revision=revision or None, cache_dir=cache_dir, local_files_only=offline)
+    except LocalEntryNotFoundError as error:
+        where = "HF_HUB_OFFLINE=1 and it is not in the Hub cache" if offline else "it could not be downloaded"
+        raise FileNotFoundError(
+            f"{source}: neither a local folder nor a usable Hugging Face Hub id: {where} "
+            f"({cache_dir or 'the default cache'}); download it with `huggingface-cli download {repo_id}` or give "
+            "a local folder") from error
+    except HfHubHTTPError as error:
+        raise FileNotFoundError(f"{source}: the Hugging Face Hub refused it ({error}); check the id, or HF_TOKEN "
+                                "for a gated model") from error
 
 
 class AsrTokenizer(Protocol):
@@ -60,8 +94,9 @@ def load_processors(folder: str | Path, **tokenizer_kwargs: Any) -> tuple[Any, A
 def load_bundle(
     folder: str | Path, overrides: Mapping[str, Any] | None = None, tokenizer_kwargs: dict[str, Any] | None = None
 ) -> tuple[nn.Module, Any, Any]:
-    """(model, tokenizer, feature_extractor or None) from a Hugging Face-format folder; `overrides` replace its
-    config.json values, the same for every family (e.g. `{"attn_implementation": "eager"}`, dropout)."""
+    """(model, tokenizer, feature_extractor or None) from a Hugging Face-format folder or Hub id; `overrides` replace
+    its config.json values, the same for every family (e.g. `{"attn_implementation": "eager"}`, dropout)."""
+    folder = resolve_pretrained(folder)
     model = get_family(read_model_type(folder)).load_pretrained(str(folder), overrides)
     return (model, *load_processors(folder, **(tokenizer_kwargs or {})))
 

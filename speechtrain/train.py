@@ -35,7 +35,7 @@ from speechtrain.callbacks import RankSeed
 from speechtrain.config_checks import check_required_values, check_targets
 from speechtrain.distributed import build_strategy
 from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
-from speechtrain.hub import save_bundle
+from speechtrain.hub import resolve_pretrained, save_bundle
 from speechtrain.model_card import write_model_card
 from speechtrain.models.registry import family_of_builder
 
@@ -47,7 +47,7 @@ BUNDLED_DATA_DIR = PACKAGE_DIR / "assets"  # the mini corpus, its codec tokens a
 
 
 def _model_config_value(folder: str, key: str) -> Any:
-    config_path = Path(folder) / "config.json"
+    config_path = Path(resolve_pretrained(folder)) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
             f"model.pretrained={folder}: no config.json there (expected a Hugging Face-format folder)"
@@ -178,10 +178,25 @@ def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
 
 
+def _fetch_hub_model(cfg: DictConfig) -> None:
+    """`model.pretrained=org/name` (a Hugging Face Hub id, not a local path): fetched or found in the Hub cache, and
+    the config pointed at the local snapshot, so that the tokenizer, features and data configs that interpolate
+    `${model.pretrained}` read the same folder."""
+    pretrained = cfg.get("model", {}).get("pretrained")
+    if not isinstance(pretrained, str):
+        return
+    local = resolve_pretrained(pretrained)
+    if local != pretrained:
+        log.info("model.pretrained=%s: the Hugging Face Hub snapshot in %s", pretrained, local)
+        with open_dict(cfg):
+            cfg.model.pretrained = local
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
     check_required_values(cfg)
     check_targets(cfg)
+    _fetch_hub_model(cfg)
     # Token-only recipes (SoundStorm, Bark's coarse and fine models) have no tokenizer; TTS recipes compute
     # spectrograms in their data module and task, so only ASR recipes have a feature extractor.
     tokenizer = hydra.utils.instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None

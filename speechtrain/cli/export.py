@@ -1,6 +1,7 @@
 """`speechtrain-export SOURCE OUT_DIR [--format hf|piper|...]`: a Lightning checkpoint or a model folder to a
 Hugging Face-format folder, or to another deployment format its family offers (`--format piper` for VITS voices
-with Piper's phonemes: `VOICE.onnx` + `VOICE.onnx.json`).
+with Piper's phonemes: `VOICE.onnx` + `VOICE.onnx.json`; `--format ctranslate2` for Whisper, the folder
+faster-whisper loads).
 
 The checkpoint carries config.json, tokenizer and preprocessor files (see tasks/checkpointing.py), so
 no Hydra config is needed; the run's resolved config and metrics, when found beside the checkpoint, go
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from speechtrain.errors import CheckpointError
-from speechtrain.hub import load_processors, model_from_folder_config, read_model_type, save_bundle
+from speechtrain.hub import load_processors, model_from_folder_config, read_model_type, resolve_pretrained, save_bundle
 from speechtrain.model_card import write_model_card
 from speechtrain.models.registry import families, get_family, resolve
 from speechtrain.safe_load import load_checkpoint
@@ -80,6 +81,7 @@ def export(source: str | Path, out_dir: str | Path, export_format: str = HF_FORM
         if source.is_dir():
             raise CheckpointError(f"{source} is already a Hugging Face-format folder; --format hf exports checkpoints")
         return [export_checkpoint(source, out_dir, trust_checkpoint)]
+    source = Path(resolve_pretrained(source))  # a Hub id is fine here: it names a model folder
     if source.is_dir():
         return _export_folder(source, out_dir, export_format)
     with tempfile.TemporaryDirectory(prefix="speechtrain-export-") as folder:

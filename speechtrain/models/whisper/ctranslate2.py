@@ -1,4 +1,4 @@
-"""CTranslate2 Whisper folders (what faster-whisper runs) back into Hugging Face format.
+"""CTranslate2 Whisper folders (what faster-whisper runs) back into Hugging Face format, and exports into them.
 
 A CTranslate2 folder holds `model.bin` (every weight under CTranslate2's own names, attention projections fused,
 optionally quantized), `config.json` (suppressed tokens, alignment heads, language ids) and the tokenizer's
@@ -11,6 +11,7 @@ scales; float16 and bfloat16 weights become float32.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from speechtrain.errors import CheckpointError
+from speechtrain.errors import CheckpointError, DependencyError
 from speechtrain.models.whisper.config import WhisperConfig
 from speechtrain.models.whisper.modeling import WhisperForConditionalGeneration
 
@@ -221,3 +222,26 @@ def load_ctranslate2_whisper(folder: str | Path) -> tuple[WhisperForConditionalG
         raise CheckpointError(f"{folder / MODEL_NAME}: weights do not fit Whisper (missing {missing}, "
                               f"unexpected {unexpected})")
     return model.eval(), generation
+
+
+CT2_QUANTIZATION_ENV = "SPEECHTRAIN_CT2_QUANTIZATION"  # e.g. int8, float16; the runtime can also convert on load
+
+
+def export_ctranslate2_folder(model_folder: str | Path, out_dir: str | Path) -> list[Path]:
+    """A Hugging Face-format Whisper folder as a CTranslate2 folder that faster-whisper loads
+    (`faster_whisper.WhisperModel(out_dir)`), through ctranslate2's own `TransformersConverter` (the `ctranslate2`
+    extra), with the tokenizer and feature-extractor files beside `model.bin`. Weights stay float32 unless
+    `SPEECHTRAIN_CT2_QUANTIZATION` names one of ctranslate2's quantizations."""
+    try:
+        import ctranslate2
+    except ImportError as error:
+        raise DependencyError("--format ctranslate2 needs ctranslate2 and transformers: "
+                              "pip install 'speechtrain[ctranslate2]'") from error
+    model_folder, out_dir = Path(model_folder), Path(out_dir)
+    if not (model_folder / TOKENIZER_NAME).is_file():
+        raise FileNotFoundError(f"{model_folder / TOKENIZER_NAME} not found: faster-whisper reads the tokenizer from "
+                                "the CTranslate2 folder")
+    support = [name for name in (TOKENIZER_NAME, "preprocessor_config.json") if (model_folder / name).is_file()]
+    converter = ctranslate2.converters.TransformersConverter(str(model_folder), copy_files=support)
+    converter.convert(str(out_dir), quantization=os.environ.get(CT2_QUANTIZATION_ENV) or None, force=True)
+    return [out_dir / name for name in (MODEL_NAME, CONFIG_NAME, *support)]

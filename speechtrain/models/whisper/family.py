@@ -10,8 +10,9 @@ PROCESSORS = {"tokenizer": "speechtrain.models.whisper.tokenizer:WhisperTokenize
               "feature_extractor": "speechtrain.models.whisper.features:WhisperFeatureExtractor"}
 EXAMPLE = ("openai/whisper-tiny, downloaded with "
            "`huggingface-cli download openai/whisper-tiny --local-dir models/whisper-tiny`")
+EXPORT_FORMATS = {"ctranslate2": "speechtrain.models.whisper.ctranslate2:export_ctranslate2_folder"}  # faster-whisper
 
 MODEL_FAMILIES = (
     ModelFamily.from_hub(hub, "whisper", WhisperConfig, hub.build_whisper, CARD, **PROCESSORS,
-                         pretrained_example=EXAMPLE),
+                         pretrained_example=EXAMPLE, export_formats=EXPORT_FORMATS),
 )
