@@ -1,5 +1,5 @@
-"""Distributed training helpers: which modules are a model family's repeated blocks, and the fully sharded
-(FSDP2) strategy built from them.
+"""Distributed training helpers: which modules are a model family's repeated blocks, the fully sharded (FSDP2)
+strategy built from them, and activation checkpointing of the same blocks without FSDP.
 
 FSDP shards a model at the granularity of its wrapped submodules and activation checkpointing recomputes
 whole submodules, so both want the same units: the blocks a model stacks. Each model class names its own in a
@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.utils.checkpoint
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -42,6 +43,25 @@ def block_classes(module: nn.Module) -> set[type[nn.Module]]:
             "`block_classes` class attribute listing the classes FSDP should wrap"
         )
     return found
+
+
+def _recomputed_forward(block: nn.Module, forward: Any, *args: Any, **kwargs: Any) -> Any:
+    if block.training and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+def checkpoint_block_activations(module: nn.Module) -> int:
+    """Activation checkpointing without FSDP: every block of `module` (its `block_classes`) keeps only its inputs
+    for the backward pass and recomputes the rest there (non-reentrant `torch.utils.checkpoint`, which replays the
+    dropout masks), trading one more forward of each block for its activations. Only while training with
+    gradients: evaluation and cached decoding run as before. The forward is wrapped in place, not the module, so
+    parameter names, state dicts, LoRA targets and exports do not change. Returns the number of blocks."""
+    blocks = [m for m in module.modules() if type(m) in block_classes(module)]
+    for block in blocks:
+        if not isinstance(block.forward, functools.partial):  # already wrapped: keep one level
+            block.forward = functools.partial(_recomputed_forward, block, block.forward)
+    return len(blocks)
 
 
 def shard_module(

@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from speechtrain.callbacks import RankSeed
 from speechtrain.config_checks import check_required_values, check_targets
-from speechtrain.distributed import build_strategy
+from speechtrain.distributed import FullyShardedStrategy, build_strategy, checkpoint_block_activations
 from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import resolve_pretrained, save_bundle
 from speechtrain.model_card import write_model_card
@@ -229,6 +229,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     strategy = cfg.trainer.get("strategy", "auto")
     strategy = build_strategy(hydra.utils.instantiate(strategy) if OmegaConf.is_dict(strategy) else strategy, task)
+    if cfg.get("activation_checkpointing"):
+        if isinstance(strategy, FullyShardedStrategy):
+            strategy.activation_checkpointing = True  # FSDP wraps the same blocks itself
+        else:
+            log.info("activation checkpointing: %d blocks recompute their activations in the backward pass",
+                     checkpoint_block_activations(task))
     # The data module's bucketing sampler shards across ranks itself.
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy,
                                       use_distributed_sampler=False)
