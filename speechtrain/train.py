@@ -36,6 +36,7 @@ from speechtrain.config_checks import check_required_values, check_targets
 from speechtrain.distributed import FullyShardedStrategy, build_strategy, checkpoint_block_activations
 from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import resolve_pretrained, save_bundle
+from speechtrain.layers.lora import save_peft_adapter
 from speechtrain.model_card import write_model_card
 from speechtrain.models.registry import family_of_builder
 
@@ -223,6 +224,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     task, datamodule = build(cfg)
     model = task.model
+    pretrained = cfg.model.get("pretrained")
     loggers = [hydra.utils.instantiate(c) for c in cfg.get("logger", {}).values()]
     callbacks = [RankSeed(cfg.seed)] + [hydra.utils.instantiate(c) for c in cfg.get("callbacks", {}).values()]
     if not loggers:  # logger=none: Lightning's learning-rate monitor refuses to run without a logger
@@ -253,6 +255,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.export and trainer.is_global_zero:
         export_dir = output_dir / "exported"
         save_bundle(export_dir, model, task.tokenizer, task.feature_extractor)
+        if getattr(task, "peft_adapter", None) is not None:  # a LoRA run: the adapters alone too, in peft's format
+            adapter_config, adapter = task.peft_adapter
+            adapter_config = {**adapter_config, "base_model_name_or_path": pretrained}
+            save_peft_adapter(export_dir / "adapter", adapter_config, adapter)
         write_model_card(export_dir, f"the end of the run in `{output_dir}` (step {trainer.global_step})",
                          (checkpoint_dir / "config.yaml").read_text(), metrics)
         log.info("exported a Hugging Face-format model to %s", export_dir)

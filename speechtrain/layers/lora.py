@@ -4,13 +4,16 @@ Why our own and not peft: peft would be a runtime dependency for some thirty lin
 transformers' `PreTrainedModel`s (configs, `save_pretrained`, adapter folders), which our plain-torch models are
 not. Here `LoRALinear` keeps the wrapped layer's `weight` and `bias` under their own names, so a model with
 adapters still loads and saves transformers-named state dicts, and `merge_lora` gives back plain `nn.Linear`s
-whose weights are `W + (alpha / rank) * B @ A`: the export is an ordinary model.
+whose weights are `W + (alpha / rank) * B @ A`: the export is an ordinary model. `peft_adapter` writes the adapters
+alone in peft's format as well, for those who keep one base model and many adapters.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -115,3 +118,42 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def lora_parameter_names(model: nn.Module) -> list[str]:
     """Names of the adapter parameters (`...lora_a`, `...lora_b`)."""
     return [name for name, _ in model.named_parameters() if name.endswith((".lora_a", ".lora_b"))]
+
+
+PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
+
+
+def peft_adapter(model: nn.Module, base_model_name_or_path: str | None = None
+                 ) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+    """(adapter_config.json values, adapter_model.safetensors tensors) of `model`'s LoRA layers in peft's format, so
+    that `peft.PeftModel.from_pretrained(transformers_model, folder)` adds them to the transformers model whose
+    names ours follow: `base_model.model.<module>.lora_A.weight` `[rank, in]` and `lora_B.weight` `[out, rank]`."""
+    adapted = {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+    if not adapted:
+        raise ValueError(f"{type(model).__name__} has no LoRA layers to export")
+    settings = {(m.rank, m.alpha, m.dropout.p) for m in adapted.values()}
+    if len(settings) > 1:
+        raise ValueError(f"peft's LoRA config holds one rank, alpha and dropout; the layers have {sorted(settings)}")
+    (rank, alpha, dropout), = settings
+    tensors = {}
+    for name, module in adapted.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = module.lora_a.detach().contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = module.lora_b.detach().contiguous()
+    config = {
+        "peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": alpha, "lora_dropout": dropout,
+        "target_modules": sorted(adapted), "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
+        "inference_mode": True, "modules_to_save": None, "use_rslora": False, "use_dora": False,
+        "base_model_name_or_path": base_model_name_or_path,
+    }
+    return config, tensors
+
+
+def save_peft_adapter(folder: str | Path, config: Mapping[str, object], tensors: Mapping[str, torch.Tensor]) -> Path:
+    """Writes `peft_adapter`'s output as peft's adapter folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PEFT_CONFIG_NAME).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    save_file(dict(tensors), folder / PEFT_WEIGHTS_NAME, metadata={"format": "pt"})
+    return folder

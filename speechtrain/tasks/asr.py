@@ -8,6 +8,7 @@ that the data layer emptied or that produce a non-finite loss.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,13 +19,13 @@ from speechtrain.decoding import decode_to_text
 from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.layers.specaugment import SpecAugment
 from speechtrain.scoring import ErrorCounts, error_counts, get_normalizer
-from speechtrain.tasks.checkpointing import attach_pretrained_files
+from speechtrain.tasks.checkpointing import ExportableTask
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
 from speechtrain.tasks.sample_logging import log_text_table
 
 
-class Seq2SeqASRTask(GuardedTask):
+class Seq2SeqASRTask(ExportableTask, GuardedTask):
     """Trains an encoder-decoder with the interface of docs/design.md on `AsrCollator` batches."""
 
     def __init__(
@@ -44,6 +45,7 @@ class Seq2SeqASRTask(GuardedTask):
         num_logged_predictions: int = 4,
         max_consecutive_nonfinite: int = 10,
         normalizer: str = "basic",
+        lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         get_normalizer(normalizer)  # an unknown name fails here, not at the first validation
@@ -62,6 +64,7 @@ class Seq2SeqASRTask(GuardedTask):
         self.normalizer = normalizer  # speechtrain/scoring.py: the same names as speechtrain-evaluate's
         if freeze_encoder:
             self.model.get_encoder().requires_grad_(False)
+        self.add_lora(lora)
         self._val_counts = ErrorCounts()
         self._val_samples: list[tuple[str, str, str]] = []
 
@@ -139,6 +142,3 @@ class Seq2SeqASRTask(GuardedTask):
         """AdamW-style optimiser (from the config) with no weight decay on biases and norms."""
         return warmup_optimizer(self.model, self.optimizer_factory, self.trainer.estimated_stepping_batches,
                                 self.warmup_steps, self.lr_decay, self.min_lr_ratio)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        attach_pretrained_files(checkpoint, self.model, self.tokenizer, self.feature_extractor)

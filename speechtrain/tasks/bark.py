@@ -7,11 +7,8 @@ per row. The loss is cross-entropy over the positions whose label is not -100 (n
 the masked codebook for the fine model). Right padding under a causal mask is never seen by a real position, so
 the causal models run without a padding mask (and keep SDPA's causal kernel).
 
-With `lora={rank, alpha, targets, dropout}` the model's matching linear layers get adapters and everything else
-is frozen. Checkpoints then hold the merged, plain weights under transformers' names in `state_dict` (so
-`speechtrain-export` and any loader see an ordinary Bark model) and, under `lora`, the frozen base weights of the
-adapted layers and the adapters, from which resuming restores the exact training state. At the end of `fit` the
-adapters are merged into the model in place, so the entry point exports a plain model.
+LoRA (`lora={rank, alpha, targets, dropout}`) and the checkpoint contents are every task's
+(`speechtrain.tasks.checkpointing.ExportableTask`).
 """
 
 from __future__ import annotations
@@ -23,15 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from speechtrain.layers.labels import IGNORE_INDEX
-from speechtrain.layers.lora import LoRALinear, apply_lora, merge_lora
 from speechtrain.models.bark import BarkCausalModel, BarkFineModel
 from speechtrain.models.bark.layouts import DEFAULTS
-from speechtrain.tasks.checkpointing import attach_pretrained_files
+from speechtrain.tasks.checkpointing import ExportableTask
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
-
-LORA_KEYS = {"rank", "alpha", "targets", "dropout"}
-LORA_CHECKPOINT_KEY = "lora"
 
 
 def semantic_logits(model: BarkCausalModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -53,7 +46,7 @@ def fine_logits(model: BarkFineModel, batch: Mapping[str, torch.Tensor]) -> torc
 FORWARDS = {"semantic": semantic_logits, "coarse_acoustics": coarse_logits, "fine_acoustics": fine_logits}
 
 
-class BarkTask(GuardedTask):
+class BarkTask(ExportableTask, GuardedTask):
     """Trains one Bark sub-model on `bark_data` batches; logs `loss`, `accuracy` (of the scored tokens) and
     `tokens` (scored tokens, summed) under `train/` and `val/`."""
 
@@ -77,13 +70,7 @@ class BarkTask(GuardedTask):
         self.optimizer_factory = optimizer
         self.warmup_steps, self.lr_decay, self.min_lr_ratio = warmup_steps, lr_decay, min_lr_ratio
         self.tokenizer = tokenizer  # the semantic model's text tokenizer, saved with its checkpoints and export
-        if lora:
-            unknown = set(lora) - LORA_KEYS
-            if unknown or "targets" not in lora:
-                raise ValueError(f"task.lora={dict(lora)}: expected keys {sorted(LORA_KEYS)} (targets required), "
-                                 f"unknown: {sorted(unknown)}")
-            apply_lora(model, list(lora["targets"]), lora.get("rank", 8), lora.get("alpha", 16.0),
-                       lora.get("dropout", 0.0))
+        self.add_lora(lora)
 
     # --- training -------------------------------------------------------------------------------
 
@@ -117,31 +104,3 @@ class BarkTask(GuardedTask):
         biases and norms; warm-up then decay per step."""
         return warmup_optimizer(self.model, self.optimizer_factory, self.trainer.estimated_stepping_batches,
                                 self.warmup_steps, self.lr_decay, self.min_lr_ratio)
-
-    def _adapted(self) -> dict[str, LoRALinear]:
-        """State-dict prefixes (`model.layers.0.attn.att_proj.`) of the LoRA layers."""
-        return {f"model.{name}.": module for name, module in self.model.named_modules()
-                if isinstance(module, LoRALinear)}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        attach_pretrained_files(checkpoint, self.model, self.tokenizer, None)
-        adapted = self._adapted()
-        if not adapted:
-            return
-        state, kept = checkpoint["state_dict"], {}
-        for prefix, module in adapted.items():
-            for key in ("weight", "lora_a", "lora_b"):
-                kept[prefix + key] = state.pop(prefix + key)
-            state[prefix + "weight"] = module.merged().weight.detach()
-        checkpoint[LORA_CHECKPOINT_KEY] = kept
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Puts the base weights and adapters back (a LoRA run resumed) before Lightning loads the state dict."""
-        kept = checkpoint.get(LORA_CHECKPOINT_KEY)
-        if kept and not self._adapted():
-            raise ValueError("this checkpoint was trained with LoRA adapters: resume it with the same task.lora, or "
-                             "export it (speechtrain-export) and fine-tune the exported folder")
-        checkpoint["state_dict"].update(kept or {})
-
-    def on_fit_end(self) -> None:
-        merge_lora(self.model)  # the entry point exports task.model: a plain Bark model

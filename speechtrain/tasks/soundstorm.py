@@ -10,7 +10,7 @@ of its first `prompt_seconds` (at most half of it); with a `codec` (`decode(code
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,13 @@ import torch.nn.functional as F
 
 from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.models.soundstorm import SoundStorm, SoundStormMasking, generate
-from speechtrain.tasks.checkpointing import attach_pretrained_files
+from speechtrain.tasks.checkpointing import ExportableTask
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
 from speechtrain.tasks.sample_logging import log_audio
 
 
-class SoundStormTask(GuardedTask):
+class SoundStormTask(ExportableTask, GuardedTask):
     """Trains a `SoundStorm` on codec-token batches; self-conditions when the model has the parameters for it."""
 
     tokenizer = feature_extractor = None  # codec tokens in, codec tokens out: the export has neither
@@ -47,10 +47,12 @@ class SoundStormTask(GuardedTask):
         prompt_seconds: float = 3.0,
         codec: Any = None,
         max_consecutive_nonfinite: int = 10,
+        lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         config = model.config
         self.model = model
+        self.add_lora(lora)
         self.optimizer_factory = optimizer
         self.warmup_steps, self.lr_decay, self.min_lr_ratio = warmup_steps, lr_decay, min_lr_ratio
         self.masking = SoundStormMasking(config.codebook_size, config.num_quantizers, schedule, no_replace_prob,
@@ -151,6 +153,3 @@ class SoundStormTask(GuardedTask):
         vectors (parameters of fewer than 2 dimensions)."""
         return warmup_optimizer(self.model, self.optimizer_factory, self.trainer.estimated_stepping_batches,
                                 self.warmup_steps, self.lr_decay, self.min_lr_ratio)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        attach_pretrained_files(checkpoint, self.model, None, None)

@@ -12,7 +12,7 @@ Each network's gradient norm is logged (`train/grad_norm_g`, `train/grad_norm_d`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from speechtrain.data.spectrogram import mel_spectrogram, spectrogram_to_mel
 from speechtrain.models.vits import VitsModel, slice_segments
 from speechtrain.models.vits.modeling import lengths_to_mask
 from speechtrain.safe_load import load_untrusted
-from speechtrain.tasks.checkpointing import attach_pretrained_files
+from speechtrain.tasks.checkpointing import ExportableTask
 from speechtrain.tasks.gan_losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from speechtrain.tasks.guards import NonFiniteGuard, batch_missing_on_any_rank
 from speechtrain.tasks.optim import OptimizerFactory
@@ -34,7 +34,7 @@ from speechtrain.tasks.sample_logging import log_audio
 GRADIENT_NORM_KEYS = {"generator": "train/grad_norm_g", "discriminator": "train/grad_norm_d"}  # the original's names
 
 
-class VitsTask(L.LightningModule):
+class VitsTask(ExportableTask, L.LightningModule):
     """Trains a `VitsModel` on `TtsCollator` batches; the discriminator is saved in the checkpoint only."""
 
     feature_extractor = None  # the task computes its spectrograms itself: nothing to export
@@ -61,10 +61,12 @@ class VitsTask(L.LightningModule):
         gradient_clip_val: float | None = None,
         validation_sentences: Sequence[str] = (),
         max_consecutive_nonfinite: int = 10,
+        lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.model, self.tokenizer, self.discriminator = model, tokenizer, discriminator
+        self.add_lora(lora)
         if discriminator_checkpoint is not None:
             discriminator.load_original_state_dict(load_untrusted(discriminator_checkpoint, "VITS discriminator"))
         self.generator_optimizer, self.discriminator_optimizer = generator_optimizer, discriminator_optimizer
@@ -208,7 +210,4 @@ class VitsTask(L.LightningModule):
                       self.discriminator_optimizer(self.discriminator.parameters())]
         schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=self.lr_decay) for o in optimizers]
         return optimizers, schedulers
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        attach_pretrained_files(checkpoint, self.model, self.tokenizer, self.feature_extractor)
 

@@ -8,8 +8,8 @@ from speechtrain.data.bark_data import BarkCoarseCollator, BarkFineCollator, Bar
 from speechtrain.data.token_shards import TokenizedUtterance
 from speechtrain.layers.lora import LoRALinear
 from speechtrain.models.registry import get_family
-from speechtrain.tasks.bark import LORA_CHECKPOINT_KEY, BarkTask
-from speechtrain.tasks.checkpointing import PRETRAINED_FILES_KEY, model_state_dict
+from speechtrain.tasks.bark import BarkTask
+from speechtrain.tasks.checkpointing import LORA_CHECKPOINT_KEY, PRETRAINED_FILES_KEY, model_state_dict
 
 
 @pytest.fixture(autouse=True, scope="module")
