@@ -166,12 +166,14 @@ def decode_to_text(
     attention_mask: torch.Tensor | None,
     num_beams: int = 1,
     max_new_tokens: int | None = None,
+    prefix_ids: Sequence[int] | None = None,
 ) -> list[str]:
-    """Transcripts of a batch: the tokenizer's prompt, suppress lists and end token, greedy or beam.
+    """Transcripts of a batch: the tokenizer's prompt (or `prefix_ids`, e.g. a `<|startofprev|>` prompt before it),
+    suppress lists and end token, greedy or beam.
 
     `max_new_tokens` defaults to what the decoder's positions leave after the prompt.
     """
-    prefix = list(tokenizer.prefix_ids)
+    prefix = list(tokenizer.prefix_ids if prefix_ids is None else prefix_ids)
     common = dict(
         prefix_ids=prefix,
         eos_id=tokenizer.eos_id,

@@ -22,7 +22,9 @@ from speechtrain.hub import load_bundle
 class Transcriber:
     """A loaded model, tokenizer and feature extractor, ready to turn waveforms into text."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", num_beams: int = 1, language: str | None = None):
+    def __init__(self, model_dir: str | Path, device: str = "cpu", num_beams: int = 1, language: str | None = None,
+                 prompt: str | None = None):
+        """`prompt`: text the decoder is conditioned on (Whisper's `<|startofprev|>`: spellings, names, style)."""
         tokenizer_kwargs = {"language": language} if language else {}
         self.model, self.tokenizer, self.features = load_bundle(model_dir, tokenizer_kwargs=tokenizer_kwargs)
         self.model.to(device).eval()
@@ -33,6 +35,9 @@ class Transcriber:
                 f"{model_dir}: the tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size is "
                 f"{vocab_size}: they belong to different models (copy the tokenizer files of the model's own folder)"
             )
+        if prompt and not hasattr(self.tokenizer, "prompt_ids"):
+            raise CheckpointError(f"{model_dir}: {type(self.tokenizer).__name__} cannot condition on a prompt")
+        self.prefix_ids = (self.tokenizer.prompt_ids(prompt) if prompt else []) + list(self.tokenizer.prefix_ids)
 
     @property
     def window_samples(self) -> int | None:
@@ -51,7 +56,7 @@ class Transcriber:
                 owners.append(index)
         features, frame_mask = self.features(windows)
         decoded = decode_to_text(self.model, self.tokenizer, features.to(self.device), frame_mask.to(self.device),
-                                 self.num_beams)
+                                 self.num_beams, prefix_ids=self.prefix_ids)
         texts = [[] for _ in waveforms]
         for owner, text in zip(owners, decoded):
             texts[owner].append(text)
@@ -67,11 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("audio", nargs="+", help="audio files to transcribe")
     parser.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy)")
     parser.add_argument("--language", default=None, help="language token for multilingual models, e.g. en, de")
+    parser.add_argument("--prompt", default=None,
+                        help="text to condition on (Whisper's <|startofprev|>): names, spellings, a previous line")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     try:
-        transcriber = Transcriber(args.model_dir, args.device, args.beams, args.language)
+        transcriber = Transcriber(args.model_dir, args.device, args.beams, args.language, args.prompt)
     except (FileNotFoundError, ValueError) as exc:
         parser.exit(1, f"speechtrain-transcribe: error: {exc}\n")
     failed = 0

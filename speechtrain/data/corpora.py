@@ -43,6 +43,8 @@ class Utterance:
     duration: float | None = None  # seconds, when the corpus states it
     speaker: str | None = None
     audio_bytes: bytes | None = None
+    prompt: str | None = None  # previous text or a prompt to condition on (Whisper's <|startofprev|>), not scored
+    language: str | None = None  # the utterance's language code, for multilingual recognisers
 
 
 def read_ljspeech(root: str | Path) -> list[Utterance]:
@@ -113,7 +115,8 @@ def read_libritts(root: str | Path) -> list[Utterance]:
 
 def read_manifest(path: str | Path) -> list[Utterance]:
     """A NeMo JSONL manifest: one object per line with `audio_filepath`, `text`, `duration` and
-    optionally `speaker` and `id`. Relative audio paths are relative to the manifest's folder."""
+    optionally `speaker`, `id`, `lang` (the language code) and `prompt` (or `prev_text`: text to condition on,
+    such as the previous utterance's transcript). Relative audio paths are relative to the manifest's folder."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"expected a NeMo JSONL manifest (audio_filepath, text, duration per line) at {path}")
@@ -136,7 +139,11 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             if duration is not None and not isinstance(duration, (int, float)):
                 raise DataError(f"{where}: duration must be a number of seconds, got {duration!r}")
             audio_path = os.path.normpath(path.parent / Path(entry["audio_filepath"]).expanduser())
-            speaker = entry.get("speaker")
+            speaker, language = entry.get("speaker"), entry.get("lang")
+            prompt = entry.get("prompt", entry.get("prev_text"))
+            for key, value in (("lang", language), ("prompt", prompt)):
+                if value is not None and not isinstance(value, str):
+                    raise DataError(f"{where}: {key} must be a string, got {value!r}")
             utterances.append(
                 Utterance(
                     id=str(entry.get("id", Path(entry["audio_filepath"]).stem)),
@@ -144,6 +151,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                     text=str(entry["text"]),
                     duration=None if duration is None else float(duration),
                     speaker=None if speaker is None else str(speaker),
+                    prompt=prompt or None,
+                    language=language or None,
                 )
             )
     return utterances

@@ -179,6 +179,9 @@ class SpeechDataset(CheckedDataset):
         audio:     float32 Tensor [samples], mono at `sample_rate` (channels averaged, resampled)
         text:      str, the transcript stripped of surrounding whitespace
         token_ids: list[int], `tokenizer.encode(text)` (no prefix, no end token; the collator adds them)
+        prefix_ids: list[int], the decoder prompt: the tokenizer's, or its prompt for the utterance's `language`
+        prompt_ids: list[int], `tokenizer.prompt_ids(prompt)` for an utterance with a `prompt` (Whisper's
+                   `<|startofprev|>` + tokens, not scored), else empty
     or None when the audio cannot be loaded any more (deleted or corrupted after the check, or longer
     than stated): that is logged, counted in `skipped_at_load` (per worker process) and the collator
     drops it, so one bad file never stops an epoch. With `strict=True` it raises instead.
@@ -208,7 +211,11 @@ class SpeechDataset(CheckedDataset):
         if not utterance.text.strip():
             return math.nan, ("empty transcript", f"id {utterance.id}"), []
         token_ids = self.tokenizer.encode(utterance.text.strip())
-        num_labels = len(self.tokenizer.prefix_ids) + len(token_ids) + 1
+        try:
+            prompt_ids, prefix_ids = self.decoder_context(utterance)
+        except ValueError as error:
+            return math.nan, ("unusable prompt or language", f"id {utterance.id}: {error}"), []
+        num_labels = len(prompt_ids) + len(prefix_ids) + len(token_ids) + 1
         if num_labels > self.max_label_tokens:
             return math.nan, (f"more than {self.max_label_tokens} label tokens", f"{num_labels} tokens"), []
         duration, problem = self._check_audio(utterance)
@@ -223,4 +230,20 @@ class SpeechDataset(CheckedDataset):
         if audio is None:
             return None
         utterance = self.utterances[index]
-        return {"id": utterance.id, "audio": audio, "text": utterance.text.strip(), "token_ids": self.token_ids(index)}
+        prompt_ids, prefix_ids = self.decoder_context(utterance)
+        return {"id": utterance.id, "audio": audio, "text": utterance.text.strip(), "token_ids": self.token_ids(index),
+                "prefix_ids": prefix_ids, "prompt_ids": prompt_ids}
+
+    def decoder_context(self, utterance: Utterance) -> tuple[list[int], list[int]]:
+        """(prompt ids, decoder prefix) of `utterance`: its `prompt` and `language` where it has them. Raises a
+        ValueError when the tokenizer cannot use them (no prompt token, a language it does not know)."""
+        prompt_ids, prefix_ids = [], list(self.tokenizer.prefix_ids)
+        for value, method in ((utterance.prompt, "prompt_ids"), (utterance.language, "prefix_for")):
+            if value and not hasattr(self.tokenizer, method):
+                what = "a prompt" if method == "prompt_ids" else f"language {value!r}"
+                raise ValueError(f"{type(self.tokenizer).__name__} cannot condition on {what} (Whisper's can)")
+        if utterance.prompt:
+            prompt_ids = self.tokenizer.prompt_ids(utterance.prompt)
+        if utterance.language:
+            prefix_ids = self.tokenizer.prefix_for(utterance.language)
+        return prompt_ids, prefix_ids

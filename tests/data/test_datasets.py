@@ -68,7 +68,7 @@ def test_strict_mode_raises_naming_the_file(corpus, fake_tokenizer, bad_id, reas
 def test_items_are_mono_resampled_and_tokenized(corpus, fake_tokenizer):
     dataset = make_dataset(corpus, fake_tokenizer)
     mono, stereo, cd = (dataset[i] for i in range(3))
-    assert set(mono) == {"id", "audio", "text", "token_ids"}
+    assert set(mono) == {"id", "audio", "text", "token_ids", "prefix_ids", "prompt_ids"}
     assert mono["text"] == "hello there" and mono["token_ids"] == fake_tokenizer.encode("hello there")
     assert mono["audio"].shape == (8000,) and mono["audio"].dtype == torch.float32
     channels, _ = sf.read(corpus[1].audio_path, dtype="float32")

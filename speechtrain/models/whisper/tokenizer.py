@@ -133,6 +133,27 @@ class WhisperTokenizer:
         }
         tokenization.write_json_files(folder, files)
 
+    def prompt_ids(self, text: str) -> list[int]:
+        """`<|startofprev|>` and the tokens of `text` with one leading space, as transformers' `get_prompt_ids`,
+        keeping the last `max_prompt_tokens` text tokens as openai/whisper does (half the decoder's positions)."""
+        previous = self.tokenizer.token_to_id("<|startofprev|>")
+        if previous is None:
+            raise ValueError("this tokenizer has no <|startofprev|> token: it cannot condition on a prompt")
+        ids = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
+        return [previous, *ids[-self.max_prompt_tokens:]]
+
+    max_prompt_tokens = 223  # openai/whisper: n_text_ctx // 2 - 1 with 448 positions
+
+    def prefix_for(self, language: str | None) -> list[int]:
+        """The decoder prompt for an utterance in `language` (the tokenizer's own prompt for None, or for an
+        English-only checkpoint and English)."""
+        if language is None or language.strip("<|>") == self.language or (
+                not self.is_multilingual and language.strip("<|>") == "en"):
+            return list(self.prefix_ids)
+        lang_to_id = self.generation_config.get("lang_to_id") or {}
+        code = self._resolve_language(language, lang_to_id)
+        return [self.prefix_ids[0], lang_to_id[f"<|{code}|>"], *self.prefix_ids[2:]]
+
     def encode(self, text: str) -> list[int]:
         """Text tokens only: no prompt, no end token; with `add_prefix_space`, of " " + text unless it starts with
         whitespace."""
