@@ -283,11 +283,16 @@ class TiedEncoderDecoderFormat:
         """From scratch (`config` over the defaults) or from a `pretrained` folder, `overrides` over either.
 
         From scratch, the vocabulary size and the special token ids come from the `tokenizer` when one is given
-        (`vocab_size` may be set larger). From a folder, the tokenizer must fit inside the checkpoint's vocabulary.
+        (`vocab_size` may be set larger). From a folder, the tokenizer must fit inside the checkpoint's vocabulary,
+        except for the tokens it added (`new_token_sources`, e.g. a new language), whose embeddings are grown.
         """
         values = build_values(config, pretrained, overrides, self.builder_name)
         if pretrained is not None:
-            return fit_tokenizer(self.load_pretrained(pretrained, values), tokenizer, pretrained)
+            model = self.load_pretrained(pretrained, values)
+            new_tokens = getattr(tokenizer, "new_token_sources", None)  # tokens added to the folder's tokenizer
+            if new_tokens:
+                model.add_token_embeddings({i: rows for i, rows in new_tokens.items() if i >= model.config.vocab_size})
+            return fit_tokenizer(model, tokenizer, pretrained)
         if tokenizer is not None:
             values.update(
                 vocab_size=scratch_vocab_size(tokenizer, values, self.config_class, f"{self.builder_name} config"),

@@ -14,6 +14,7 @@ are computed from the encoder states once. Beam search reorders it with `index_s
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Protocol
 
 import torch
@@ -367,6 +368,33 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
         """Shares the head's weight with `model.decoder.embed_tokens.weight` when `tie_word_embeddings`."""
         if self.config.tie_word_embeddings:
             self.output_head.weight = self.model.decoder.embed_tokens.weight
+
+    def add_token_embeddings(self, sources: Mapping[int, Sequence[int]]) -> None:
+        """Grows the vocabulary by the new ids in `sources` (consecutive from `vocab_size`), each new row of the token
+        embedding (and of an untied head) the mean of its source rows, e.g. a new language token from the languages
+        the checkpoint knows; `config.vocab_size` follows, so exports carry the new size."""
+        new_ids = sorted(sources)
+        if new_ids != list(range(self.config.vocab_size, self.config.vocab_size + len(new_ids))):
+            raise ValueError(f"new token ids {new_ids} must follow the vocabulary of {self.config.vocab_size}")
+        old = self.model.decoder.embed_tokens
+        grown = nn.Embedding(old.num_embeddings + len(new_ids), old.embedding_dim, padding_idx=old.padding_idx,
+                             device=old.weight.device, dtype=old.weight.dtype)
+        head = None if self.config.tie_word_embeddings else self.output_head
+        grown_head = None if head is None else nn.Linear(head.in_features, grown.num_embeddings, bias=False,
+                                                        device=head.weight.device, dtype=head.weight.dtype)
+        with torch.no_grad():
+            grown.weight[: old.num_embeddings] = old.weight
+            for new_id in new_ids:
+                grown.weight[new_id] = old.weight[list(sources[new_id])].mean(0)  # [rows, d] -> [d]
+            if head is not None:
+                grown_head.weight[: head.out_features] = head.weight
+                for new_id in new_ids:
+                    grown_head.weight[new_id] = head.weight[list(sources[new_id])].mean(0)
+        self.model.decoder.embed_tokens = grown
+        if grown_head is not None:
+            setattr(self, self.output_head_name, grown_head)
+        self.config.vocab_size = grown.num_embeddings
+        self.tie_weights()
 
     def get_encoder(self) -> nn.Module:
         """The encoder, e.g. to freeze it (transformers' name for this accessor)."""

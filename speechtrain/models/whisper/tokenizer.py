@@ -90,22 +90,35 @@ class WhisperTokenizer:
             raise ValueError(f"language={chosen!r} is not in {GENERATION_CONFIG_NAME} lang_to_id; use one of {codes}")
         return code
 
+    new_token_sources: dict[int, list[int]] = {}  # added token id -> the ids whose embeddings initialise it
+
     @classmethod
     def from_pretrained(cls, path: str | Path, language: str | None = None, task: str = "transcribe",
-                        add_prefix_space: bool | None = None) -> WhisperTokenizer:
+                        add_prefix_space: bool | None = None, add_languages: Sequence[str] = ()) -> WhisperTokenizer:
         """Reads `tokenizer.json` and `generation_config.json` from a Whisper folder; `add_prefix_space=None` takes
-        tokenizer_config.json's value (false in openai/whisper-*), false without one."""
+        tokenizer_config.json's value (false in openai/whisper-*), false without one.
+
+        `add_languages` (codes such as `yue`) adds a `<|code|>` token per language the checkpoint lacks, after its
+        vocabulary, and records it in `lang_to_id`; a model built with this tokenizer grows its embeddings for it,
+        each starting from the mean of the checkpoint's language tokens, and exports with it. The new id comes after
+        the timestamp tokens, so train and decode such a language without timestamps."""
         folder = Path(path)
         tokenization.require_files(folder, (TOKENIZER_NAME, GENERATION_CONFIG_NAME), "Whisper")
         tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_NAME))
         generation_config = tokenization.read_json(folder / GENERATION_CONFIG_NAME)
+        try:
+            new_tokens = _add_language_tokens(tokenizer, generation_config, add_languages)
+        except ValueError as error:
+            raise ValueError(f"{folder}: {error}") from error
         if add_prefix_space is None:
             tokenizer_config = tokenization.read_optional_json(folder / TOKENIZER_CONFIG_NAME)
             add_prefix_space = bool(tokenizer_config.get("add_prefix_space", False))
         try:
-            return cls(tokenizer, generation_config, language=language, task=task, add_prefix_space=add_prefix_space)
+            loaded = cls(tokenizer, generation_config, language=language, task=task, add_prefix_space=add_prefix_space)
         except ValueError as error:
             raise ValueError(f"{folder}: {error}") from error
+        loaded.new_token_sources = new_tokens
+        return loaded
 
     def save_pretrained(self, path: str | Path) -> None:
         """Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json (read by transformers'
@@ -167,6 +180,28 @@ class WhisperTokenizer:
 
     def __len__(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+def _add_language_tokens(tokenizer: Tokenizer, generation_config: dict[str, Any], codes: Sequence[str]
+                         ) -> dict[int, list[int]]:
+    """Adds `<|code|>` for each new language code to `tokenizer` and to `generation_config["lang_to_id"]` (in
+    place); returns {new id: the existing language ids}. Codes the checkpoint knows are left as they are."""
+    lang_to_id = dict(generation_config.get("lang_to_id") or {})
+    if codes and not generation_config.get("is_multilingual", bool(lang_to_id)):
+        raise ValueError(f"add_languages={list(codes)}: an English-only checkpoint has no language token in its "
+                         "prompt; start from a multilingual one")
+    known, added = sorted(lang_to_id.values()), {}
+    for code in codes:
+        token = f"<|{code.strip('<|>')}|>"
+        if token in lang_to_id:
+            continue
+        if tokenizer.token_to_id(token) is not None:
+            raise ValueError(f"{token} is already a token but not in lang_to_id")
+        tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False)])
+        lang_to_id[token] = added_id = tokenizer.token_to_id(token)
+        added[added_id] = known
+    generation_config["lang_to_id"] = lang_to_id
+    return added
 
 
 def train_whisper_tokenizer(
