@@ -13,7 +13,7 @@ Call them on a model in `eval()` mode.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -54,18 +54,25 @@ def _check_arguments(prefix_ids: Sequence[int], max_new_tokens: int) -> None:
 @torch.no_grad()
 def greedy_decode(model: EncoderDecoder, input_features: torch.Tensor, attention_mask: torch.Tensor | None,
                   prefix_ids: Sequence[int], eos_id: int, max_new_tokens: int, suppress_tokens: Sequence[int] = (),
-                  begin_suppress_tokens: Sequence[int] = ()) -> list[list[int]]:
-    """Arg-max decoding; each row stops at its first `eos_id`, the loop when every row has."""
+                  begin_suppress_tokens: Sequence[int] = (),
+                  logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  ) -> list[list[int]]:
+    """Arg-max decoding; each row stops at its first `eos_id`, the loop when every row has. `logits_processor(
+    tokens [N, so far], log_probs [N, vocab]) -> log_probs` runs after the suppression, as transformers' Whisper
+    timestamp rules do (`speechtrain.models.whisper.timestamps`)."""
     _check_arguments(prefix_ids, max_new_tokens)
     encoder_hidden_states = model.encode(input_features, attention_mask)
     batch = encoder_hidden_states.shape[0]
     step_input = torch.tensor([list(prefix_ids)] * batch, device=encoder_hidden_states.device)  # [B, P]
     finished = torch.zeros(batch, dtype=torch.bool, device=step_input.device)
-    generated, cache = [], None
+    generated, cache, history = [], None, step_input
     for step in range(max_new_tokens):
         logits, cache = model.decode(step_input, encoder_hidden_states, attention_mask, cache)
-        next_tokens = _next_token_log_probs(logits, step, suppress_tokens, begin_suppress_tokens).argmax(-1)
-        next_tokens = next_tokens.masked_fill(finished, eos_id)
+        log_probs = _next_token_log_probs(logits, step, suppress_tokens, begin_suppress_tokens)
+        if logits_processor is not None:
+            log_probs = logits_processor(history, log_probs)
+        next_tokens = log_probs.argmax(-1).masked_fill(finished, eos_id)
+        history = torch.cat([history, next_tokens[:, None]], dim=1)  # [N, so far + 1]
         generated.append(next_tokens)
         finished |= next_tokens == eos_id
         if bool(finished.all()):

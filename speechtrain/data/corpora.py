@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -45,6 +46,7 @@ class Utterance:
     audio_bytes: bytes | None = None
     prompt: str | None = None  # previous text or a prompt to condition on (Whisper's <|startofprev|>), not scored
     language: str | None = None  # the utterance's language code, for multilingual recognisers
+    segments: tuple[dict, ...] | None = None  # timed parts {start, end, text} (seconds), for timestamp training
 
 
 def read_ljspeech(root: str | Path) -> list[Utterance]:
@@ -113,10 +115,29 @@ def read_libritts(root: str | Path) -> list[Utterance]:
     return utterances
 
 
+def _segments(value: Any, where: str) -> tuple[dict, ...] | None:
+    """A manifest's `segments`: a list of {start, end, text} with 0 <= start <= end, in order."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: segments must be a non-empty list of {{start, end, text}}, got {value!r}")
+    segments, previous_end = [], 0.0
+    for segment in value:
+        if not isinstance(segment, dict) or not {"start", "end", "text"} <= segment.keys():
+            raise DataError(f"{where}: each segment needs start, end and text, got {segment!r}")
+        start, end = segment["start"], segment["end"]
+        if not all(isinstance(t, (int, float)) for t in (start, end)) or not previous_end <= start <= end:
+            raise DataError(f"{where}: segment {segment!r} must have numbers previous end <= start <= end")
+        segments.append({"start": float(start), "end": float(end), "text": str(segment["text"])})
+        previous_end = float(end)
+    return tuple(segments)
+
+
 def read_manifest(path: str | Path) -> list[Utterance]:
     """A NeMo JSONL manifest: one object per line with `audio_filepath`, `text`, `duration` and
-    optionally `speaker`, `id`, `lang` (the language code) and `prompt` (or `prev_text`: text to condition on,
-    such as the previous utterance's transcript). Relative audio paths are relative to the manifest's folder."""
+    optionally `speaker`, `id`, `lang` (the language code), `prompt` (or `prev_text`: text to condition on, such as
+    the previous utterance's transcript) and `segments` (`[{"start": s, "end": s, "text": ...}, ...]`, for
+    Whisper's timestamp tokens). Relative audio paths are relative to the manifest's folder."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"expected a NeMo JSONL manifest (audio_filepath, text, duration per line) at {path}")
@@ -144,6 +165,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             for key, value in (("lang", language), ("prompt", prompt)):
                 if value is not None and not isinstance(value, str):
                     raise DataError(f"{where}: {key} must be a string, got {value!r}")
+            segments = _segments(entry.get("segments"), where)
             utterances.append(
                 Utterance(
                     id=str(entry.get("id", Path(entry["audio_filepath"]).stem)),
@@ -153,6 +175,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                     speaker=None if speaker is None else str(speaker),
                     prompt=prompt or None,
                     language=language or None,
+                    segments=segments,
                 )
             )
     return utterances

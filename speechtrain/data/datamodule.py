@@ -310,6 +310,7 @@ class AsrDataModule(SpeechDataModule):
         num_buckets: int = 10,
         max_batch_size: int | None = None,
         test: CorpusSpec | Mapping | None = None,
+        timestamp_probability: float = 0.0,
     ):
         chunk_length = getattr(feature_extractor, "chunk_length", None)
         if max_duration is None:
@@ -333,6 +334,7 @@ class AsrDataModule(SpeechDataModule):
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.max_label_tokens = max_label_tokens
+        self.timestamp_probability = timestamp_probability
         self.collator = AsrCollator(feature_extractor, tokenizer)
 
     def _dataset(self, utterances: list[Utterance], name: str) -> SpeechDataset:
@@ -340,4 +342,5 @@ class AsrDataModule(SpeechDataModule):
             utterances, self.feature_extractor.sampling_rate, self.tokenizer, self.max_duration,
             self.max_label_tokens, strict=self.strict, name=name,
             min_samples=self.feature_extractor.min_samples,
+            timestamp_probability=self.timestamp_probability if name == "train" else 0.0,
         )

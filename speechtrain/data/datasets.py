@@ -182,6 +182,9 @@ class SpeechDataset(CheckedDataset):
         prefix_ids: list[int], the decoder prompt: the tokenizer's, or its prompt for the utterance's `language`
         prompt_ids: list[int], `tokenizer.prompt_ids(prompt)` for an utterance with a `prompt` (Whisper's
                    `<|startofprev|>` + tokens, not scored), else empty
+    An utterance with `segments` is, with probability `timestamp_probability` at each load, served with Whisper's
+    timestamp tokens instead: `token_ids` = `<|start|> text <|end|>` per segment, `prefix_ids` without
+    `<|notimestamps|>`; the rest of the time as plain text, so that the model keeps both modes.
     or None when the audio cannot be loaded any more (deleted or corrupted after the check, or longer
     than stated): that is logged, counted in `skipped_at_load` (per worker process) and the collator
     drops it, so one bad file never stops an epoch. With `strict=True` it raises instead.
@@ -200,7 +203,11 @@ class SpeechDataset(CheckedDataset):
         name: str = "dataset",
         num_threads: int = 8,
         min_samples: int = 1,
+        timestamp_probability: float = 0.0,
     ):
+        if not 0.0 <= timestamp_probability <= 1.0:
+            raise ValueError(f"timestamp_probability={timestamp_probability}: expected a probability in [0, 1]")
+        self.timestamp_probability = timestamp_probability
         self.tokenizer = tokenizer
         self.max_label_tokens = max_label_tokens
         self.min_samples = min_samples
@@ -213,9 +220,13 @@ class SpeechDataset(CheckedDataset):
         token_ids = self.tokenizer.encode(utterance.text.strip())
         try:
             prompt_ids, prefix_ids = self.decoder_context(utterance)
+            if self._uses_timestamps(utterance):
+                token_ids_timed = self.tokenizer.timestamped_ids(utterance.segments)
+            else:
+                token_ids_timed = token_ids
         except ValueError as error:
-            return math.nan, ("unusable prompt or language", f"id {utterance.id}: {error}"), []
-        num_labels = len(prompt_ids) + len(prefix_ids) + len(token_ids) + 1
+            return math.nan, ("unusable prompt, language or segments", f"id {utterance.id}: {error}"), []
+        num_labels = len(prompt_ids) + len(prefix_ids) + max(len(token_ids), len(token_ids_timed)) + 1
         if num_labels > self.max_label_tokens:
             return math.nan, (f"more than {self.max_label_tokens} label tokens", f"{num_labels} tokens"), []
         duration, problem = self._check_audio(utterance)
@@ -231,8 +242,19 @@ class SpeechDataset(CheckedDataset):
             return None
         utterance = self.utterances[index]
         prompt_ids, prefix_ids = self.decoder_context(utterance)
-        return {"id": utterance.id, "audio": audio, "text": utterance.text.strip(), "token_ids": self.token_ids(index),
+        token_ids = self.token_ids(index)
+        if self._uses_timestamps(utterance) and float(torch.rand(())) < self.timestamp_probability:
+            token_ids = self.tokenizer.timestamped_ids(utterance.segments)
+            prefix_ids = self.tokenizer.prefix_for(utterance.language, timestamps=True)
+        return {"id": utterance.id, "audio": audio, "text": utterance.text.strip(), "token_ids": token_ids,
                 "prefix_ids": prefix_ids, "prompt_ids": prompt_ids}
+
+    def _uses_timestamps(self, utterance: Utterance) -> bool:
+        if not utterance.segments or self.timestamp_probability == 0:
+            return False
+        if not hasattr(self.tokenizer, "timestamped_ids"):
+            raise ValueError(f"{type(self.tokenizer).__name__} has no timestamp tokens (Whisper's has)")
+        return True
 
     def decoder_context(self, utterance: Utterance) -> tuple[list[int], list[int]]:
         """(prompt ids, decoder prefix) of `utterance`: its `prompt` and `language` where it has them. Raises a

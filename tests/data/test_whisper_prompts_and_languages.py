@@ -82,7 +82,7 @@ def test_each_utterance_is_prompted_in_its_own_language_and_unknown_ones_are_ski
     utterances = _manifest(tmp_path, [{"text": "die Katze", "lang": "de"}, {"text": "the cat"},
                                       {"text": "le chat", "lang": "fr"}])
     dataset = _dataset(utterances, tokenizer)
-    assert len(dataset) == 2 and dataset.skipped == {"unusable prompt or language": 1}
+    assert len(dataset) == 2 and dataset.skipped == {"unusable prompt, language or segments": 1}
     german, default = dataset[0]["prefix_ids"], dataset[1]["prefix_ids"]
     ids = tokenizer.generation_config["lang_to_id"]
     assert german == [tokenizer.prefix_ids[0], ids["<|de|>"], *tokenizer.prefix_ids[2:]]

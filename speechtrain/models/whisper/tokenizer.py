@@ -15,6 +15,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from speechtrain.data.corpora import CorpusSpec
 from speechtrain.models import tokenization
 from speechtrain.models.tokenization import SPECIAL_TOKENS_MAP_NAME, TOKENIZER_CONFIG_NAME
+from speechtrain.models.whisper import timestamps
 
 TOKENIZER_NAME = "tokenizer.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -157,15 +158,41 @@ class WhisperTokenizer:
 
     max_prompt_tokens = 223  # openai/whisper: n_text_ctx // 2 - 1 with 448 positions
 
-    def prefix_for(self, language: str | None) -> list[int]:
+    def prefix_for(self, language: str | None, timestamps: bool = False) -> list[int]:
         """The decoder prompt for an utterance in `language` (the tokenizer's own prompt for None, or for an
-        English-only checkpoint and English)."""
-        if language is None or language.strip("<|>") == self.language or (
-                not self.is_multilingual and language.strip("<|>") == "en"):
-            return list(self.prefix_ids)
-        lang_to_id = self.generation_config.get("lang_to_id") or {}
-        code = self._resolve_language(language, lang_to_id)
-        return [self.prefix_ids[0], lang_to_id[f"<|{code}|>"], *self.prefix_ids[2:]]
+        English-only checkpoint and English); with `timestamps`, without `<|notimestamps|>`."""
+        prefix = list(self.prefix_ids)
+        if not (language is None or language.strip("<|>") == self.language or (
+                not self.is_multilingual and language.strip("<|>") == "en")):
+            lang_to_id = self.generation_config.get("lang_to_id") or {}
+            code = self._resolve_language(language, lang_to_id)
+            prefix = [prefix[0], lang_to_id[f"<|{code}|>"], *prefix[2:]]
+        if timestamps:
+            self.timestamp_begin  # noqa: B018 - raises for a vocabulary without timestamp tokens
+            prefix = [token for token in prefix if token != self.generation_config["no_timestamps_token_id"]]
+        return prefix
+
+    @property
+    def timestamp_begin(self) -> int:
+        """The id of `<|0.00|>` (a ValueError for a vocabulary without timestamp tokens)."""
+        return timestamps.timestamp_begin(self)
+
+    @property
+    def timestamp_prefix_ids(self) -> list[int]:
+        """The decoder prompt that asks for timestamps: `prefix_ids` without `<|notimestamps|>`."""
+        return self.prefix_for(None, timestamps=True)
+
+    def timestamp_rules(self, begin_index: int) -> timestamps.TimestampRules:
+        """The logits processor that makes decoding emit well-formed timestamps after `begin_index` prompt ids."""
+        return timestamps.TimestampRules(self, begin_index)
+
+    def timestamp_segments(self, ids: Sequence[int], offset: float = 0.0) -> list[Any]:
+        """The complete timed segments of generated ids, `offset` seconds added."""
+        return timestamps.segments_from_ids(self, ids, offset)
+
+    def timestamped_ids(self, segments: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Training ids of (start, end, text) segments: `<|start|> text <|end|>` each."""
+        return timestamps.timestamped_ids(self, segments)
 
     def encode(self, text: str) -> list[int]:
         """Text tokens only: no prompt, no end token; with `add_prefix_space`, of " " + text unless it starts with
