@@ -46,6 +46,7 @@ from speechtrain.data.audio import AudioError, load_audio
 from speechtrain.data.corpora import FORMATS, CorpusSpec, Utterance, read_corpus, read_sentences
 from speechtrain.errors import CheckpointError, SpeechtrainError
 from speechtrain.hub import read_model_type
+from speechtrain.long_form import Segment, srt, vtt
 from speechtrain.models.registry import get_family
 from speechtrain.scoring import (
     MCD_SETTINGS,
@@ -56,7 +57,7 @@ from speechtrain.scoring import (
     mel_cepstral_distortion,
 )
 
-RESULTS_NAME, UTTERANCES_NAME, WAVS_NAME = "results.json", "utterances.jsonl", "wavs"
+RESULTS_NAME, UTTERANCES_NAME, WAVS_NAME, SUBTITLES_NAME = "results.json", "utterances.jsonl", "wavs", "subtitles"
 ASR_TAG, TTS_TAG = "automatic-speech-recognition", "text-to-speech"  # the families' model card pipeline tags
 
 
@@ -118,11 +119,13 @@ def evaluate_asr(
     batch_size: int = 8,
     description: dict[str, Any] | None = None,
     references: Mapping[str, Utterance] | None = None,
+    timestamps: bool = False,
 ) -> dict[str, Any]:
     """Transcribes and scores `utterances`, writes the two result files into `out_dir`, returns the results.
 
     `description` (model, corpus, decoding settings) is written into the results as given. With `references` (by
-    utterance id), each scored utterance is also compared with its reference recording by MCD."""
+    utterance id), each scored utterance is also compared with its reference recording by MCD. With `timestamps`,
+    each row holds its timed `segments` and `out_dir/subtitles/` an `.srt` and a `.vtt` per utterance."""
     normalize = get_normalizer(normalizer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +151,14 @@ def evaluate_asr(
                     skipped[problem.split(":")[0]] += 1
                     row["skipped"] = problem
                 rows.append(row)
-            hypotheses = transcriber.transcribe_waveforms(waveforms) if waveforms else []
+            if timestamps:
+                timed = [transcriber.transcribe_segments(waveform) for waveform in waveforms]
+                hypotheses = [" ".join(segment.text for segment in segments) for segments in timed]
+                for (row, _, utterance), segments in zip(scorable, timed, strict=True):
+                    row["segments"] = [asdict(segment) for segment in segments]
+                    _write_subtitles(out_dir / SUBTITLES_NAME, utterance.id, segments)
+            else:
+                hypotheses = transcriber.transcribe_waveforms(waveforms) if waveforms else []
             for (row, reference, utterance), hypothesis in zip(scorable, hypotheses, strict=True):
                 normalized_hypothesis = normalize(hypothesis)
                 errors = count_errors([reference], [normalized_hypothesis])
@@ -179,6 +189,12 @@ def evaluate_asr(
     }
     (out_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return results
+
+
+def _write_subtitles(folder: Path, utterance_id: str, segments: Sequence[Segment]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{utterance_id}.srt").write_text(srt(segments), encoding="utf-8")
+    (folder / f"{utterance_id}.vtt").write_text(vtt(segments), encoding="utf-8")
 
 
 def score_recordings(
@@ -263,6 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalizer", default="basic", choices=NORMALIZERS,
                         help="text normaliser before scoring (whisper_english: as published Whisper WERs)")
     parser.add_argument("--beams", type=int, default=1, help="beam size (1 = greedy)")
+    parser.add_argument("--timestamps", action="store_true",
+                        help="decode with timestamps: segments in utterances.jsonl, subtitles/ID.srt and .vtt")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--language", default=None, help="language token for multilingual models, e.g. en, de")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -286,7 +304,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         description = {"model": str(args.model), "model_type": _model_type(transcriber),
                        "corpus": {key: value for key, value in asdict(corpus).items() if value is not None},
                        "decoding": decoding}
-        return evaluate_asr(transcriber, utterances, args.out, description=description, **evaluate)
+        return evaluate_asr(transcriber, utterances, args.out, description=description, timestamps=args.timestamps,
+                            **evaluate)
     sentences = read_sentences(args.sentences)[: args.limit]
     if args.references is not None:
         recordings = read_corpus(CorpusSpec(format=args.references_format, path=args.references))

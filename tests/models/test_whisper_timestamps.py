@@ -98,3 +98,20 @@ def test_the_command_writes_subtitles(tiny_en, tmp_path, capsys):
     assert "[0.00 --> 2.00]\tthe cat sleeps by the warm window." in capsys.readouterr().out
     assert (tmp_path / "mini_0001.srt").read_text() == "1\n00:00:00,000 --> 00:00:02,000\nthe cat sleeps by the " \
                                                         "warm window.\n\n"
+
+
+def test_evaluate_with_timestamps_records_segments_and_writes_subtitles(tiny_en, tmp_path):
+    from speechtrain.cli.evaluate import main as evaluate_main
+
+    corpus = tmp_path / "corpus"
+    (corpus / "wavs").mkdir(parents=True)
+    (corpus / "metadata.csv").write_text("mini_0001|The cat sleeps by the warm window.\n")
+    (corpus / "wavs" / "mini_0001.wav").write_bytes((MINI / "wavs" / "mini_0001.wav").read_bytes())
+    with pytest.raises(SystemExit) as exit_status:
+        evaluate_main([str(tiny_en[1]), "--data-format", "ljspeech", "--data-path", str(corpus), "--timestamps",
+                       "--out", str(tmp_path / "eval")])
+    assert exit_status.value.code == 0
+    [row] = [json.loads(line) for line in (tmp_path / "eval" / "utterances.jsonl").read_text().splitlines()]
+    assert row["segments"] == [{"start": 0.0, "end": 2.0, "text": "the cat sleeps by the warm window."}]
+    assert row["wer"] == 0.0
+    assert (tmp_path / "eval" / "subtitles" / "mini_0001.vtt").read_text().startswith("WEBVTT\n\n00:00:00.000")
