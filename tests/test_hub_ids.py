@@ -49,3 +49,21 @@ def test_local_paths_are_never_taken_for_hub_ids(offline_cache, tmp_path, monkey
     (tmp_path / "models" / "mine").mkdir(parents=True)
     assert resolve_pretrained("models/mine") == "models/mine"  # exists: a folder, even though it looks like an id
     assert resolve_pretrained("/no/such/folder") == "/no/such/folder"  # an absolute path is never an id
+
+
+def test_a_hub_dataset_id_reads_its_cached_audiofolder_snapshot(tmp_path, monkeypatch):
+    from speechtrain.data.corpora import read_corpus
+    from speechtrain.train import BUNDLED_DATA_DIR
+
+    snapshot = tmp_path / "hub" / "datasets--speechtrain-tests--mini" / "snapshots" / COMMIT
+    (snapshot / "audio").mkdir(parents=True)
+    (snapshot / "audio" / "a.wav").write_bytes((BUNDLED_DATA_DIR / "mini" / "wavs" / "mini_0001.wav").read_bytes())
+    (snapshot / "metadata.csv").write_text("file_name,text\naudio/a.wav,The cat sleeps by the warm window.\n")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    [utterance] = read_corpus({"format": "hf", "path": "speechtrain-tests/mini"})
+    assert utterance.text == "The cat sleeps by the warm window." and Path(utterance.audio_path).is_file()
+    with pytest.raises(FileNotFoundError, match="--repo-type dataset speechtrain-tests/other"):
+        read_corpus({"format": "hf", "path": "speechtrain-tests/other"})

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from speechtrain.data.audio import AudioError, audio_info
 from speechtrain.errors import ConfigError, DataError
+from speechtrain.hub_ids import resolve_pretrained
 
 LJSPEECH_LAYOUT = "expected metadata.csv and wavs/ (LJSpeech layout)"
 LIBRISPEECH_LAYOUT = "expected <speaker>/<chapter>/*.trans.txt files with <id>.flac beside them (LibriSpeech layout)"
@@ -372,13 +373,16 @@ class CorpusSpec:
 
 
 def read_corpus(spec: CorpusSpec | Mapping) -> list[Utterance]:
-    """Reads any supported corpus; relative paths are resolved against the current directory."""
+    """Reads any supported corpus; relative paths are resolved against the current directory. For format `hf`, a
+    Hugging Face Hub dataset id (`org/name`) that is not a local path is fetched into (or found in) the Hub cache;
+    its snapshot must hold a layout `read_hf_dataset` reads (an audiofolder, or a saved dataset)."""
     spec = CorpusSpec.coerce(spec)
     if spec.format not in FORMATS:
         raise ConfigError(f"unknown corpus format {spec.format!r} for {spec.path}; expected one of {list(FORMATS)}")
     if spec.split is not None and spec.format != "hf":
         raise ConfigError(f"split={spec.split!r} only applies to format 'hf'; point path at the split ({spec.format})")
-    path = Path(spec.path).expanduser().resolve()
+    source = resolve_pretrained(spec.path, repo_type="dataset") if spec.format == "hf" else spec.path
+    path = Path(source).expanduser().resolve()
     if spec.download_hint and not path.exists():
         raise FileNotFoundError(f"{path} not found ({spec.format} corpus): {spec.download_hint}")
     if spec.format == "ljspeech":
