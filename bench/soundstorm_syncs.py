@@ -3,8 +3,8 @@ commit's code runs from a `git worktree` of it, this checkout's from here, in al
 alternate which goes first). Written for issue 22, which took the host syncs out of the SoundStorm step
 (masking's level and coins, the self-conditioning coin, the batch-missing flag):
 
-    python bench/soundstorm_syncs.py --before 09d9c5a --rounds 3 --steps 60            # CPU
-    python bench/soundstorm_syncs.py --before 09d9c5a --device cuda --steps 200
+    python bench/soundstorm_syncs.py --before 342b909 --rounds 3 --steps 60            # CPU
+    python bench/soundstorm_syncs.py --before 342b909 --device cuda --steps 200
 
 Each subprocess composes `soundstorm_mini` from its own tree (self-conditioning on, so its coin is drawn), builds
 the task and data module and runs a Lightning `fit` of `--warmup + --steps` steps without validation, logger or
