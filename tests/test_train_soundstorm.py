@@ -2,12 +2,13 @@
 
 import csv
 
+import lightning as L
 import pytest
 import soundfile
 import torch
 
 from speechtrain.hub import load_bundle
-from speechtrain.train import train
+from speechtrain.train import build, train
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +55,13 @@ def test_speechtrain_export_rebuilds_the_same_model_from_the_checkpoint(run, tmp
     exported, final = load_pretrained(folder), load_pretrained(out / "exported")
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), final.state_dict().values()))
     assert "Recipe: `soundstorm_mini`" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("crop", [[], ["data.collator.max_frames=90"]])  # the mini utterances are 1.5 to 4.5 s
+def test_two_validation_passes_give_the_same_loss(compose, tmp_path, crop):
+    task, datamodule = build(compose("recipe=soundstorm_mini", *crop, output_dir=tmp_path))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    first = trainer.validate(task, datamodule, verbose=False)[0]["val/loss"]
+    torch.manual_seed(1)  # training moves the global generator on between two validations
+    assert trainer.validate(task, datamodule, verbose=False)[0]["val/loss"] == first

@@ -2,7 +2,7 @@
 
     python recipes/libritts/prepare.py --root data --subsets train-clean-100 dev-clean
     python recipes/libritts/prepare.py --root data --no-download --subsets dev-clean \\
-        --tokens tokens/libritts --codec-checkpoint encodec_24khz-d7cc33bc.th \\
+        --tokens data/libritts_tokens --codec-checkpoint encodec_24khz-d7cc33bc.th \\
         --hubert-checkpoint hubert_fairseq_base_ls960.pth --device cuda
 
 Downloads the subsets from openslr.org (resumable, each checked against its md5 sum), unpacks them into

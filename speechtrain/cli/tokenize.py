@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hubert-layer", type=int, default=6, help="transformer layer whose features are clustered")
     parser.add_argument("--kmeans", default=None, help="reuse this kmeans.safetensors (e.g. the train folder's)")
     parser.add_argument("--clusters", type=int, default=500, help="k-means clusters (semantic vocabulary)")
-    parser.add_argument("--kmeans-utterances", type=int, default=200, help="utterances sampled to fit the k-means")
-    parser.add_argument("--kmeans-iterations", type=int, default=50)
+    parser.add_argument("--kmeans-fraction", type=float, default=0.1,
+                        help="fraction of the utterances sampled to fit the k-means (fairseq's HuBERT recipe: 10 %%)")
+    parser.add_argument("--kmeans-utterances", type=int, default=None,
+                        help="sample exactly this many utterances instead (e.g. to bound memory on a large corpus)")
+    parser.add_argument("--kmeans-iterations", type=int, default=100, help="Lloyd iterations per restart, at most")
+    parser.add_argument("--kmeans-restarts", type=int, default=10, help="k-means++ restarts; the best is kept")
     parser.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
     parser.add_argument("--max-duration", type=float, default=60.0, help="skip longer utterances (seconds)")
     parser.add_argument("--seed", type=int, default=0)
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         semantic = HubertSemanticTokenizer(args.hubert_checkpoint, args.hubert_layer, kmeans).to(args.device)
         out = tokenize_corpus(
             spec, args.out, codec, semantic, shard_size=args.shard_size, kmeans_clusters=args.clusters,
-            kmeans_utterances=args.kmeans_utterances, kmeans_iterations=args.kmeans_iterations, seed=args.seed,
+            kmeans_fraction=args.kmeans_fraction, kmeans_utterances=args.kmeans_utterances,
+            kmeans_iterations=args.kmeans_iterations, kmeans_restarts=args.kmeans_restarts, seed=args.seed,
             strict=args.strict, max_duration=args.max_duration,
         )
     except (FileNotFoundError, ValueError) as err:

@@ -26,6 +26,8 @@ Batch keys and shapes (B = batch rows, which are windows for coarse and fine, no
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,7 +35,7 @@ from typing import Any
 
 import torch
 
-from speechtrain.data.token_data import TokenDataModule
+from speechtrain.data.token_data import TokenDataModule, utterance_generator
 from speechtrain.data.token_shards import INFO_FILE, TokenizedUtterance, read_token_info
 from speechtrain.errors import ConfigError, DataError
 from speechtrain.models.bark.config import MODEL_TYPES, BarkGenerationConfig
@@ -95,7 +97,10 @@ class BarkSemanticCollator:
 
 class _WindowCollator:
     """Rows = generation windows of each utterance; `windows_per_utterance` keeps that many of each, drawn at random
-    (None: all), to bound the batch; draws come from `seed`'s generator, or torch's global one when `seed` is None."""
+    (None: all), to bound the batch; draws come from `seed`'s generator, or torch's global one when `seed` is None,
+    and in the `for_validation()` copy from each utterance's id, so that every validation pass sees the same rows."""
+
+    fixed_draws = False
 
     def __init__(self, windows_per_utterance: int | None = None, seed: int | None = None,
                  config: BarkGenerationConfig = DEFAULTS):
@@ -104,13 +109,22 @@ class _WindowCollator:
         self.windows_per_utterance, self.config = windows_per_utterance, config
         self.generator = _generator(seed)
 
+    def for_validation(self) -> _WindowCollator:
+        validation = copy.copy(self)
+        validation.fixed_draws = True
+        return validation
+
+    def _draws(self, utterance_id: str, stream: int = 0) -> torch.Generator | None:
+        """The generator of one utterance's draws (`stream` tells its draws apart) under `fixed_draws`."""
+        return utterance_generator(utterance_id, stream) if self.fixed_draws else self.generator
+
     def _windows(self, utterances: list[TokenizedUtterance], windows_of: Callable[[TokenizedUtterance], list]
                  ) -> tuple[list, list[str]]:
         """(the chosen windows of every utterance, the utterance id of each)."""
         _check_not_empty(utterances, type(self).__name__)
         rows, ids = [], []
         for u in utterances:
-            chosen = _choose(windows_of(u), self.windows_per_utterance, self.generator)
+            chosen = _choose(windows_of(u), self.windows_per_utterance, self._draws(u.id))
             rows += chosen
             ids += [u.id] * len(chosen)
         return rows, ids
@@ -138,7 +152,12 @@ class BarkFineCollator(_WindowCollator):
         books = self.config.fine.n_fine_codebooks
         windows, ids = self._windows(utterances, lambda u: fine_windows(u.acoustic[:, :books], 0, self.config))
         first = self.config.coarse.n_coarse_codebooks
-        targets = torch.randint(first, books, (len(windows),), generator=self.generator).tolist()
+        if self.fixed_draws:  # each utterance's targets from its id, whatever else the batch holds
+            targets = [target for utterance_id, rows in itertools.groupby(ids)
+                       for target in torch.randint(first, books, (len(list(rows)),),
+                                                   generator=self._draws(utterance_id, 1)).tolist()]
+        else:
+            targets = torch.randint(first, books, (len(windows),), generator=self.generator).tolist()
         return {**fine_batch(windows, targets, self.config), "ids": ids, "texts": [u.text for u in utterances]}
 
 

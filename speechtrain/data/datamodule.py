@@ -161,15 +161,17 @@ class BucketedDataModule(L.LightningDataModule, ABC):
     def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
         """The loader of one split (`shuffle` for training)."""
 
-    def _bucketed_loader(self, dataset: Any, durations: Sequence[float], shuffle: bool) -> DataLoader:
+    def _bucketed_loader(self, dataset: Any, durations: Sequence[float], shuffle: bool,
+                         collator: Callable | None = None) -> DataLoader:
+        """`collator` replaces `self.collator` for this loader (a validation variant of it)."""
         sampler = DynamicBucketSampler(
             durations, self.max_batch_seconds, num_buckets=self.num_buckets, shuffle=shuffle,
             seed=self.seed, max_batch_size=self.max_batch_size, min_item_seconds=self.min_item_seconds,
         )
         loader_class = ResumableDataLoader if shuffle else DataLoader  # only training resumes mid-epoch
         return loader_class(
-            dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            dataset, batch_sampler=sampler, collate_fn=self.collator if collator is None else collator,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:

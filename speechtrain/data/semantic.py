@@ -4,8 +4,8 @@ semantic stage use them.
 HuBERT is torchaudio's architecture (`torchaudio.models.hubert_base/large/xlarge`), so the weights
 are the torchaudio-format state dicts its pipelines download (`hubert_fairseq_base_ls960.pth` for
 `torchaudio.pipelines.HUBERT_BASE`). Features come from transformer layer `layer` at 16 kHz, one
-frame per 320 samples (50 Hz). The k-means is plain torch: k-means++ seeding then Lloyd iterations,
-deterministic for a seed, saved as safetensors.
+frame per 320 samples (50 Hz). The k-means is plain torch: restarts of greedy k-means++ seeding then Lloyd
+iterations, on the features' device, deterministic for a seed, saved as safetensors.
 """
 
 from __future__ import annotations
@@ -38,19 +38,34 @@ NORMALIZED_WAVEFORM = {"hubert_base": False, "hubert_large": True, "hubert_xlarg
 
 
 class KMeans:
-    """k-means over feature vectors: k-means++ seeding, then Lloyd iterations until assignments settle.
+    """k-means over feature vectors, with restarts. Each of `restarts` runs seeds with greedy k-means++ (the best of
+    `seeding_trials` candidates per centroid, by default 3 x scikit-learn's 2 + ln k) on `init_samples` random
+    frames (scikit-learn's MiniBatchKMeans default at fairseq's batch size), then runs Lloyd iterations on every
+    frame until the assignments settle, the inertia improves by less than `tolerance` (relative) or `iterations`
+    are done; the run of lowest inertia is kept (`inertia` and `fit_frames` say what it reached, on how much).
+    fairseq's HuBERT recipe fits MiniBatchKMeans with 20 seedings and mini-batch updates; these full restarts reach
+    at least its inertia (tests/data/test_semantic.py).
 
-    Deterministic for a `seed` on one device (sampling uses a seeded generator, centroid sums a
-    matmul rather than atomics). A cluster that empties keeps its previous centroid.
+    Runs on the features' device (a GPU for a corpus-sized fit), in chunks of `chunk` frames. Deterministic for a
+    `seed` on one device: every random draw comes from a seeded CPU generator, and centroid sums are matmuls rather
+    than atomics. A cluster that empties keeps its previous centroid.
     """
 
-    def __init__(self, num_clusters: int, iterations: int = 50, seed: int = 0, centroids: torch.Tensor | None = None):
+    def __init__(self, num_clusters: int, iterations: int = 100, seed: int = 0, centroids: torch.Tensor | None = None,
+                 restarts: int = 10, init_samples: int = 30_000, seeding_trials: int | None = None,
+                 tolerance: float = 1e-4, chunk: int = 16_384):
         if num_clusters < 1:
             raise ConfigError(f"num_clusters must be at least 1, got {num_clusters}")
+        if restarts < 1 or iterations < 0:
+            raise ConfigError(f"k-means needs restarts >= 1 and iterations >= 0, got {restarts} and {iterations}")
         self.num_clusters = num_clusters
         self.iterations = iterations
         self.seed = seed
+        self.restarts, self.init_samples, self.seeding_trials = restarts, init_samples, seeding_trials
+        self.tolerance, self.chunk = tolerance, chunk
         self.centroids = centroids  # [num_clusters, dim] once fitted
+        self.inertia: float | None = None  # sum of squared distances to the nearest centroid, after fit
+        self.fit_frames: int | None = None
         self.source: str | None = None  # the file name it was saved to or loaded from
 
     @staticmethod
@@ -59,37 +74,71 @@ class KMeans:
         squared = features.pow(2).sum(1, keepdim=True) - 2 * features @ centroids.T + centroids.pow(2).sum(1)
         return squared.clamp_(min=0)
 
+    def _assign(self, features: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nearest centroid [n], inertia: the float64 sum of the squared distances to it)."""
+        nearest, distances = [], []
+        for part in features.split(self.chunk):
+            distance, index = self._squared_distances(part, centroids).min(1)
+            nearest.append(index)
+            distances.append(distance.double().sum())
+        return torch.cat(nearest), torch.stack(distances).sum()
+
+    def _means(self, features: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+        """The mean of each cluster's frames [k, dim] (the previous centroid for an empty cluster)."""
+        sums = torch.zeros_like(centroids)
+        counts = torch.zeros(self.num_clusters, dtype=features.dtype, device=features.device)
+        for part, labels in zip(features.split(self.chunk), assignments.split(self.chunk)):
+            one_hot = F.one_hot(labels, self.num_clusters).to(features.dtype)  # [chunk, k]
+            sums += one_hot.T @ part
+            counts += one_hot.sum(0)
+        return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centroids)
+
+    def _seed_centroids(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Greedy k-means++ on a random subset of `init_samples` frames: [k, dim]. Draws on the CPU, computes on the
+        features' device, reads nothing back."""
+        device, k = features.device, self.num_clusters
+        if len(features) > self.init_samples:
+            features = features[torch.randperm(len(features), generator=generator)[: self.init_samples].to(device)]
+        trials = self.seeding_trials or 3 * (2 + int(math.log(k)))
+        first = torch.randint(len(features), (1,), generator=generator).to(device)
+        uniforms = torch.rand(k, trials, generator=generator, dtype=torch.float64).to(device)
+        centroids = [features[first]]  # each [1, dim]
+        nearest = self._squared_distances(features, centroids[0])[:, 0].double()  # [n]
+        for step in range(1, k):
+            cumulative = nearest.cumsum(0)
+            candidates = torch.searchsorted(cumulative, uniforms[step] * cumulative[-1]).clamp_(max=len(features) - 1)
+            reach = torch.minimum(nearest[None], self._squared_distances(features[candidates], features).double())
+            best = reach.sum(1).argmin()  # the candidate that lowers the potential most; [trials, n] -> []
+            nearest = reach[best]
+            centroids.append(features[candidates[best]][None])
+        return torch.cat(centroids)
+
+    def _lloyd(self, features: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, float]:
+        assignments, inertia = self._assign(features, centroids)
+        for _ in range(self.iterations):
+            centroids = self._means(features, assignments, centroids)
+            new_assignments, new_inertia = self._assign(features, centroids)
+            settled = torch.equal(new_assignments, assignments) or bool(inertia - new_inertia
+                                                                        <= self.tolerance * new_inertia)
+            assignments, inertia = new_assignments, new_inertia
+            if settled:
+                break
+        return centroids, float(inertia)
+
     def fit(self, features: torch.Tensor) -> KMeans:
-        """Fits on features [n, dim] (n >= num_clusters); returns self."""
+        """Fits on features [n, dim] (n >= num_clusters), on their device; returns self."""
         if features.dim() != 2 or features.shape[0] < self.num_clusters:
             raise ValueError(f"k-means with {self.num_clusters} clusters needs features [n >= {self.num_clusters}, "
                              f"dim], got shape {tuple(features.shape)}; sample more utterances or use fewer clusters")
         features = features.float()
         generator = torch.Generator().manual_seed(self.seed)
-        first = int(torch.randint(len(features), (1,), generator=generator))
-        centroids = [features[first]]
-        nearest = self._squared_distances(features, features[first][None])[:, 0]  # [n]
-        for _ in range(1, self.num_clusters):
-            weights = nearest.cpu().double()
-            if weights.sum() <= 0:  # fewer distinct points than clusters: pick uniformly
-                weights = torch.ones_like(weights)
-            chosen = int(torch.multinomial(weights, 1, generator=generator))
-            centroids.append(features[chosen])
-            nearest = torch.minimum(nearest, self._squared_distances(features, features[chosen][None])[:, 0])
-        centroids = torch.stack(centroids)  # [k, dim]
-
-        assignments = None
-        for _ in range(self.iterations):
-            new_assignments = self._squared_distances(features, centroids).argmin(1)
-            if assignments is not None and torch.equal(new_assignments, assignments):
-                break
-            assignments = new_assignments
-            one_hot = F.one_hot(assignments, self.num_clusters).to(features.dtype)  # [n, k]
-            counts = one_hot.sum(0)  # [k]
-            sums = one_hot.T @ features  # [k, dim]
-            occupied = counts > 0
-            centroids = torch.where(occupied[:, None], sums / counts.clamp(min=1)[:, None], centroids)
-        self.centroids = centroids.contiguous()
+        best = None
+        for _ in range(self.restarts):
+            centroids, inertia = self._lloyd(features, self._seed_centroids(features, generator))
+            if best is None or inertia < best[1]:
+                best = centroids, inertia
+        self.centroids, self.inertia = best[0].contiguous(), best[1]
+        self.fit_frames = len(features)
         return self
 
     def predict(self, features: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
@@ -107,7 +156,9 @@ class KMeans:
         if self.centroids is None:
             raise RuntimeError("KMeans.save before fit()")
         # one metadata key: safetensors writes several in a random (hash) order, which would break byte identity
-        metadata = {"kmeans": json.dumps({"iterations": self.iterations, "seed": self.seed}, sort_keys=True)}
+        fitted = {"iterations": self.iterations, "seed": self.seed, "restarts": self.restarts,
+                  "fit_frames": self.fit_frames, "inertia": self.inertia}
+        metadata = {"kmeans": json.dumps(fitted, sort_keys=True)}
         return save({"centroids": self.centroids.detach().cpu().contiguous()}, metadata=metadata)
 
     def save(self, path: str | Path) -> None:
@@ -127,8 +178,9 @@ class KMeans:
             raise CheckpointError(f"{path}: not a k-means safetensors file with a 'centroids' tensor ({err})") from err
         if centroids.dim() != 2:
             raise CheckpointError(f"{path}: centroids must be [clusters, dim], got shape {tuple(centroids.shape)}")
-        kmeans = cls(centroids.shape[0], fitted.get("iterations", 50), fitted.get("seed", 0), centroids.float())
-        kmeans.source = path.name
+        kmeans = cls(centroids.shape[0], fitted.get("iterations", 50), fitted.get("seed", 0), centroids.float(),
+                     fitted.get("restarts", 1))
+        kmeans.fit_frames, kmeans.inertia, kmeans.source = fitted.get("fit_frames"), fitted.get("inertia"), path.name
         return kmeans
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -48,13 +50,25 @@ def pad_stack(sequences: Sequence[torch.Tensor], length: int | None = None) -> t
     return padded, mask
 
 
+def frame_ratio(semantic_rate: float, acoustic_rate: float) -> Fraction:
+    """Semantic frames per codec frame as an exact fraction (2/3 for HuBERT's 50 Hz over EnCodec's 75 Hz)."""
+    return Fraction(semantic_rate).limit_denominator(1000) / Fraction(acoustic_rate).limit_denominator(1000)
+
+
+def utterance_generator(utterance_id: str, seed: int = 0) -> torch.Generator:
+    """A generator seeded from an utterance's id: the same draws for it in every pass, whatever the batch."""
+    return torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(utterance_id.encode()))
+
+
 class SoundStormCollator:
     """Pads a list of `TokenizedUtterance`s into a SoundStorm batch, optionally cropped in time.
 
-    With `max_frames`, an utterance longer than that is cut to a random window of `max_frames`
-    acoustic frames starting at frame t, and to the semantic frames of the same time span,
-    [floor(t * r), floor((t + max_frames) * r)) with r = `semantic_rate / acoustic_rate`. Crops
-    draw from torch's global generator (seeded per DataLoader worker).
+    With `max_frames`, an utterance longer than that is cut to a window of `max_frames` acoustic frames starting at
+    frame t, and to the semantic frames that these read, [t * r, floor((t + max_frames - 1) * r)] with
+    r = `semantic_rate / acoustic_rate`. t is a multiple of r's denominator (3 codec frames, exactly 2 semantic
+    frames, at 75 and 50 Hz), so every codec frame of a crop reads the semantic frame it reads uncropped
+    (`models.soundstorm.modeling.semantic_frame_indices`). Training crops draw t from torch's global generator
+    (seeded per DataLoader worker); with `fixed_crops` (`for_validation`) each utterance always gets the same one.
 
     Returns a dict:
         codes:         LongTensor [batch, frames, levels], EnCodec codes, padding 0
@@ -66,7 +80,8 @@ class SoundStormCollator:
         audio_seconds: float, the unpadded audio the batch stands for (for throughput logging)
     """
 
-    def __init__(self, max_frames: int | None = None, acoustic_rate: float = 75.0, semantic_rate: float = 50.0):
+    def __init__(self, max_frames: int | None = None, acoustic_rate: float = 75.0, semantic_rate: float = 50.0,
+                 fixed_crops: bool = False):
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"max_frames must be at least 1 or None, got {max_frames}")
         if acoustic_rate <= 0 or semantic_rate <= 0:
@@ -74,20 +89,29 @@ class SoundStormCollator:
         self.max_frames = max_frames
         self.acoustic_rate = acoustic_rate
         self.semantic_rate = semantic_rate
+        self.fixed_crops = fixed_crops
+        self.ratio = frame_ratio(semantic_rate, acoustic_rate)
 
     @property
     def max_seconds(self) -> float | None:
         """The longest audio a batch item stands for, so the data module packs cropped items by their cropped length."""
         return None if self.max_frames is None else self.max_frames / self.acoustic_rate
 
+    def for_validation(self) -> SoundStormCollator:
+        """The same collator with fixed crops, so that every validation pass scores the same frames."""
+        return SoundStormCollator(self.max_frames, self.acoustic_rate, self.semantic_rate, fixed_crops=True)
+
     def crop(self, utterance: TokenizedUtterance) -> tuple[torch.Tensor, torch.Tensor]:
         """(acoustic [frames <= max_frames, levels], semantic [the same span]) of one utterance."""
         acoustic, semantic = utterance.acoustic, utterance.semantic
         if self.max_frames is None or len(acoustic) <= self.max_frames:
             return acoustic, semantic
-        start = int(torch.randint(len(acoustic) - self.max_frames + 1, ()))
-        ratio = self.semantic_rate / self.acoustic_rate
-        semantic_start, semantic_end = math.floor(start * ratio), math.floor((start + self.max_frames) * ratio)
+        step = self.ratio.denominator  # codec frames that hold a whole number of semantic frames
+        generator = utterance_generator(utterance.id) if self.fixed_crops else None
+        start = step * int(torch.randint((len(acoustic) - self.max_frames) // step + 1, (), generator=generator))
+        semantic_end = math.floor((start + self.max_frames - 1) * self.ratio) + 1
+        # a crop past the last semantic frame (HuBERT gives a frame or two fewer) reads that frame, as uncropped
+        semantic_start = min(int(start * self.ratio), max(len(semantic) - 1, 0))
         return acoustic[start : start + self.max_frames], semantic[semantic_start:semantic_end]
 
     def __call__(self, utterances: list[TokenizedUtterance]) -> dict:
@@ -170,6 +194,10 @@ class TokenDataModule(BucketedDataModule):
                     sum(self.train_dataset.durations) / 3600, len(val))
 
     def _loader(self, dataset: TokenDataset, shuffle: bool) -> DataLoader:
+        """Training draws its crops at random; validation and test use the collator's `for_validation()` (fixed
+        crops), when it has one."""
         max_seconds = getattr(self.collator, "max_seconds", None)
         durations = dataset.durations if max_seconds is None else [min(d, max_seconds) for d in dataset.durations]
-        return self._bucketed_loader(dataset, durations, shuffle)
+        collator = self.collator if shuffle or not hasattr(self.collator, "for_validation") \
+            else self.collator.for_validation()
+        return self._bucketed_loader(dataset, durations, shuffle, collator)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,9 +139,10 @@ def _claim_folder(out: Path, settings: dict) -> None:
 
 def _prepare_kmeans(
     out: Path, semantic: HubertSemanticTokenizer, utterances: list[Utterance], clusters: int,
-    sample_size: int, iterations: int, seed: int, max_duration: float | None,
+    sample_size: int, iterations: int, restarts: int, seed: int, max_duration: float | None,
 ) -> KMeans:
-    """The k-means of `out` if there is one, else `semantic.kmeans` or one fitted on a seeded sample; saved in `out`."""
+    """The k-means of `out` if there is one, else `semantic.kmeans` or one fitted on a seeded sample of
+    `sample_size` utterances; saved in `out`."""
     path = out / KMEANS_FILE
     if path.is_file():
         kmeans = KMeans.load(path)
@@ -163,9 +165,12 @@ def _prepare_kmeans(
                 continue  # reported when its shard is written
         if not features:
             raise DataError("no audio could be loaded to fit the k-means")
-        logger.info("fitting k-means (%d clusters) on %d frames of %d utterances", clusters,
-                    sum(len(f) for f in features), len(features))
-        kmeans = KMeans(clusters, iterations, seed).fit(torch.cat(features))
+        frames = sum(len(f) for f in features)
+        logger.info("fitting k-means (%d clusters, %d restarts) on %d frames (%.2f h) of %d of the %d utterances "
+                    "(%.1f %%)", clusters, restarts, frames, frames / semantic.frame_rate / 3600, len(features),
+                    len(utterances), 100 * len(features) / len(utterances))
+        kmeans = KMeans(clusters, iterations, seed, restarts=restarts).fit(torch.cat(features))
+        logger.info("k-means inertia %.6g, %.4g per frame", kmeans.inertia, kmeans.inertia / frames)
     atomic_write_bytes(path, kmeans.to_bytes())
     return KMeans.load(path)
 
@@ -228,16 +233,20 @@ def tokenize_corpus(
     semantic: HubertSemanticTokenizer,
     shard_size: int = 1000,
     kmeans_clusters: int = 500,
-    kmeans_utterances: int = 200,
-    kmeans_iterations: int = 50,
+    kmeans_fraction: float = 0.1,
+    kmeans_utterances: int | None = None,
+    kmeans_iterations: int = 100,
+    kmeans_restarts: int = 10,
     seed: int = 0,
     strict: bool = False,
     max_duration: float | None = None,
 ) -> Path:
     """Writes a corpus's acoustic and semantic tokens into `out_dir` (layout in the module docstring).
 
-    The k-means is fitted on HuBERT features of `kmeans_utterances` seeded-random utterances unless
-    `out_dir/kmeans.safetensors` exists (reused) or `semantic.kmeans` is set (saved and used).
+    The k-means is fitted on HuBERT features of seeded-random utterances, `kmeans_fraction` of the corpus
+    (fairseq's HuBERT recipe fits on 10 %) or exactly `kmeans_utterances` when given, with `kmeans_restarts`
+    restarts (`KMeans`), unless `out_dir/kmeans.safetensors` exists (reused) or `semantic.kmeans` is set (saved
+    and used). The log says how many frames it was fitted on, and the file records it (`fit_frames`).
     Utterances whose audio is missing, unreadable, empty or longer than `max_duration` seconds are
     skipped and listed in `tokens.json`'s `skipped` (one warning sums them up); `strict=True` raises
     naming the file instead. A rerun resumes after the last complete shard. Returns `out_dir`.
@@ -269,8 +278,11 @@ def tokenize_corpus(
                for u in utterances if u.id in check.problems]
     if not kept:
         raise DataError(f"no usable audio in {spec.path}: all {len(utterances)} utterances were skipped")
-    semantic.kmeans = _prepare_kmeans(out, semantic, kept, clusters, kmeans_utterances, kmeans_iterations, seed,
-                                      max_duration)
+    if not 0 < kmeans_fraction <= 1:
+        raise ConfigError(f"kmeans_fraction must be in (0, 1], got {kmeans_fraction}")
+    sample_size = math.ceil(kmeans_fraction * len(kept)) if kmeans_utterances is None else kmeans_utterances
+    semantic.kmeans = _prepare_kmeans(out, semantic, kept, clusters, sample_size, kmeans_iterations, kmeans_restarts,
+                                      seed, max_duration)
 
     chunks = [kept[start : start + shard_size] for start in range(0, len(kept), shard_size)]
     progress = tqdm(total=len(kept), desc=f"tokenizing into {out}", unit="utt")

@@ -30,11 +30,14 @@ class NonFiniteLossError(RuntimeError):
 
 def ranks_flagging(flag: torch.Tensor | bool, device: torch.device | str = "cpu") -> tuple[bool, int]:
     """(whether this process raises `flag`, how many processes do): one all-reduce under torch.distributed, so
-    every rank must call it at the same point of its step; the flag itself in a single process. One host read."""
+    every rank must call it at the same point of its step; the flag itself in a single process, where a Python flag
+    never touches the device. One host read of a tensor flag."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        flagged = bool(flag)
+        return flagged, int(flagged)
     here = torch.as_tensor(flag, device=device).detach().reshape(1).float()
     everywhere = here.clone()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(everywhere)
+    dist.all_reduce(everywhere)
     flagged_here, count = torch.cat([here, everywhere]).tolist()
     return bool(flagged_here), int(count)
 

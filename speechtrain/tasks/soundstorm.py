@@ -68,23 +68,24 @@ class SoundStormTask(ExportableTask, GuardedTask):
 
     # --- training -------------------------------------------------------------------------------
 
-    def model_step(self, batch: dict[str, Any], generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cross-entropy, accuracy) over the scored positions of the drawn level."""
+    def model_step(self, batch: dict[str, Any], generator: torch.Generator | None = None,
+                   choices: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy, accuracy) over the scored positions of the drawn level. Tensors are drawn from `generator`
+        (on the batch's device), the step's decisions (level, corruption coins, self-conditioning) from the CPU
+        generator `choices` (the global ones when None), so that the step never waits for the device."""
         frame_mask = batch["frame_mask"].bool()
-        masked = self.masking(batch["codes"], frame_mask, generator)
+        masked = self.masking(batch["codes"], frame_mask, generator, choices=choices)
         conditional = self.model.semantic_token_emb is not None
         semantic = (batch["semantic_ids"], batch.get("semantic_mask")) if conditional else (None, None)
         self_condition = None
-        if self.model.config.self_condition and float(
-                torch.rand((), generator=generator, device=frame_mask.device)) < self.self_condition_prob:
+        if self.model.config.self_condition and float(torch.rand((), generator=choices)) < self.self_condition_prob:
             with torch.no_grad():
                 _, self_condition = self.model(masked.inputs, frame_mask, *semantic, return_hidden=True)
         logits = self.model(masked.inputs, frame_mask, *semantic, self_condition=self_condition)
         logits = logits[:, :, masked.level].float()  # [B, T, K]; the loss in fp32 under mixed precision
         loss = F.cross_entropy(logits.flatten(0, 1), masked.labels.flatten(), ignore_index=IGNORE_INDEX)
         scored = masked.labels != IGNORE_INDEX
-        accuracy = (logits.argmax(-1) == masked.labels)[scored].float().mean()
+        accuracy = ((logits.argmax(-1) == masked.labels) & scored).sum() / scored.sum()  # no boolean indexing: no sync
         return loss, accuracy
 
     def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -96,8 +97,9 @@ class SoundStormTask(ExportableTask, GuardedTask):
     def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
         if batch is None:
             return
-        generator = torch.Generator(device=self.device).manual_seed(self.validation_seed + batch_idx)
-        loss, accuracy = self.model_step(batch, generator)
+        seed = self.validation_seed + batch_idx
+        generator, choices = torch.Generator(device=self.device).manual_seed(seed), torch.Generator().manual_seed(seed)
+        loss, accuracy = self.model_step(batch, generator, choices)
         batch_size = len(batch["ids"])
         self.log("val/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("val/accuracy", accuracy, batch_size=batch_size, sync_dist=True)

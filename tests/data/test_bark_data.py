@@ -89,6 +89,21 @@ def test_windows_per_utterance_draws_a_seeded_subset():
     assert all(r[r != 12_048].tolist() in rows for r in some["input_ids"])
 
 
+def test_validation_copies_draw_the_same_rows_every_pass_whatever_the_batch():
+    utterances = [utterance("a", 1100, 10, seed=6), utterance("b", 3000, 10, seed=7)]
+    for collator in (BarkCoarseCollator(windows_per_utterance=2), BarkFineCollator(windows_per_utterance=2)):
+        validation = collator.for_validation()
+        first = validation(utterances)
+        torch.manual_seed(3)  # training moves torch's global generator on between passes
+        assert all(torch.equal(first[key], validation(utterances)[key]) for key in ("input_ids", "labels"))
+        alone = validation(utterances[1:])
+        assert torch.equal(alone["input_ids"], first["input_ids"][first["ids"].index("b"):])
+        assert not collator.fixed_draws and validation.fixed_draws  # the training collator draws as before
+    targets = {tuple(BarkFineCollator().for_validation()([utterance(name, 3000, 10)])["codebook_idx"].tolist())
+               for name in "abcdef"}
+    assert len(targets) > 3  # each utterance its own draws
+
+
 def test_fine_rows_mask_the_target_codebook_and_above_on_the_predicted_frames():
     utterances = [utterance("a", 1100, 10, seed=6), utterance("b", 90, 10, seed=7)]
     batch = BarkFineCollator(seed=0)(utterances)

@@ -1,10 +1,12 @@
 import importlib.util
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
 from speechtrain.data.corpora import FORMATS, read_corpus, read_libritts, read_manifest
+from speechtrain.train import CONFIG_DIR
 
 REPO_DIR = Path(__file__).resolve().parents[2]  # the checkout: train.py and recipes/
 
@@ -61,3 +63,49 @@ def test_prepare_writes_manifests_and_tokenizes_with_one_kmeans(tmp_path, make_w
     assert "--kmeans" not in calls[0] and calls[0][-2:] == ["--device", "cpu"]
     assert calls[1][calls[1].index("--kmeans") + 1] == str(folders[0] / "kmeans.safetensors")
     assert calls[1][calls[1].index("--corpus-path") + 1] == str(manifests[1])
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The `python ...` commands in a text (README code blocks, config comments), continuation lines joined, split
+    as a shell would."""
+    commands, pending = [], None
+    for line in text.splitlines():
+        stripped = line.lstrip("# ").strip()
+        if pending is None and not stripped.startswith("python "):
+            continue
+        part = stripped.rstrip("\\").strip()
+        pending = part if pending is None else f"{pending} {part}"
+        if not stripped.endswith("\\"):
+            commands.append(shlex.split(pending))
+            pending = None
+    return commands
+
+
+def option(command: list[str], name: str) -> list[str]:
+    start = command.index(name) + 1
+    end = next((i for i in range(start, len(command)) if command[i].startswith("--")), len(command))
+    return command[start:end]
+
+
+def test_the_readme_commands_lead_into_the_recipe(compose, tmp_path, monkeypatch):
+    readme = shell_commands((REPO_DIR / "recipes" / "libritts" / "README.md").read_text())
+    recipe_comment = shell_commands((CONFIG_DIR / "recipe" / "soundstorm_libritts.yaml").read_text())
+    tokens_command = next(command for command in readme if "--tokens" in command)
+    (train_command,) = [command for command in readme if command[:2] == ["python", "train.py"]]
+    assert train_command in recipe_comment
+    for command in recipe_comment:  # the recipe's own instructions name the same folders
+        for name in ("--root", "--tokens", "--subsets"):
+            assert name not in command or option(command, name) == option(tokens_command, name)
+
+    calls = []
+    prepare = load_prepare_module()
+    monkeypatch.setattr(prepare.tokenize, "main", calls.append)
+    (root,), (tokens,) = option(tokens_command, "--root"), option(tokens_command, "--tokens")
+    manifests = [Path(root) / "LibriTTS" / f"{subset}.jsonl" for subset in option(tokens_command, "--subsets")]
+    train_folder, val_folder = prepare.tokenize_subsets(manifests, Path(tokens), [])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPEECHTRAIN_DATA_DIR", raising=False)
+    cfg = compose(*train_command[2:], output_dir=tmp_path / "run")
+    assert cfg.recipe_name == "soundstorm_libritts"
+    assert Path(cfg.paths.data_dir) == tmp_path / root  # where step 1 puts the corpus
+    assert Path(cfg.data.tokens_dir) == tmp_path / train_folder and Path(cfg.data.val_dir) == tmp_path / val_folder

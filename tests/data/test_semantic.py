@@ -27,6 +27,52 @@ def test_kmeans_recovers_separated_clusters():
         assert (kmeans.centroids[found] - centers[true]).abs().max() < 0.1
 
 
+def gaussian_blobs(seed: int, scale: float, clusters: int = 32, dim: int = 16, per_cluster: int = 100
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features from known clusters: Gaussian blobs of spreads 0.5 to 1.5 around centres N(0, scale^2), shuffled
+    (features [clusters * per_cluster, dim], labels); smaller scales overlap more."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = scale * torch.randn(clusters, dim, generator=generator)
+    spreads = 0.5 + torch.rand(clusters, generator=generator)
+    labels = torch.arange(clusters).repeat_interleave(per_cluster)
+    features = centers[labels] + spreads[labels, None] * torch.randn(len(labels), dim, generator=generator)
+    order = torch.randperm(len(labels), generator=generator)
+    return features[order], labels[order]
+
+
+def inertia(features: torch.Tensor, centroids: torch.Tensor) -> float:
+    return float(KMeans._squared_distances(features.double(), centroids.double()).min(1).values.sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_kmeans_recovers_known_clusters_as_well_as_fairseqs_minibatch_kmeans(seed):
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    from sklearn.metrics import adjusted_rand_score
+
+    for scale in (1.0, 2.0, 3.0):
+        features, labels = gaussian_blobs(seed, scale)
+        ours = KMeans(32).fit(features)
+        # examples/hubert/simple_kmeans/learn_kmeans.py's defaults
+        fairseq = sklearn_cluster.MiniBatchKMeans(
+            n_clusters=32, init="k-means++", max_iter=100, batch_size=10000, tol=0.0, max_no_improvement=100,
+            n_init=20, reassignment_ratio=0.0, init_size=None, compute_labels=False, random_state=0,
+        ).fit(features.numpy())
+        reference = inertia(features, torch.from_numpy(fairseq.cluster_centers_))
+        assert ours.inertia == pytest.approx(inertia(features, ours.centroids), rel=1e-6)
+        assert ours.inertia <= 1.02 * reference, (scale, ours.inertia / reference)
+        recovered = adjusted_rand_score(labels.numpy(), ours.predict(features).numpy())
+        assert recovered >= adjusted_rand_score(labels.numpy(), fairseq.predict(features.numpy())) - 0.01, scale
+        assert ours.fit_frames == len(features)
+
+
+@pytest.mark.gpu
+def test_kmeans_fits_on_the_gpu_deterministically():
+    features, _ = gaussian_blobs(0, 2.0)
+    first, second = (KMeans(32).fit(features.cuda()) for _ in range(2))
+    assert first.centroids.is_cuda and torch.equal(first.centroids, second.centroids)
+    assert first.inertia == pytest.approx(KMeans(32).fit(features).inertia, rel=0.02)
+
+
 def test_kmeans_is_deterministic_per_seed_and_round_trips(tmp_path):
     features = torch.randn(300, 6, generator=torch.Generator().manual_seed(2))  # no clear clusters: the seed matters
     first, second = KMeans(7, seed=0).fit(features), KMeans(7, seed=0).fit(features)

@@ -8,6 +8,7 @@ from tiny_tokenizers import one_torch_thread, tiny_codec, tiny_hubert  # noqa: F
 from speechtrain.data.semantic import KMeans
 from speechtrain.data.token_data import SoundStormCollator, TokenDataModule, TokenDataset
 from speechtrain.data.token_shards import TokenizedUtterance, tokenize_corpus
+from speechtrain.models.soundstorm.modeling import semantic_frame_indices
 from speechtrain.train import BUNDLED_DATA_DIR
 
 MINI = BUNDLED_DATA_DIR / "mini"
@@ -41,10 +42,43 @@ def test_crops_are_random_and_time_aligned():
         starts.add(start)
         assert first.tolist() == [10 * t + 1 for t in range(start, start + 30)]
         semantic = batch["semantic_ids"][0][batch["semantic_mask"][0]]
-        expected = list(range(math.floor(start * 2 / 3) + 1, min(math.floor((start + 30) * 2 / 3), 99) + 1))
+        expected = list(range(start * 2 // 3 + 1, min((start + 29) * 2 // 3 + 1, 99) + 1))
         assert semantic.tolist() == expected
         assert batch["frame_mask"][1].sum() == 20 and batch["semantic_mask"][1].sum() == 13  # short: uncut
-    assert len(starts) > 5
+    assert len(starts) > 5 and all(start % 3 == 0 for start in starts)
+
+
+@pytest.mark.parametrize("rates", [(75, 50), (75, 49.9), (150, 50)])
+def test_every_cropped_codec_frame_reads_its_uncropped_semantic_frame(rates):
+    """A property over random crops (lengths, crop sizes, starts): the semantic frame each codec frame reads in the
+    model is the one it reads in the whole utterance."""
+    acoustic_rate, semantic_rate = rates
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    for _ in range(200):
+        frames = int(torch.randint(2, 400, (), generator=generator))
+        exact = math.floor(frames * semantic_rate / acoustic_rate)  # HuBERT may give a frame or two fewer
+        semantic_frames = max(1, exact - int(torch.randint(0, 3, (), generator=generator)))
+        max_frames = int(torch.randint(1, frames + 1, (), generator=generator))
+        item = utterance("u", frames, semantic_frames)
+        uncropped = semantic_frame_indices(frames, torch.tensor([semantic_frames]), semantic_rate, acoustic_rate)[0]
+        batch = SoundStormCollator(max_frames, acoustic_rate, semantic_rate)([item])
+        start = (int(batch["codes"][0, 0, 0]) - 1) // 10
+        cropped_length = batch["semantic_mask"][0].sum()
+        reads = semantic_frame_indices(max_frames, cropped_length[None], semantic_rate, acoustic_rate)[0]
+        cropped_ids = batch["semantic_ids"][0, reads]  # semantic[s] = s + 1: the id tells the frame
+        assert torch.equal(cropped_ids - 1, uncropped[start : start + max_frames]), (frames, max_frames, start)
+
+
+def test_validation_crops_are_fixed_per_utterance():
+    collator = SoundStormCollator(max_frames=30).for_validation()
+    items = [utterance("a", 150, 99), utterance("b", 150, 99)]
+    first = collator(items)
+    torch.manual_seed(123)  # the global generator does not matter, nor the batch an item is in
+    assert torch.equal(collator(items)["codes"], first["codes"])
+    assert torch.equal(collator(items[1:])["codes"][0], first["codes"][1])
+    starts = {(int(collator([utterance(name, 150, 99)])["codes"][0, 0, 0]) - 1) // 10 for name in "abcdefgh"}
+    assert len(starts) > 3  # different utterances, different crops
 
 
 @pytest.fixture(scope="module")

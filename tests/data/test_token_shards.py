@@ -191,3 +191,16 @@ def test_cli_warns_about_random_weights_and_writes_tokens(tmp_path, monkeypatch,
     with pytest.raises(SystemExit, match="speechtrain-tokenize: error: .*nowhere"):
         cli.main(["--corpus-format", "ljspeech", "--corpus-path", str(tmp_path / "nowhere"), "--out",
                   str(tmp_path / "x"), "--hubert-layer", "1"])
+
+
+def test_default_kmeans_fit_size_is_a_tenth_of_the_corpus_and_logged(tmp_path, caplog):
+    fitted = {}
+    for limit in (10, 30):
+        with caplog.at_level("INFO", logger="speechtrain.data.token_shards"):
+            out = tokenize(tmp_path / str(limit), {**SPEC, "limit": limit}, kmeans_utterances=None)
+        (message,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fitting k-means")]
+        caplog.clear()
+        fitted[limit] = KMeans.load(out / "kmeans.safetensors").fit_frames
+        assert f"on {fitted[limit]} frames" in message and f"of {limit // 10} of the {limit} utterances" in message
+        assert "(10.0 %)" in message and "10 restarts" in message
+    assert fitted[30] > 2 * fitted[10]  # three utterances instead of one

@@ -86,8 +86,24 @@ def test_fine_logits_match_transformers_for_every_codebook(attn_implementation):
 def test_fine_rejects_coarse_codebooks():
     model = BarkFineModel(BarkSubModelConfig(model_type="fine_acoustics", hidden_size=32, num_layers=1, num_heads=2,
                                              block_size=16, input_vocab_size=20, output_vocab_size=20))
-    with pytest.raises(ValueError, match="codebook_idx"):
-        model(0, torch.zeros(1, 4, 8, dtype=torch.long))
+    for codebook_idx in (0, 8, torch.tensor(0), torch.tensor([2, 8])):  # ints, a scalar and one per row
+        with pytest.raises(ValueError, match=r"codebook_idx must be in \[1, 8\)"):
+            model(codebook_idx, torch.zeros(2, 4, 8, dtype=torch.long))
+
+
+@pytest.mark.gpu
+def test_fine_forward_with_a_codebook_per_row_never_waits_for_the_device():
+    model = BarkFineModel(BarkSubModelConfig(model_type="fine_acoustics", hidden_size=32, num_layers=1, num_heads=2,
+                                             block_size=16, input_vocab_size=20, output_vocab_size=20)).cuda()
+    input_ids, codebook_idx = torch.zeros(2, 4, 8, dtype=torch.long).cuda(), torch.tensor([2, 7]).cuda()
+    model(codebook_idx, input_ids)  # initialises cuBLAS
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = model(codebook_idx, input_ids)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert logits.shape == (2, 4, 20)
 
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])

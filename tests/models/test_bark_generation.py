@@ -123,7 +123,7 @@ def test_greedy_coarse_equals_transformers_and_windows_are_its_prompts():
         assert input_ids[: len(prompt)] == prompt.tolist()
 
 
-def test_greedy_fine_equals_transformers():
+def test_greedy_fine_equals_transformers_until_it_repredicts_an_overlap():
     frames = 1300  # two passes, the second one clamped to the end
     hf = hf_model("fine_acoustics")
     ours = ours_from(hf)
@@ -135,8 +135,51 @@ def test_greedy_fine_equals_transformers():
     with torch.no_grad():
         expected = hf.generate(coarse_ids, **configs)
     generated = generate_fine(ours, coarse_ids)
-    assert generated.shape == (1, 8, frames)
-    assert torch.equal(generated, expected) and torch.equal(generated[:, :2], codes.transpose(1, 2))
+    assert generated.shape == (1, 8, frames) and torch.equal(generated[:, :2], codes.transpose(1, 2))
+    # transformers' second window (frames 276..1300) re-predicts frames 512..1024 and keeps them; ours keeps the
+    # first window's predictions there and predicts only frames 1024..1300 in the second
+    assert torch.equal(generated[..., :512], expected[..., :512])
+    assert not torch.equal(generated[..., 512:1024], expected[..., 512:1024])
+
+
+def record_fine_calls(model):
+    """Wraps our fine model's `forward` to keep each call's `(codebook, input_ids, logits)`."""
+    calls, forward = [], model.forward
+
+    def recording_forward(codebook_idx, input_ids, *args):
+        logits = forward(codebook_idx, input_ids, *args)
+        calls.append((codebook_idx, input_ids.clone(), logits))  # generation writes into its buffer afterwards
+        return logits
+
+    model.forward = recording_forward
+    return calls
+
+
+@pytest.mark.parametrize("frames", [1500, 2000, 3000])
+def test_every_fine_frame_generation_keeps_is_scored_by_training_in_the_same_context(frames):
+    ours = ours_from(hf_model("fine_acoustics"))
+    codes = torch.randint(0, 1024, (1, frames, 2), generator=torch.Generator().manual_seed(frames))
+    calls = record_fine_calls(ours)
+    generated = generate_fine(ours, (codes + torch.tensor([10_000, 11_024])).flatten(1))[0].T  # [frames, 8]
+    windows = layouts.fine_windows(generated)
+    assert [w.start for w in windows] == {1500: [0, 476], 2000: [0, 512, 976],
+                                          3000: [0, 512, 1024, 1536, 1976]}[frames]
+    rows = [window for window in windows for _ in range(6)]  # generation's order: window by window, book by book
+    batch = layouts.fine_batch(rows, list(range(2, 8)) * len(windows))
+    assert len(calls) == len(rows)
+    with torch.no_grad():
+        logits = ours(batch["codebook_idx"], batch["input_ids"])
+    scored_times = torch.zeros(frames, 8, dtype=torch.long)  # how often training scores each frame and codebook
+    for row, (window, (codebook, fed, generation_logits)) in enumerate(zip(rows, calls)):
+        assert codebook == batch["codebook_idx"][row]
+        assert torch.equal(batch["input_ids"][row], fed[0].long())  # the same context, frame by frame
+        scored = (batch["labels"][row] != layouts.IGNORE_INDEX).nonzero()[:, 0]
+        assert (logits[row] - generation_logits[0]).abs().max() < 1e-4
+        # what generation kept of this call: greedy picks from these logits, and training's labels there
+        assert torch.equal(generation_logits[0, scored, :1024].argmax(-1), generated[window.start + scored, codebook])
+        assert torch.equal(batch["labels"][row, scored], generated[window.start + scored, codebook])
+        scored_times[window.start + scored, codebook] += 1
+    assert (scored_times[:, 2:] == 1).all() and (scored_times[:, :2] == 0).all()
 
 
 @pytest.mark.parametrize("frames", [1024, 300])
@@ -171,7 +214,7 @@ def test_fine_windows_are_what_generation_feeds(frames):
 def test_fine_windows_with_a_prompt_score_only_new_frames():
     codes = torch.randint(0, 1024, (512 + 700, 8), generator=torch.Generator().manual_seed(2))
     windows = layouts.fine_windows(codes, n_history=512)
-    assert [(w.new_from, w.new_to) for w in windows] == [(512, 1024), (1024 - 188, 1024)]
+    assert [(w.start, w.new_from, w.new_to) for w in windows] == [(0, 512, 1024), (188, 1024 - 188, 1024)]
     batch = layouts.fine_batch(windows, [3, 3])
     assert torch.equal(batch["input_ids"][0, :512], codes[:512])  # the prompt is given in full
     assert (batch["input_ids"][0, 512:, 3:] == 1024).all() and torch.equal(batch["input_ids"][0, 512:, :3],

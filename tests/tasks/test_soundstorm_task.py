@@ -1,6 +1,7 @@
 import functools
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -98,3 +99,21 @@ def test_trainer_fit_validates_at_a_fixed_seed_samples_audio_and_checkpoints(tmp
     checkpoint = load_checkpoint(next(tmp_path.rglob("*.ckpt")))
     assert b'"model_type": "soundstorm"' in checkpoint[PRETRAINED_FILES_KEY]["config.json"]
     assert not any("codec" in key for key in checkpoint["state_dict"])
+
+
+@pytest.mark.gpu
+def test_the_training_step_never_waits_for_the_device():
+    """Every decision of the step is drawn on the CPU: under CUDA's sync debug mode a forward and backward of the
+    masked loss (self-conditioned: its coin too) run without one synchronisation."""
+    task = SoundStormTask(tiny_model(self_condition=True), functools.partial(torch.optim.AdamW, lr=1e-3),
+                          self_condition_prob=1.0).cuda()
+    batch = {key: value.cuda() if isinstance(value, torch.Tensor) else value for key, value in make_batch().items()}
+    task.model_step(batch)[0].backward()  # the first call initialises cuBLAS and the kernels' caches
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, accuracy = task.model_step(batch)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss) and 0 <= float(accuracy) <= 1

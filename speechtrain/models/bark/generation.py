@@ -1,7 +1,8 @@
 """Bark's generation with our models: text -> semantic tokens -> coarse tokens (2 codebooks) -> fine tokens
 (8 codebooks) -> waveform through a codec. It follows transformers' `BarkSemanticModel/BarkCoarseModel/
 BarkFineModel.generate` (which follow suno-ai/bark), with the prompts built by `layouts.py`, so greedy decoding
-gives transformers' tokens.
+gives transformers' tokens up to one 1024-frame fine window. Past it, each fine frame is predicted once, where
+training scores it, rather than re-predicted in the next window's overlap and kept from there (see `layouts.py`).
 
 Sampling: `temperature=None` is greedy; otherwise logits outside the allowed range are removed, then `top_k`,
 then the temperature, as suno-ai/bark does. Two choices differ from transformers: the second coarse codebook may
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from speechtrain.models.bark.config import BarkGenerationConfig
-from speechtrain.models.bark.layouts import DEFAULTS, coarse_prompt, fine_loop, semantic_prompt
+from speechtrain.models.bark.layouts import DEFAULTS, coarse_prompt, fine_spans, semantic_prompt
 from speechtrain.models.bark.modeling import BarkCausalModel, BarkFineModel
 
 
@@ -144,7 +145,8 @@ def generate_fine(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """All codebooks `[B, n_fine_codebooks, frames]` (codes in [0, codebook_size)) from `generate_coarse`'s ids,
-    window by window (`layouts.fine_loop`), codebook by codebook."""
+    window by window (`layouts.fine_spans`), codebook by codebook. Each frame is predicted once, in the first window
+    that holds it, with the earlier windows' predictions as context: the positions training scores."""
     fine, books = config.fine, config.coarse.n_coarse_codebooks
     batch = coarse_ids.shape[0]
     coarse = torch.remainder(coarse_ids.view(batch, -1, books) - config.semantic.semantic_vocab_size,
@@ -153,9 +155,8 @@ def generate_fine(
     codes = F.pad(coarse, (0, fine.n_fine_codebooks - books), value=fine.codebook_size)  # [B, frames, n_fine]
     codes = F.pad(codes, (0, 0, 0, max(0, fine.max_fine_input_length - frames)), value=fine.codebook_size)
     window = fine.max_fine_input_length
-    for start, fill in fine_loop(frames, 0, config):
+    for start, first, _ in fine_spans(frames, 0, config):
         buffer = codes[:, start : start + window].clone()  # [B, window, n_fine]
-        first = fill - start
         for book in range(books, fine.n_fine_codebooks):
             logits = model(book, buffer)[:, first:, : fine.codebook_size].float()  # [B, window - first, codebook]
             if temperature is None:
@@ -164,7 +165,7 @@ def generate_fine(
                 probs = (logits / temperature).softmax(dim=-1).reshape(-1, fine.codebook_size)
                 predicted = torch.multinomial(probs, 1, generator=generator).view(batch, -1)
             buffer[:, first:, book] = predicted
-        codes[:, fill : start + window, books:] = buffer[:, first:, books:]
+        codes[:, start + first : start + window, books:] = buffer[:, first:, books:]
     return codes[:, :frames].transpose(1, 2)
 
 

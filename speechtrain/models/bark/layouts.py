@@ -11,17 +11,20 @@ defaults). Labels are `IGNORE_INDEX` (-100) wherever generation does not sample 
   before it), COARSE_INFER, up to `max_coarse_history` earlier coarse tokens, then the window's `sliding_window_len`
   new tokens; coarse tokens interleave the two codebooks, codebook `c` offset by `SEMANTIC_VOCAB_SIZE + c *
   CODEBOOK_SIZE`.
-- Fine: `max_fine_input_length`-frame windows of the 8 codebooks, placed as generation's loop places them; the
-  target codebook and those above it are CODEBOOK_SIZE (the "not predicted yet" value) on the frames the window
-  predicts first. Only those frames are scored: frames an earlier window already predicted are given, as
-  generation gives them. One difference cannot be avoided: generation writes its predictions into the padding
-  after the last frame of a short utterance, training has padding there.
+- Fine: `max_fine_input_length`-frame windows of the 8 codebooks, placed where Bark's generation loop places
+  them (`fine_spans`); each frame is predicted once, in the first window that holds it: the target codebook and
+  those above it are CODEBOOK_SIZE (the "not predicted yet" value) on those frames, and only they are scored.
+  Frames an earlier window predicted are given in full, in training as in `generation.generate_fine`, which keeps
+  each window's predictions of these frames only. (suno-ai/bark and transformers re-predict a window's overlap
+  with the previous one, seeing the target codebook there, and keep that: past 1024 frames most of their output
+  would come from positions no training scores.) One difference cannot be avoided: generation writes its
+  predictions into the padding after the last frame of a short utterance, training has padding there.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -149,31 +152,39 @@ def coarse_batch(examples: Sequence[tuple[list[int], list[int]]],
 # Fine ----------------------------------------------------------------------------------------------------------
 
 
-def fine_loop(n_frames: int, n_history: int, config: BarkGenerationConfig = DEFAULTS) -> Iterator[tuple[int, int]]:
-    """`(start, fill)` of each pass of Bark's fine generation over `n_history + n_frames` frames (padded to at least
-    one window): the window is `[start, start + max_fine_input_length)`, the codebooks are (re)predicted from
-    `fill` on."""
+def fine_spans(n_frames: int, n_history: int = 0,
+               config: BarkGenerationConfig = DEFAULTS) -> list[tuple[int, int, int]]:
+    """`(start, new_from, new_to)` of each window over `n_history + n_frames` frames (padded to at least one window):
+    the window is `[start, start + max_fine_input_length)`, placed as Bark's loop places it, and predicts its
+    frames `[new_from, new_to)` (relative to `start`, up to the last frame), which no earlier window predicted."""
     fine = config.fine
     window, hop = fine.max_fine_input_length, fine.max_fine_history_length
-    total = max(n_history + n_frames, window)
+    total = n_history + n_frames
     n_loops = max(0, math.ceil((n_frames - (window - n_history)) / hop)) + 1
+    spans, covered = [], n_history
     for loop in range(n_loops):
-        yield min(loop * hop, total - window), min(n_history + loop * hop, total - hop)
+        start = min(loop * hop, max(total, window) - window)
+        new_to = min(start + window, total) - start
+        if covered - start < new_to:
+            spans.append((start, covered - start, new_to))
+        covered = max(covered, start + new_to)
+    return spans
 
 
 @dataclass(frozen=True)
 class FineWindow:
-    """One window of codes `[max_fine_input_length, n_fine_codebooks]` (CODEBOOK_SIZE after the last frame),
-    whose frames `[new_from, new_to)` generation predicts here first."""
+    """One window of codes `[max_fine_input_length, n_fine_codebooks]` (CODEBOOK_SIZE after the last frame) that
+    starts at frame `start` of the utterance, whose frames `[new_from, new_to)` generation predicts here first."""
 
     codes: torch.Tensor
+    start: int
     new_from: int
     new_to: int
 
 
 def fine_windows(codes: torch.Tensor, n_history: int = 0, config: BarkGenerationConfig = DEFAULTS) -> list[FineWindow]:
     """The windows of an utterance's codec codes `[frames, n_fine_codebooks]`, whose first `n_history` frames
-    are a given prompt (at most `max_fine_history_length`), in generation's order."""
+    are a given prompt (at most `max_fine_history_length`), in generation's order (`fine_spans`)."""
     fine = config.fine
     if codes.dim() != 2 or codes.shape[1] != fine.n_fine_codebooks:
         raise ValueError(f"fine codes must be [frames, {fine.n_fine_codebooks}], got {tuple(codes.shape)}")
@@ -184,13 +195,8 @@ def fine_windows(codes: torch.Tensor, n_history: int = 0, config: BarkGeneration
     frames, window = codes.shape[0], fine.max_fine_input_length
     padded = torch.full((max(frames, window), fine.n_fine_codebooks), fine.codebook_size, dtype=torch.long)
     padded[:frames] = codes
-    windows, covered = [], n_history
-    for start, _ in fine_loop(frames - n_history, n_history, config):
-        new_from, new_to = covered - start, min(start + window, frames) - start
-        if new_from < new_to:
-            windows.append(FineWindow(padded[start : start + window], new_from, new_to))
-        covered = start + window
-    return windows
+    return [FineWindow(padded[start : start + window], start, new_from, new_to)
+            for start, new_from, new_to in fine_spans(frames - n_history, n_history, config)]
 
 
 def fine_example(window: FineWindow, codebook_idx: int,

@@ -187,15 +187,25 @@ class BarkFineModel(BarkTransformer):
         given, total = self.config.n_codes_given, self.config.n_codes_total
         if input_ids.dim() != 3 or input_ids.shape[2] != total:
             raise ValueError(f"input_ids must be [batch, time, {total}], got shape {tuple(input_ids.shape)}")
-        codebooks = torch.as_tensor(codebook_idx, device=input_ids.device)
-        if bool(((codebooks < given) | (codebooks >= total)).any()):
-            raise ValueError(f"codebook_idx must be in [{given}, {total}) (codebooks below {given} come from the "
-                             f"coarse model), got {codebook_idx}")
+        message = f"codebook_idx must be in [{given}, {total}) (codebooks below {given} come from the coarse model)"
+        per_row = isinstance(codebook_idx, torch.Tensor) and codebook_idx.dim() > 0
+        if not per_row:
+            codebook_idx = int(codebook_idx)  # a Python int (or a CPU scalar): checked here, never sent to the device
+            if not given <= codebook_idx < total:
+                raise ValueError(f"{message}, got {codebook_idx}")
+        elif codebook_idx.device.type == "cpu":
+            if bool(((codebook_idx < given) | (codebook_idx >= total)).any()):
+                raise ValueError(f"{message}, got {codebook_idx.tolist()}")
+        else:  # checked on the device, without waiting for it (printing the values would)
+            torch._assert_async(((codebook_idx >= given) & (codebook_idx < total)).all(), message)
+        if per_row:
+            codebook_idx = codebook_idx.to(input_ids.device, non_blocking=True)  # [B]
         embeds = torch.stack([layer(input_ids[:, :, index]) for index, layer in enumerate(self.input_embeds_layers)],
                              dim=-1)  # [B, T, d, n_codes]
-        used = torch.arange(total, device=input_ids.device) <= codebooks.reshape(-1, 1, 1, 1)  # [B or 1, 1, 1, n]
-        hidden, _ = self.run_layers((embeds * used).sum(dim=-1), attention_mask)
-        if codebooks.dim() == 0:
-            return self.lm_heads[int(codebooks) - given](hidden)
-        heads = torch.stack([head.weight for head in self.lm_heads])[codebooks - given]  # [B, V, d]
+        positions = torch.arange(total, device=input_ids.device)
+        used = positions <= (codebook_idx.reshape(-1, 1, 1, 1) if per_row else codebook_idx)
+        hidden, _ = self.run_layers((embeds * used).sum(dim=-1), attention_mask)  # used: [B, 1, 1, n] or [n]
+        if not per_row:
+            return self.lm_heads[codebook_idx - given](hidden)
+        heads = torch.stack([head.weight for head in self.lm_heads])[codebook_idx - given]  # [B, V, d]
         return torch.einsum("btd,bvd->btv", hidden, heads)

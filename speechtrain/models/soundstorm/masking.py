@@ -35,7 +35,10 @@ class MaskedBatch(NamedTuple):
 
 
 class SoundStormMasking:
-    """Draws a `MaskedBatch` from clean codes; every draw comes from `generator` (the global RNG when None)."""
+    """Draws a `MaskedBatch` from clean codes. Tensors are drawn on the codes' device from `generator` (the global
+    RNG when None); the batch's three decisions (its level and the two corruption coins) on the CPU from `choices`,
+    so that no decision waits for the device. `choices` defaults to `generator` when that is a CPU generator,
+    else to torch's global CPU generator; pass a seeded CPU generator with a seeded device one."""
 
     def __init__(self, codebook_size: int, num_quantizers: int, schedule: str = "cosine",
                  no_replace_prob: float = 0.15, random_token_prob: float = 0.1) -> None:
@@ -55,6 +58,7 @@ class SoundStormMasking:
         level: int | None = None,
         times: torch.Tensor | None = None,
         prompt_lengths: torch.Tensor | None = None,
+        choices: torch.Generator | None = None,
     ) -> MaskedBatch:
         """`codes` Long [B, T, Q] (ids < codebook_size), `frame_mask` Bool [B, T]. `level`, `times` [B] and
         `prompt_lengths` [B] are drawn unless given (tests and analyses fix them)."""
@@ -68,9 +72,15 @@ class SoundStormMasking:
         def rand(*shape: int) -> torch.Tensor:
             return torch.rand(shape, generator=generator, device=device)
 
+        if choices is None and generator is not None and generator.device.type == "cpu":
+            choices = generator
+
+        def coin() -> float:
+            return float(torch.rand((), generator=choices))
+
         lengths = frame_mask.sum(dim=1)
         if level is None:
-            level = int(rand() * levels)
+            level = int(coin() * levels)
         if prompt_lengths is None:
             prompt_lengths = (rand(batch) * (lengths - 1).clamp(min=0)).long()  # U{0, ..., L - 2}
         if times is None:
@@ -82,11 +92,11 @@ class SoundStormMasking:
 
         replace = picked.clone()  # positions that get the mask id
         kept_fraction = 1.0
-        if self.no_replace_prob > 0 and rand() < 0.5:
+        if self.no_replace_prob > 0 and coin() < 0.5:
             kept_fraction -= self.no_replace_prob
             replace &= ~random_subset(picked, _floor_count(picked, self.no_replace_prob), generator)
         level_codes = codes[..., level]
-        if self.random_token_prob > 0 and rand() < 0.5:
+        if self.random_token_prob > 0 and coin() < 0.5:
             count = torch.minimum(_floor_count(replace, self.random_token_prob * kept_fraction),
                                   (replace.sum(dim=1) - 1).clamp(min=0))
             randomised = random_subset(replace, count, generator)
