@@ -132,6 +132,7 @@ def history_image(values: Sequence[tuple[int, float]], metric: str, direction: s
     running = np.minimum.accumulate(metrics) if direction == "minimize" else np.maximum.accumulate(metrics)
     axes.scatter(trials, metrics, label=metric, zorder=2)
     axes.step(trials, running, where="post", color="red", label="best so far")
+    axes.xaxis.get_major_locator().set_params(integer=True)  # trial numbers
     axes.set(xlabel="trial", ylabel=metric, title="optimisation history")
     axes.legend(loc="best", fontsize="small")
     axes.grid(alpha=0.3)
