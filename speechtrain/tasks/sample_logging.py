@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 
 from speechtrain.data.spectrogram import mel_spectrogram
@@ -98,8 +99,11 @@ def mel_images(
     f_max: float | None = None,
 ) -> list[tuple[str, np.ndarray]]:
     """`(f"{name}_mel", image [n_mels, samples // hop_length, 3])` of each named waveform (1-D): its log-mel
-    spectrogram, lowest bin at the bottom, on one colour scale for all the clips so that they compare."""
-    mels = [mel_spectrogram(waveform.detach().float().cpu().reshape(1, -1), n_fft, n_mels, sample_rate, hop_length,
-                            win_length, f_min, f_max)[0] for _, waveform in clips]  # [n_mels, frames] each
+    spectrogram, lowest bin at the bottom, on one colour scale for all the clips so that they compare. A clip
+    shorter than `n_fft` samples is drawn zero-padded to `n_fft`."""
+    padded = [F.pad(waveform.detach().float().cpu().reshape(1, -1), (0, max(n_fft - waveform.numel(), 0)))
+              for _, waveform in clips]  # [1, samples] each
+    mels = [mel_spectrogram(waveform, n_fft, n_mels, sample_rate, hop_length, win_length, f_min, f_max)[0]
+            for waveform in padded]  # [n_mels, frames] each
     low, high = min(float(m.min()) for m in mels), max(float(m.max()) for m in mels)
     return [(f"{name}_mel", matrix_image(mel, low, high)) for (name, _), mel in zip(clips, mels, strict=True)]
