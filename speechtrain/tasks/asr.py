@@ -138,8 +138,9 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
         self._val_counts += error_counts(batch["texts"], hypotheses, self.normalizer)
         room = self.num_logged_predictions - len(self._val_samples)
         self._val_samples += list(zip(batch["ids"], batch["texts"], hypotheses, strict=True))[: max(room, 0)]
-        if (self.log_cross_attention and self._cross_attention is None and self.trainer.is_global_zero
-                and not self.trainer.sanity_checking and plotting_available("the ASR cross-attention image")):
+        # every rank draws (a forward pass on rank zero alone would hang FSDP's all-gathers); rank zero logs
+        if (self.log_cross_attention and self._cross_attention is None and not self.trainer.sanity_checking
+                and plotting_available("the ASR cross-attention image")):
             self._cross_attention = self._cross_attention_image(batch)
 
     @torch.no_grad()
@@ -163,7 +164,7 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
         if self._val_samples and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             log_text_table(self.loggers, f"{stage}/predictions", ["id", "reference", "hypothesis"],
                            self._val_samples, self.global_step)
-        if self._cross_attention is not None:
+        if self._cross_attention is not None and self.trainer.is_global_zero:
             out_dir = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:07d}"
             log_images(self.loggers, f"{stage}/images", [self._cross_attention], self.global_step, out_dir)
 
