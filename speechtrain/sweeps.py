@@ -17,7 +17,9 @@ into the sweep folder after every job and when a multirun ends: one row per job 
 jobs and the job's `optimized_metric` from its `metrics.json`; the CSV has every other final metric too. A job that
 raised is marked `failed` with its error message (from the job folder's `job_status.json`), and the sweep goes on:
 Hydra's basic sweeper re-raises the first failure only after the whole batch of jobs ran, so the multirun's exit
-status is then non-zero but every other job has run and the summary is written.
+status is then non-zero but every other job has run and the summary is written. With matplotlib (the `plots` extra)
+`summary.md` also links `summary.png`, the optimized metric against each swept key's values, and for an Optuna
+search `history.png`, the optimisation history, which `OptunaSweeper` redraws after each batch of trials.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from speechtrain.errors import ConfigError
+from speechtrain.plots import history_image, plotting_available, sweep_image, write_png
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
 JOB_STATUS_FILE = "job_status.json"  # in each multirun job's folder, written by SweepSummary when the job ends
+SWEEP_PLOT, HISTORY_PLOT = "summary.png", "history.png"  # in the sweep folder, beside summary.md
 
 
 # --- the summary table ----------------------------------------------------------------------------
@@ -134,7 +138,8 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize", verb
                         for row in rows]]
     markdown = "\n".join("| " + " | ".join(cells) + " |" for cells in table[:1] + [["---"] * len(columns)] + table[1:])
     title = f"Sweep {sweep_dir}: {len(rows)} jobs, {direction} {', '.join(metric_names) or '(no optimized_metric)'}"
-    (sweep_dir / "summary.md").write_text(f"# {title}\n\n{markdown}\n")
+    links = "".join(f"\n{link}\n" for link in _plot_sweep(sweep_dir, rows, swept, metric_names, best))
+    (sweep_dir / "summary.md").write_text(f"# {title}\n\n{markdown}\n{links}")
     with open(sweep_dir / "summary.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(columns + other_metrics)
@@ -143,6 +148,23 @@ def write_sweep_summary(sweep_dir: str | Path, direction: str = "minimize", verb
     if verbose:
         print(f"{title}\n{markdown}\n(written to {sweep_dir / 'summary.md'} and summary.csv)")
     return rows
+
+
+def _plot_sweep(sweep_dir: Path, rows: list[dict[str, Any]], swept: list[str], metric_names: list[str],
+                best: dict[str, Any] | None) -> list[str]:
+    """Markdown links to the sweep's pictures: `summary.png` (drawn here, once two jobs have a finite metric) and an
+    Optuna search's `history.png` (drawn by `OptunaSweeper`)."""
+    links = []
+    metric = metric_names[0] if len(metric_names) == 1 else None
+    scored = [row for row in rows if metric is not None and _finite(row[metric])]
+    if len(scored) > 1 and swept and plotting_available("the sweep's plot of the metric against the swept values"):
+        points = {key: [(str(row[key]), row[metric]) for row in scored] for key in swept}
+        best_point = None if best is None else ({key: str(best[key]) for key in swept}, best[metric])
+        write_png(sweep_dir / SWEEP_PLOT, sweep_image(points, metric, best_point))
+        links.append(f"![{metric} against the swept values]({SWEEP_PLOT})")
+    if (sweep_dir / HISTORY_PLOT).is_file():
+        links.append(f"![optimisation history]({HISTORY_PLOT})")
+    return links
 
 
 def _finite(value: Any) -> bool:
@@ -290,6 +312,7 @@ class OptunaSweeper(Sweeper):
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
             returns += results
+            _plot_history(study, self.config.get("optimized_metric") or "value", self.direction, sweep_dir)
 
         finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not finished:
@@ -315,6 +338,15 @@ class OptunaSweeper(Sweeper):
             return
         log.warning("Optuna trial %d (%s) %s; told FAIL", trial.number, " ".join(result.overrides or []), reason)
         study.tell(trial, state=TrialState.FAIL)
+
+
+def _plot_history(study: Any, metric: str, direction: str, sweep_dir: Path) -> None:
+    """`history.png`: the value of each of the study's completed trials by number, and the best so far."""
+    from optuna.trial import TrialState
+
+    values = [(t.number, t.value) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if values and plotting_available("the Optuna search's optimisation history"):
+        write_png(sweep_dir / HISTORY_PLOT, history_image(values, metric, direction))
 
 
 INTERRUPTED_TRIALS = "interrupted_trials"  # the study's user attribute: numbers of trials a killed sweep left running

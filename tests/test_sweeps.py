@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from PIL import Image
 
 from speechtrain.sweeps import OptunaSweeper, search_space, write_sweep_summary
 
@@ -52,6 +54,10 @@ def job_metrics(sweep_dir: Path) -> dict[str, dict[str, float]]:
     return {path.parent.name: json.loads(path.read_text()) for path in sweep_dir.glob("*/metrics.json")}
 
 
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
@@ -76,6 +82,9 @@ def test_grid_sweep_runs_each_job_in_its_folder_and_writes_the_summary(tmp_path)
     markdown = (sweep_dir / "summary.md").read_text()
     assert markdown.count("\n| ") == 1 + 1 + 4 and "| task.optimizer.lr | task.warmup_steps | val/cer |" in markdown
     assert "| 2 | 0.003 | 0 |" in result.stdout  # printed as well
+    assert "![val/cer against the swept values](summary.png)" in markdown and "history.png" not in markdown
+    plot = png(sweep_dir / "summary.png")
+    assert plot.shape == (320, 800, 3) and len(np.unique(plot.reshape(-1, 3), axis=0)) > 16  # two panels, drawn
 
 
 def test_a_failed_job_is_marked_in_the_summary_and_the_sweep_runs_the_others(tmp_path):
@@ -110,6 +119,10 @@ def test_optuna_search_is_a_multirun_with_a_summary_and_the_best_trial(tmp_path)
     rows = read_csv(sweep_dir / "summary.csv")
     assert len(rows) == 3 and {"task.optimizer.lr", "task.label_smoothing", "val/cer"} <= rows[0].keys()
     assert [r["job"] for r in rows if r["best"] == "*"] == [best_job]
+    markdown = (sweep_dir / "summary.md").read_text()
+    assert "(summary.png)" in markdown and "![optimisation history](history.png)" in markdown
+    assert png(sweep_dir / "history.png").shape == (320, 640, 3)
+    assert png(sweep_dir / "summary.png").shape == (320, 400 * 3, 3)  # lr, warm-up and label smoothing vary
 
 
 def test_a_killed_optuna_study_in_sqlite_resumes_with_the_trials_still_missing(tmp_path):
@@ -194,3 +207,24 @@ def test_summary_marks_the_best_by_direction_and_names_jobs_without_metrics(tmp_
         write_sweep_summary(tmp_path, direction="up")
     with pytest.raises(FileNotFoundError, match="no job folders"):
         write_sweep_summary(tmp_path / "0" / ".hydra")
+
+
+def test_the_summary_links_its_plot_and_without_matplotlib_says_once_that_it_has_none(tmp_path, monkeypatch, caplog):
+    from speechtrain import plots
+
+    for number, (lr, acc) in enumerate([("0.1", 0.5), ("0.2", 0.9)]):
+        write_job(tmp_path, number, [f"lr={lr}"], {"val/acc": acc})
+    write_sweep_summary(tmp_path, direction="maximize", verbose=False)
+    assert "![val/acc against the swept values](summary.png)" in (tmp_path / "summary.md").read_text()
+    assert png(tmp_path / "summary.png").shape == (320, 400, 3)
+
+    (tmp_path / "summary.png").unlink()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    monkeypatch.setattr(plots, "_skipped", set())
+    with caplog.at_level("WARNING", logger="speechtrain.plots"):
+        for _ in range(2):
+            write_sweep_summary(tmp_path, direction="maximize", verbose=False)
+    assert "summary.png" not in (tmp_path / "summary.md").read_text() and not (tmp_path / "summary.png").exists()
+    assert [r.getMessage() for r in caplog.records if r.name == "speechtrain.plots"] == [
+        "matplotlib is not installed: skipping the sweep's plot of the metric against the swept values "
+        "(pip install 'speechtrain[plots]')"]

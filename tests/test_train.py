@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from speechtrain.safe_load import load_checkpoint
 from speechtrain.train import BUNDLED_DATA_DIR, train
@@ -98,8 +99,12 @@ def test_tiny_whisper_overfits_the_mini_corpus(compose, tmp_path):
     stop_once_there = ["+callbacks.reached._target_=lightning.pytorch.callbacks.EarlyStopping",
                        "+callbacks.reached.monitor=val/cer", "+callbacks.reached.stopping_threshold=0.05",
                        "+callbacks.reached.patience=1000", "+callbacks.reached.check_on_train_epoch_end=false"]
-    metrics = train(compose("recipe=whisper_mini", "logger=csv", *stop_once_there, output_dir=tmp_path))
+    metrics = train(compose("recipe=whisper_mini", "logger=csv", "task.log_cross_attention=true", *stop_once_there,
+                            output_dir=tmp_path))
     assert metrics["val/cer"] < 0.05, metrics
+    *_, last = sorted((tmp_path / "samples").iterdir())  # a CSV run has its pictures as PNG files
+    (picture,) = last.glob("*_cross_attention.png")
+    assert len(set(Image.open(picture).convert("RGB").getdata())) > 1
     corpus = BUNDLED_DATA_DIR / "mini"
     with pytest.raises(SystemExit):
         evaluate([str(tmp_path / "exported"), "--data-format", "ljspeech", "--data-path", str(corpus),

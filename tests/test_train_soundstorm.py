@@ -1,11 +1,15 @@
 """End to end: the soundstorm_mini recipe on the shipped tokenized mini corpus, through train(cfg)."""
 
 import csv
+import io
 
 import lightning as L
+import numpy as np
 import pytest
 import soundfile
 import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from speechtrain.hub import load_bundle
 from speechtrain.train import build, train
@@ -15,7 +19,7 @@ from speechtrain.train import build, train
 def run(compose, tmp_path_factory):
     out = tmp_path_factory.mktemp("soundstorm_mini")
     cfg = compose("recipe=soundstorm_mini", "trainer.max_epochs=12", "trainer.check_val_every_n_epoch=12",
-                  "task.sample_every_n_epochs=1", "logger=csv", output_dir=out)
+                  "task.sample_every_n_epochs=1", "logger=[csv,tensorboard]", output_dir=out)
     return out, cfg, train(cfg)
 
 
@@ -37,6 +41,17 @@ def test_audio_samples_checkpoint_and_export(run):
     assert generated, "no generated sample written"
     info = soundfile.info(generated[0])
     assert info.samplerate == 24000 and info.frames > 24000 // 75
+    (events_dir,) = {path.parent for path in (out / "tensorboard").rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(events_dir), size_guidance={IMAGES: 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == sorted(f"val/images/{path.stem}_mel" for path in step_dir.glob("*.wav"))
+    for kind in ("generated", "reference"):  # the mels of the two clips, as TensorBoard images and PNG files
+        (wav,) = step_dir.glob(f"*_{kind}.wav")
+        (event,) = events.Images(f"val/images/{wav.stem}_mel")
+        image = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+        assert image.shape == (80, soundfile.info(wav).frames // 256, 3)  # sample_logging.mel_images' defaults
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 1
+        assert np.array_equal(np.asarray(Image.open(step_dir / f"{wav.stem}_mel.png").convert("RGB")), image)
     assert (out / "checkpoints" / "last.ckpt").is_file()
     model, tokenizer, feature_extractor = load_bundle(out / "exported")
     assert tokenizer is None and feature_extractor is None

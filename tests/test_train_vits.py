@@ -27,8 +27,12 @@ def run_dir(compose, tmp_path_factory):
 
 
 def test_recipe_writes_samples_and_a_full_gan_checkpoint(run_dir):
-    samples = sorted((run_dir / "samples").glob("*/*.wav"))
+    samples = sorted((run_dir / "samples").glob("*/sentence_*.wav"))
     assert [s.name for s in samples] == ["sentence_0.wav", "sentence_1.wav"]
+    drawn = sorted(p.name.removesuffix("_alignment.png") for p in (run_dir / "samples").glob("*/*_alignment.png"))
+    others = {p.name for p in (run_dir / "samples").glob("*/*")} - {s.name for s in samples}
+    assert len(drawn) == 2 and others == {f"{u}_{kind}" for u in drawn for kind in (
+        "reference.wav", "generated.wav", "alignment.png", "reference_mel.png", "generated_mel.png", "durations.png")}
     audio, rate = soundfile.read(samples[0])
     assert rate == 22050 and len(audio) > 0 and abs(audio).max() > 0
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -92,17 +92,22 @@ def attend(
     return _eager_attention(q, k, v, mask, dropout_p, scale)
 
 
-def _eager_attention(q, k, v, mask, dropout_p, scale) -> torch.Tensor:
-    """Explicit matmul + softmax; the softmax runs in float32 so fp16/bf16 inputs do not overflow."""
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None,
+                      scale: float | None = None) -> torch.Tensor:
+    """The softmax weights `[B, H, Tq, Tk]` (float32, so that fp16/bf16 inputs do not overflow) of `q` over `k`,
+    with `attend`'s shapes and boolean `mask`; a row with no visible key is zeros, as SDPA's."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q @ k.transpose(-2, -1)).float() * scale  # [B, H, Tq, Tk]
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
-    if mask is not None:
-        weights = weights.masked_fill(~mask, 0.0)  # rows with no visible key -> zeros, as SDPA
-    weights = F.dropout(weights.to(q.dtype), p=dropout_p) if dropout_p > 0 else weights.to(q.dtype)
-    return weights @ v
+    return weights if mask is None else weights.masked_fill(~mask, 0.0)
+
+
+def _eager_attention(q, k, v, mask, dropout_p, scale) -> torch.Tensor:
+    """Explicit matmul + softmax."""
+    weights = attention_weights(q, k, mask, scale).to(q.dtype)
+    return (F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights) @ v
 
 
 def _flash_unavailable_reason(q: torch.Tensor, mask: torch.Tensor | None) -> str | None:

@@ -15,13 +15,13 @@ are computed from the encoder states once. Beam search reorders it with `index_s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechtrain.layers.attention import attend, check_implementation, padding_to_attention_mask
+from speechtrain.layers.attention import attend, attention_weights, check_implementation, padding_to_attention_mask
 from speechtrain.layers.config_fields import (
     check_choice,
     check_divisible,
@@ -114,6 +114,21 @@ class Attention(nn.Module):
         batch, time, _ = x.shape
         return x.view(batch, time, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
 
+    def _query(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        q = self.q_proj(hidden_states)
+        return self._heads(q * self.scaling if self.scale_query_first else q)  # [B, H, T, Dh]
+
+    @property
+    def _kernel_scale(self) -> float | None:
+        return 1.0 if self.scale_query_first else None  # None: the kernel's head_dim ** -0.5
+
+    def cross_attention_weights(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor,
+                                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The weights `[B, H, T, S]` (float32, without dropout) with which `forward(hidden_states,
+        key_value_states, mask)` mixes the values, whatever the attention implementation: for pictures."""
+        keys = self._heads(self.k_proj(key_value_states))
+        return attention_weights(self._query(hidden_states), keys, mask, self._kernel_scale)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -126,8 +141,7 @@ class Attention(nn.Module):
         `mask` is a boolean key mask broadcastable to `[B, H, T, keys]`. `past` holds earlier K/V: self-attention
         appends the new ones, cross-attention reuses them as they are. Returns `[B, T, d]` and the K/V to cache.
         """
-        q = self.q_proj(hidden_states)
-        q = self._heads(q * self.scaling if self.scale_query_first else q)
+        q = self._query(hidden_states)
         if key_value_states is not None and past is not None:
             k, v = past
         else:
@@ -136,7 +150,7 @@ class Attention(nn.Module):
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         out = attend(
-            q, k, v, mask=mask, is_causal=self.is_causal, scale=1.0 if self.scale_query_first else None,
+            q, k, v, mask=mask, is_causal=self.is_causal, scale=self._kernel_scale,
             dropout_p=self.dropout if self.training else 0.0, implementation=self.attn_implementation,
         )
         batch, _, time, _ = out.shape
@@ -429,6 +443,26 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
         hidden, cache = self.model.decoder(decoder_input_ids, encoder_hidden_states, encoder_mask,
                                            decoder_attention_mask, cache)
         return self.output_head(hidden), cache
+
+    def cross_attention_weights(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        decoder_input_ids: torch.Tensor,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced cross-attention weights of the last decoder layer `[B, heads, T, S encoder positions]`,
+        as transformers' `output_attentions=True` gives them (`cross_attentions[-1]`): the picture of whether the
+        decoder reads the audio in order. One extra forward pass, whose inputs to that layer a hook keeps."""
+        attention = self.model.decoder.layers[-1].encoder_attn
+        inputs: dict[str, Any] = {}
+        keep = lambda module, args, kwargs: inputs.update(hidden_states=args[0], **kwargs)
+        handle = attention.register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            self(input_features, attention_mask, decoder_input_ids, decoder_attention_mask)
+        finally:
+            handle.remove()
+        return attention.cross_attention_weights(inputs["hidden_states"], inputs["key_value_states"], inputs["mask"])
 
     def forward(
         self,

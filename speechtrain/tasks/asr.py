@@ -3,26 +3,34 @@
 The task receives a built network, tokenizer and feature extractor and owns what training adds around
 them: SpecAugment, label-smoothed cross-entropy, AdamW with warm-up and decay, greedy or beam decoding
 for validation WER/CER, a few predictions logged beside their references, and skipping of batches
-that the data layer emptied or that produce a non-finite loss.
+that the data layer emptied or that produce a non-finite loss. With `log_cross_attention`, each validation also
+draws the last decoder layer's cross-attention over its first utterance (reference tokens x encoder positions of
+its audio, averaged over heads, the first token at the bottom): a fine-tuned Whisper that still reads the audio
+in order draws a diagonal.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from speechtrain.decoding import decode_to_text
+from speechtrain.errors import ConfigError
 from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.layers.specaugment import SpecAugment
+from speechtrain.plots import matrix_image, plotting_available
 from speechtrain.scoring import ErrorCounts, error_counts, get_normalizer
 from speechtrain.tasks.checkpointing import ExportableTask
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
-from speechtrain.tasks.sample_logging import log_text_table
+from speechtrain.tasks.sample_logging import log_images, log_text_table
 
 
 class Seq2SeqASRTask(ExportableTask, GuardedTask):
@@ -46,9 +54,15 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
         max_consecutive_nonfinite: int = 10,
         normalizer: str = "basic",
         lora: Mapping[str, Any] | None = None,
+        log_cross_attention: bool = False,
     ) -> None:
         super().__init__(max_consecutive_nonfinite)
         get_normalizer(normalizer)  # an unknown name fails here, not at the first validation
+        if log_cross_attention and not hasattr(model, "cross_attention_weights"):
+            raise ConfigError(f"task.log_cross_attention=true: {type(model).__name__} has no "
+                              "cross_attention_weights(input_features, attention_mask, decoder_input_ids)")
+        self.log_cross_attention = log_cross_attention
+        self._cross_attention: tuple[str, np.ndarray] | None = None  # this validation's picture, once drawn
         self.model = model
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
@@ -112,6 +126,7 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
     def _start_scoring(self) -> None:
         self._val_counts = ErrorCounts()
         self._val_samples = []
+        self._cross_attention = None
 
     def _score_batch(self, batch: dict[str, Any] | None, stage: str) -> None:
         if batch is None:
@@ -123,6 +138,20 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
         self._val_counts += error_counts(batch["texts"], hypotheses, self.normalizer)
         room = self.num_logged_predictions - len(self._val_samples)
         self._val_samples += list(zip(batch["ids"], batch["texts"], hypotheses, strict=True))[: max(room, 0)]
+        # every rank draws (a forward pass on rank zero alone would hang FSDP's all-gathers); rank zero logs
+        if (self.log_cross_attention and self._cross_attention is None and not self.trainer.sanity_checking
+                and plotting_available("the ASR cross-attention image")):
+            self._cross_attention = self._cross_attention_image(batch)
+
+    @torch.no_grad()
+    def _cross_attention_image(self, batch: dict[str, Any]) -> tuple[str, np.ndarray]:
+        """The batch's first utterance: the last decoder layer's cross-attention, averaged over heads, over its
+        reference tokens `[tokens]` and the encoder positions of its audio (not of the padding after it)."""
+        tokens, frame_mask = int(batch["decoder_attention_mask"][0].sum()), batch["attention_mask"][:1]
+        weights = self.model.cross_attention_weights(batch["input_features"][:1], frame_mask,
+                                                     batch["decoder_input_ids"][:1, :tokens])  # [1, H, tokens, S]
+        positions = math.ceil(weights.shape[-1] * int(frame_mask.sum()) / frame_mask.shape[-1])
+        return f"{batch['ids'][0]}_cross_attention", matrix_image(weights[0, :, :, :positions].mean(dim=0))
 
     def _log_scores(self, stage: str) -> None:
         """Corpus WER and CER from the edit counts of every rank (rates of shards would not average)."""
@@ -135,6 +164,9 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
         if self._val_samples and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             log_text_table(self.loggers, f"{stage}/predictions", ["id", "reference", "hypothesis"],
                            self._val_samples, self.global_step)
+        if self._cross_attention is not None and self.trainer.is_global_zero:
+            out_dir = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:07d}"
+            log_images(self.loggers, f"{stage}/images", [self._cross_attention], self.global_step, out_dir)
 
     # --- optimisation and checkpoints -----------------------------------------------------------
 

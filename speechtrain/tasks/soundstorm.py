@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.models.soundstorm import SoundStorm, SoundStormMasking, generate
+from speechtrain.plots import plotting_available
 from speechtrain.tasks.checkpointing import ExportableTask
 from speechtrain.tasks.guards import GuardedTask
 from speechtrain.tasks.optim import OptimizerFactory, warmup_optimizer
-from speechtrain.tasks.sample_logging import log_audio
+from speechtrain.tasks.sample_logging import log_audio, log_images, mel_images
 
 
 class SoundStormTask(ExportableTask, GuardedTask):
@@ -125,6 +126,8 @@ class SoundStormTask(ExportableTask, GuardedTask):
                                                                        self.decode(item["codes"]))]
         out_dir = Path(self.trainer.default_root_dir) / "samples" / f"step_{self.global_step:07d}"
         log_audio(self.loggers, "val/samples", clips, self.codec.sample_rate, self.global_step, out_dir)
+        if plotting_available("SoundStorm's mel images"):  # of the clips above, on one colour scale
+            log_images(self.loggers, "val/images", mel_images(clips, self.codec.sample_rate), self.global_step, out_dir)
 
     @torch.no_grad()
     def sample(self, codes: torch.Tensor, semantic_ids: torch.Tensor | None, seed: int | None = None

@@ -8,6 +8,11 @@ exponentially once per epoch. Spectrograms and losses are computed in fp32 under
 Each network's gradient norm is logged (`train/grad_norm_g`, `train/grad_norm_d`, as the original's
 `grad_norm_g`/`grad_norm_d`) and, with `gradient_clip_val`, clipped, in `on_before_optimizer_step`: under
 16-mixed that hook runs after the precision plugin unscales the gradients, so both are in true units.
+
+At each validation (rank zero) the first `num_logged_utterances` validation items are drawn, as
+the original logs `all/attn`, `slice/mel_org` and `slice/mel_gen`: the alignment search's alignment (tokens x
+frames), the real and the generated log-mel, and the aligned against the predicted durations; the generated
+speech uses those predicted durations, and both recordings are logged as audio too.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from torch import nn
 from speechtrain.data.spectrogram import mel_spectrogram, spectrogram_to_mel
 from speechtrain.models.vits import VitsModel, slice_segments
 from speechtrain.models.vits.modeling import lengths_to_mask
+from speechtrain.plots import durations_image, matrix_image, plotting_available
 from speechtrain.safe_load import load_untrusted
 from speechtrain.tasks.checkpointing import ExportableTask
 from speechtrain.tasks.gan_losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from speechtrain.tasks.guards import NonFiniteGuard, batch_missing_on_any_rank
 from speechtrain.tasks.optim import OptimizerFactory
-from speechtrain.tasks.sample_logging import log_audio
+from speechtrain.tasks.sample_logging import log_audio, log_images, mel_images
 
 GRADIENT_NORM_KEYS = {"generator": "train/grad_norm_g", "discriminator": "train/grad_norm_d"}  # the original's names
 
@@ -60,6 +66,7 @@ class VitsTask(ExportableTask, L.LightningModule):
         feature_weight: float = 1.0,
         gradient_clip_val: float | None = None,
         validation_sentences: Sequence[str] = (),
+        num_logged_utterances: int = 2,
         max_consecutive_nonfinite: int = 10,
         lora: Mapping[str, Any] | None = None,
     ) -> None:
@@ -78,6 +85,8 @@ class VitsTask(ExportableTask, L.LightningModule):
         self.weights = dict(mel=mel_weight, kl=kl_weight, duration=duration_weight, feature=feature_weight)
         self.gradient_clip_val = gradient_clip_val
         self.validation_sentences = list(validation_sentences)
+        self.num_logged_utterances = num_logged_utterances
+        self._drawn_utterances: list[dict[str, Any]] = []  # kept by validation_step, drawn at the epoch's end
         # One guard per network: a finite discriminator loss must not reset the generator's run of bad steps.
         self.nonfinite = {"generator": NonFiniteGuard(max_consecutive_nonfinite),
                           "discriminator": NonFiniteGuard(max_consecutive_nonfinite)}
@@ -181,19 +190,62 @@ class VitsTask(ExportableTask, L.LightningModule):
     def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
         if batch is None:
             return
-        _, _, (mel_loss, kl, duration_loss) = self.generator_pass(batch)
+        out, _, (mel_loss, kl, duration_loss) = self.generator_pass(batch)
         self.log_dict({"val/mel_l1": mel_loss, "val/kl": kl, "val/duration": duration_loss},
                       batch_size=len(batch["ids"]), sync_dist=True, prog_bar=False)
         self.log("val/loss", self.weights["mel"] * mel_loss + kl + duration_loss, batch_size=len(batch["ids"]),
                  sync_dist=True, prog_bar=True)
+        missing = self.num_logged_utterances - len(self._drawn_utterances)
+        self._drawn_utterances += [self._utterance(batch, out, row) for row in range(min(missing, len(batch["ids"])))]
+
+    @staticmethod
+    def _utterance(batch: dict[str, Any], out: dict[str, torch.Tensor], row: int) -> dict[str, Any]:
+        """One validation item unpadded: its tokens `[text]`, speaker, waveform `[samples]` and the alignment
+        search's alignment `[text, frames]`."""
+        tokens, frames = int(batch["attention_mask"][row].sum()), int(batch["spectrogram_lengths"][row])
+        speakers = batch.get("speaker_ids")
+        return {"id": batch["ids"][row], "input_ids": batch["input_ids"][row, :tokens],
+                "speaker_id": None if speakers is None else speakers[row : row + 1],
+                "waveform": batch["waveform"][row, 0, : int(batch["waveform_lengths"][row])],
+                "alignment": out["alignment"][row, :tokens, :frames]}
+
+    def on_validation_epoch_start(self) -> None:
+        self._drawn_utterances = []
 
     def on_validation_epoch_end(self) -> None:
-        if not self.validation_sentences or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
         clips = [(f"sentence_{i}", waveform) for i, waveform in enumerate(self.synthesize(self.validation_sentences))]
+        images = []
+        drawing = bool(self._drawn_utterances) and plotting_available("VITS's alignment, mel and duration images")
+        for utterance in self._drawn_utterances:
+            pair, durations = self._regenerate(utterance)
+            clips += pair
+            if drawing:
+                aligned = utterance["alignment"].sum(dim=1)  # [text]: frames per token, the duration target
+                images += [(f"{utterance['id']}_alignment", matrix_image(utterance["alignment"], 0.0, 1.0)),
+                           *mel_images(pair, **self.mel_settings, hop_length=self.model.hop_length,
+                                       win_length=self.win_length),
+                           (f"{utterance['id']}_durations", durations_image(aligned.tolist(), durations.tolist(),
+                                                                            title=utterance["id"]))]
         step = self.global_step // 2  # two optimiser steps per batch; the loggers count batches
         out_dir = Path(self.trainer.default_root_dir) / "samples" / f"step_{step:07d}"
-        log_audio(self.loggers, "val/samples", clips, self.model.config.sampling_rate, step, out_dir)
+        if clips:
+            log_audio(self.loggers, "val/samples", clips, self.model.config.sampling_rate, step, out_dir)
+        if images:
+            log_images(self.loggers, "val/images", images, step, out_dir)
+
+    @torch.no_grad()
+    def _regenerate(self, utterance: dict[str, Any]) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor]:
+        """The utterance's (reference, generated) waveforms, named, and the predicted durations `[text]` that
+        the generated one was synthesised with."""
+        input_ids = utterance["input_ids"][None]  # [1, text]
+        hidden, _, _, text_mask = self.model.encode_text(input_ids)
+        speaker = self.model.speaker_embedding(utterance["speaker_id"], 1)
+        durations = self.model.predict_durations(hidden, text_mask, speaker)  # [1, 1, text]
+        waveform, lengths = self.model(input_ids, speaker_id=utterance["speaker_id"], durations=durations)
+        name, generated = utterance["id"], waveform[0, : int(lengths[0])]
+        return [(f"{name}_reference", utterance["waveform"]), (f"{name}_generated", generated)], durations[0, 0]
 
     @torch.no_grad()
     def synthesize(self, texts: Sequence[str], speaker_id: int | None = None, **scales: float) -> list[torch.Tensor]:

@@ -87,6 +87,23 @@ def test_kv_cache_decode_equals_full_forward(case, attn_implementation):
     assert diff < 1e-4
 
 
+@torch.no_grad()
+def test_last_layer_cross_attention_weights_match_transformers(case):
+    tests = case["tests"]
+    hf = tests.hf_model()
+    hf.set_attn_implementation("eager")  # transformers returns attention weights from its eager path only
+    ours = tests.ours_from(hf, "sdpa")  # ours are the same whatever the attention implementation
+    features, frame_mask, ids, ids_mask = case["inputs"]()
+    mask_kwargs = {} if frame_mask is None else {"attention_mask": frame_mask.long()}
+    expected = hf(input_features=features, decoder_input_ids=ids, decoder_attention_mask=ids_mask,
+                  output_attentions=True, **mask_kwargs).cross_attentions[-1]
+    weights = ours.cross_attention_weights(features, frame_mask, ids, ids_mask)
+    assert weights.shape == expected.shape == (*ids.shape[:1], hf.config.decoder_attention_heads, ids.shape[1],
+                                               case["cache_shapes"][1][2])
+    torch.testing.assert_close(weights, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(weights.sum(-1), torch.ones(())), "each query's weights sum to one"
+
+
 def test_flash_attention_falls_back_on_cpu(case):
     hf = case["tests"].hf_model()
     inputs = case["inputs"]()

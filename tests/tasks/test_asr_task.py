@@ -159,3 +159,31 @@ def test_warmup_then_linear_decay_to_zero_at_the_last_step(pieces):
     assert all(a == b for a, b in lrs)  # both parameter groups follow the schedule
     optimizer = trainer.optimizers[0]
     assert optimizer.param_groups[1]["weight_decay"] == 0.0 and optimizer.param_groups[0]["weight_decay"] > 0
+
+
+def test_log_cross_attention_draws_the_first_validation_utterance_over_its_audio(pieces, tmp_path):
+    import math
+
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    task, datamodule = pieces
+    task.log_cross_attention, task.max_new_tokens = True, 4
+    batch = next(iter(datamodule.val_dataloader()))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.validate(task, dataloaders=DataLoader([batch], batch_size=None, collate_fn=lambda b: b))
+    (png,) = (tmp_path / "samples").rglob("*.png")
+    assert png.name == f"{batch['ids'][0]}_cross_attention.png"
+    image = np.asarray(Image.open(png).convert("RGB"))
+    tokens, frames = int(batch["decoder_attention_mask"][0].sum()), int(batch["attention_mask"][0].sum())
+    assert image.shape == (tokens, math.ceil(frames / 2), 3)  # Whisper's encoder halves the frames; no padding
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 1
+
+
+def test_log_cross_attention_needs_a_model_that_has_the_weights():
+    from speechtrain.tasks.asr import Seq2SeqASRTask
+
+    with pytest.raises(ValueError, match="task.log_cross_attention=true: Linear has no cross_attention_weights"):
+        Seq2SeqASRTask(torch.nn.Linear(1, 1), None, None, optimizer=None, log_cross_attention=True)

@@ -1,8 +1,10 @@
 import functools
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from speechtrain.models.soundstorm import SoundStorm, SoundStormConfig
@@ -96,6 +98,10 @@ def test_trainer_fit_validates_at_a_fixed_seed_samples_audio_and_checkpoints(tmp
     assert torch.equal(reference[0], batches[0]["codes"][0])
     assert sorted(p.name for p in (tmp_path / "samples").rglob("*.wav")) == ["utt0_generated.wav",
                                                                             "utt0_reference.wav"]
+    mels = sorted((tmp_path / "samples").rglob("*.png"))
+    assert [p.name for p in mels] == ["utt0_generated_mel.png", "utt0_reference_mel.png"]
+    # the fake codec's 256-sample clips are shorter than one 1024-sample window: drawn zero-padded to it
+    assert all(np.asarray(Image.open(p)).shape[:2] == (80, 1024 // 256) for p in mels)
     checkpoint = load_checkpoint(next(tmp_path.rglob("*.ckpt")))
     assert b'"model_type": "soundstorm"' in checkpoint[PRETRAINED_FILES_KEY]["config.json"]
     assert not any("codec" in key for key in checkpoint["state_dict"])

@@ -112,3 +112,28 @@ def test_gradient_norms_reach_the_logger_and_clipping_under_16_mixed_acts_on_uns
     assert all(norm > 20.0 for norm in logged_g) and all(0 < norm < 20.0 for norm in logged_d)
     assert generator.norms == pytest.approx([20.0, 20.0], rel=1e-3)  # clipped to the threshold, in true units
     assert discriminator.norms == pytest.approx(logged_d, rel=1e-5)  # not clipped: the logged norm is the one used
+
+
+def test_without_matplotlib_a_validation_logs_the_audio_and_says_once_what_it_skips(vits, tmp_path, monkeypatch,
+                                                                                     caplog):
+    import sys
+
+    from speechtrain import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    monkeypatch.setattr(plots, "_skipped", set())
+    task, datamodule = vits
+    task.validation_sentences, task.num_logged_utterances = [], 1
+    batch = next(iter(datamodule.val_dataloader()))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="speechtrain.plots"):
+        for _ in range(2):
+            trainer.validate(task, dataloaders=DataLoader([batch], batch_size=None, collate_fn=lambda b: b))
+    (step_dir,) = (tmp_path / "samples").iterdir()
+    drawn = batch["ids"][: task.num_logged_utterances]
+    assert sorted(p.name for p in step_dir.iterdir()) == sorted(
+        f"{utterance}_{kind}.wav" for utterance in drawn for kind in ("reference", "generated"))
+    assert [r.getMessage() for r in caplog.records if r.name == "speechtrain.plots"] == [
+        "matplotlib is not installed: skipping VITS's alignment, mel and duration images "
+        "(pip install 'speechtrain[plots]')"]

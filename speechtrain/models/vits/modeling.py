@@ -126,6 +126,23 @@ class VitsModel(nn.Module):
         hidden, means, log_stddevs = self.text_encoder(input_ids, padding_mask)
         return hidden.transpose(1, 2), means.transpose(1, 2), log_stddevs.transpose(1, 2), padding_mask.transpose(1, 2)
 
+    def predict_durations(
+        self,
+        hidden: torch.Tensor,
+        text_mask: torch.Tensor,
+        speaker: torch.Tensor | None = None,
+        noise_scale_duration: float | None = None,
+        length_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Frames per token `[B, 1, text]` (the duration predictor's sample, scaled and rounded up) for the text
+        encoder's `hidden` `[B, d, text]`, `text_mask` `[B, 1, text]` and speaker embedding; the scales default as
+        in `synthesize_latent`."""
+        if noise_scale_duration is None:
+            noise_scale_duration = self.config.noise_scale_duration
+        length_scale = 1.0 / self.config.speaking_rate if length_scale is None else length_scale
+        log_durations = self.duration_predictor.log_durations(hidden, text_mask, speaker, noise_scale_duration)
+        return torch.ceil(torch.exp(log_durations) * text_mask * length_scale)
+
     def synthesize_latent(
         self,
         input_ids: torch.Tensor,
@@ -134,22 +151,20 @@ class VitsModel(nn.Module):
         noise_scale: float | None = None,
         noise_scale_duration: float | None = None,
         length_scale: float | None = None,
+        durations: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The latent the decoder turns into speech: `z` `[B, flow_size, frames]` (the prior sample mapped back
         through the flow), its frame mask `[B, 1, frames]` and the speaker embedding (`[B or 1, E, 1]` or None).
 
         The scales default to the config's `noise_scale`, `noise_scale_duration` and `1 / speaking_rate`; zero
-        noise scales make the output deterministic.
+        noise scales make the output deterministic. `durations` `[B, 1, text]` (frames per token) replace the
+        predicted ones, e.g. a prediction of `predict_durations` that is drawn beside the speech it gives.
         """
         noise_scale = self.config.noise_scale if noise_scale is None else noise_scale
-        if noise_scale_duration is None:
-            noise_scale_duration = self.config.noise_scale_duration
-        length_scale = 1.0 / self.config.speaking_rate if length_scale is None else length_scale
         hidden, means, log_stddevs, text_mask = self.encode_text(input_ids, attention_mask)
         speaker = self.speaker_embedding(speaker_id, input_ids.shape[0])
-
-        log_durations = self.duration_predictor.log_durations(hidden, text_mask, speaker, noise_scale_duration)
-        durations = torch.ceil(torch.exp(log_durations) * text_mask * length_scale)  # [B, 1, text]
+        if durations is None:
+            durations = self.predict_durations(hidden, text_mask, speaker, noise_scale_duration, length_scale)
         frame_lengths = torch.clamp_min(durations.sum(dim=(1, 2)), 1).long()  # [B]
         frame_mask = lengths_to_mask(frame_lengths)[:, None].to(text_mask.dtype)  # [B, 1, frames]
         alignment = durations_to_alignment(durations[:, 0], text_mask.transpose(1, 2) * frame_mask)
@@ -166,11 +181,12 @@ class VitsModel(nn.Module):
         noise_scale: float | None = None,
         noise_scale_duration: float | None = None,
         length_scale: float | None = None,
+        durations: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Synthesis: `input_ids` `[B, T]` -> waveform `[B, samples]` (padded) and each row's length `[B]`; the
-        scales as in `synthesize_latent`."""
+        scales and `durations` as in `synthesize_latent`."""
         z, frame_mask, speaker = self.synthesize_latent(input_ids, attention_mask, speaker_id, noise_scale,
-                                                        noise_scale_duration, length_scale)
+                                                        noise_scale_duration, length_scale, durations)
         waveform = self.decoder(z, speaker)[:, 0]  # [B, frames * hop_length]
         return waveform, frame_mask.sum(dim=(1, 2)).long() * self.hop_length
 
