@@ -1,5 +1,7 @@
-"""Shared fixtures. Tests run on the CPU; `gpu` tests are skipped without CUDA."""
+"""Shared fixtures. Tests run on the CPU; `gpu` tests are skipped without CUDA. Under pytest-xdist (`-n 2`, the
+suite's command) each worker computes on one thread, so that two workers share two cores without oversubscribing."""
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,9 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
 from speechtrain.train import CONFIG_DIR, compose_root, train
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

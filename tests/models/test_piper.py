@@ -251,7 +251,7 @@ def test_a_format_the_family_does_not_offer_is_refused(tmp_path):
     from speechtrain.models.whisper import WhisperConfig, WhisperForConditionalGeneration
 
     save_bundle(tmp_path, WhisperForConditionalGeneration(WhisperConfig(encoder_layers=1, decoder_layers=1)), None)
-    with pytest.raises(CheckpointError, match="a whisper model exports as hf, not 'piper'"):
+    with pytest.raises(CheckpointError, match="a whisper model exports as hf, ctranslate2, not 'piper'"):
         export(tmp_path, tmp_path / "out", "piper")
 
 
