@@ -50,15 +50,12 @@ def fine_tuned(tiny_en, tmp_path_factory, compose) -> dict:
     return {"root": root, "held_out": held_out, "before": before, "after": after}
 
 
-@pytest.mark.slow
-def test_fine_tuning_real_tiny_en_lowers_the_held_out_wer(fine_tuned):
+@pytest.mark.slow  # one test, not two: pytest-xdist would run the fine-tuning fixture once per worker
+def test_fine_tuned_tiny_en_hears_better_and_transcribes_as_ours_in_faster_whisper(fine_tuned):
     before, after = fine_tuned["before"], fine_tuned["after"]
     assert before["utterances"] == after["utterances"] == 10
     assert after["wer"] < before["wer"] and after["cer"] < before["cer"], (before, after)
 
-
-@pytest.mark.slow
-def test_the_fine_tuned_checkpoint_exported_to_ctranslate2_transcribes_as_ours_in_faster_whisper(fine_tuned):
     faster_whisper = pytest.importorskip("faster_whisper")
     ctranslate2 = pytest.importorskip("ctranslate2")
     root = fine_tuned["root"]
