@@ -27,7 +27,7 @@ def vits(compose, tmp_path):
     return task, datamodule
 
 
-@pytest.mark.slow  # 30 GAN steps of vits_mini: about a minute on one thread
+@pytest.mark.slow  # 40 GAN steps of vits_mini: about a minute on one thread
 def test_a_few_steps_update_both_networks_with_finite_losses_and_the_mel_loss_falls(vits, tmp_path):
     task, datamodule = vits
     batch = next(iter(datamodule.train_dataloader()))
