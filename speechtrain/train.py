@@ -182,8 +182,12 @@ def _scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
 def _fetch_hub_model(cfg: DictConfig) -> None:
     """`model.pretrained=org/name` (a Hugging Face Hub id, not a local path): fetched or found in the Hub cache, and
     the config pointed at the local snapshot, so that the tokenizer, features and data configs that interpolate
-    `${model.pretrained}` read the same folder."""
-    pretrained = cfg.get("model", {}).get("pretrained")
+    `${model.pretrained}` read the same folder. Runs before anything resolves those interpolations, so the Hub is
+    asked once; a missing value is left for `check_required_values` to name."""
+    model = cfg.get("model")
+    if not OmegaConf.is_dict(model) or OmegaConf.is_missing(model, "pretrained"):
+        return
+    pretrained = model.get("pretrained")
     if not isinstance(pretrained, str):
         return
     local = resolve_pretrained(pretrained)
@@ -195,9 +199,9 @@ def _fetch_hub_model(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
+    _fetch_hub_model(cfg)
     check_required_values(cfg)
     check_targets(cfg)
-    _fetch_hub_model(cfg)
     # Token-only recipes (SoundStorm, Bark's coarse and fine models) have no tokenizer; TTS recipes compute
     # spectrograms in their data module and task, so only ASR recipes have a feature extractor.
     tokenizer = hydra.utils.instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
