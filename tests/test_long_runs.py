@@ -109,7 +109,8 @@ def test_slurm_preemption_checkpoint_is_the_one_the_resume_picks(compose, tmp_pa
     """Single process: SIGUSR1 mid-epoch 1 saves hpc_ckpt_1.ckpt (newer than epoch 0's last.ckpt), then a SIGKILL a
     step later; `ckpt_path=last` resumes from the hpc checkpoint and ends with the uninterrupted run's weights."""
     overrides = [*TINY, "trainer.limit_train_batches=3", "trainer.max_steps=6", "task.warmup_steps=2",
-                 *[o for o in COMMON if o not in TINY and "every_n_train_steps" not in o]]  # last.ckpt at validation
+                 *[o for o in COMMON if o not in TINY and "every_n_train_steps" not in o],  # last.ckpt at validation
+                 f"cpu_threads={torch.get_num_threads()}"]  # the preempted run is a fresh process: as many threads
     train(compose(*overrides, output_dir=tmp_path / "whole"))
     whole = final_weights(tmp_path / "whole")
 

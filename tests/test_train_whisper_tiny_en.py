@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from ctranslate2_runtime import run_ctranslate2_whisper
 
 from speechtrain.cli.evaluate import load_transcriber, score_recordings
 from speechtrain.cli.export import main as export_main
@@ -56,8 +57,7 @@ def test_fine_tuned_tiny_en_hears_better_and_transcribes_as_ours_in_faster_whisp
     assert before["utterances"] == after["utterances"] == 10
     assert after["wer"] < before["wer"] and after["cer"] < before["cer"], (before, after)
 
-    faster_whisper = pytest.importorskip("faster_whisper")
-    ctranslate2 = pytest.importorskip("ctranslate2")
+    pytest.importorskip("faster_whisper")
     root = fine_tuned["root"]
     export_main([str(root / "run" / "checkpoints" / "last.ckpt"), str(root / "ct2"), "--format", "ctranslate2"])
     assert {"model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"} <= {
@@ -67,23 +67,22 @@ def test_fine_tuned_tiny_en_hears_better_and_transcribes_as_ours_in_faster_whisp
     transcriber = load_transcriber(root / "run" / "exported")
     ours = transcriber.transcribe_files(recordings)
     assert len(set(ours)) == len(recordings)  # real transcripts, one per sentence
-    runtime = faster_whisper.WhisperModel(str(root / "ct2"), device="cpu", compute_type="float32")
 
-    # faster-whisper's CTranslate2 model, greedy on our features: the exported weights decode token for token as ours
-    prefix = list(transcriber.tokenizer.prefix_ids)
-    features, _ = transcriber.features([load_audio(recording, 16000) for recording in recordings])
-    results = runtime.model.generate(ctranslate2.StorageView.from_array(features.numpy()), [prefix] * len(recordings),
-                                     beam_size=1, max_length=len(prefix) + 60, suppress_blank=True,
-                                     suppress_tokens=transcriber.tokenizer.suppress_tokens)
-    assert [transcriber.tokenizer.decode(result.sequences_ids[0]).strip() for result in results] == ours
-
+    # faster-whisper's CTranslate2 model, greedy on our features: the exported weights decode token for token as ours.
     # faster-whisper's whole pipeline: its own features pad the log-mel of the audio with zeros where transformers'
     # (and openai/whisper's) pad the audio, which moves near ties (" Ten" 12.86 vs " ten" 12.42 after fine-tuning),
     # so its transcripts equal ours as the WER normaliser reads them
-    theirs = []
-    for recording in recordings:
-        segments, _ = runtime.transcribe(load_audio(recording, 16000).numpy(), beam_size=1, temperature=0.0,
-                                         without_timestamps=True, condition_on_previous_text=False)
-        theirs.append(" ".join(segment.text.strip() for segment in segments))
+    prefix = list(transcriber.tokenizer.prefix_ids)
+    clips = [load_audio(recording, 16000) for recording in recordings]
+    features, _ = transcriber.features(clips)
+    runtime = run_ctranslate2_whisper(
+        root / "ct2", features.numpy(),
+        generate={"prompts": [prefix] * len(recordings), "beam_size": 1, "max_length": len(prefix) + 60,
+                  "suppress_blank": True, "suppress_tokens": transcriber.tokenizer.suppress_tokens},
+        transcribe=([clip.numpy() for clip in clips], {"beam_size": 1, "temperature": 0.0,
+                                                       "without_timestamps": True,
+                                                       "condition_on_previous_text": False}))
+    assert [transcriber.tokenizer.decode(sequence).strip() for sequence in runtime["sequences"]] == ours
+    theirs = runtime["texts"]
     normalize = get_normalizer("basic")
     assert [normalize(text) for text in theirs] == [normalize(text) for text in ours]

@@ -6,9 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from ctranslate2_runtime import run_ctranslate2_whisper
 
 from speechtrain.data.audio import load_audio
 from speechtrain.errors import CheckpointError
@@ -78,21 +78,20 @@ def test_real_tiny_en_encodes_and_decodes_as_the_ctranslate2_runtime(tiny_en):
     model, tokenizer, _ = load_bundle(folder)
     model.eval()
     features, mask = _features(folder)
-    runtime = ctranslate2.models.Whisper(str(source), device="cpu", compute_type="float32")
-    expected = torch.from_numpy(np.array(runtime.encode(ctranslate2.StorageView.from_array(features.numpy()))))
+    prefix = list(tokenizer.prefix_ids)
+    runtime = run_ctranslate2_whisper(source, features.numpy(), generate={
+        "prompts": [prefix] * len(CLIPS), "beam_size": 1, "max_length": len(prefix) + 60, "suppress_blank": True,
+        "suppress_tokens": tokenizer.suppress_tokens, "return_scores": False})
+    expected = torch.from_numpy(runtime["encoded"])
     with torch.no_grad():
         encoded = model.encode(features, mask)
     assert (encoded - expected).abs().max() < 2e-3  # float16 weights, float32 compute on both sides
 
     from speechtrain.decoding import greedy_decode
 
-    prefix = list(tokenizer.prefix_ids)
     ours = greedy_decode(model, features, mask, prefix, tokenizer.eos_id, 60, tokenizer.suppress_tokens,
                          tokenizer.begin_suppress_tokens)
-    results = runtime.generate(ctranslate2.StorageView.from_array(features.numpy()), [prefix] * len(CLIPS),
-                               beam_size=1, max_length=len(prefix) + 60, suppress_blank=True,
-                               suppress_tokens=tokenizer.suppress_tokens, return_scores=False)
-    theirs = [result.sequences_ids[0] for result in results]
+    theirs = runtime["sequences"]
     assert [row[len(prefix):] for row in ours] == [row + [tokenizer.eos_id] for row in theirs]
     texts = [tokenizer.decode(row[len(prefix):]).strip() for row in ours]
     assert texts[0] == "the cat sleeps by the warm window."  # what real tiny.en hears in the first clip
