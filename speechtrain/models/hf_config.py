@@ -33,3 +33,10 @@ def hf_config_fields(config_class: type, hf_config: Mapping[str, Any], model_typ
 def saved_fields(config: Any) -> dict[str, Any]:
     """The fields of a config dataclass that go into `config.json`: all but the `RUNTIME_FIELDS`."""
     return {key: value for key, value in dataclasses.asdict(config).items() if key not in RUNTIME_FIELDS}
+
+
+def encoder_decoder_hf_dict(config: Any, architecture: str, model_type: str) -> dict[str, Any]:
+    """The `config.json` dict of a transformers encoder-decoder (Whisper, Speech2Text): the architecture, the model
+    type, the cache flag transformers' generation reads, and the fields `saved_fields` keeps."""
+    return {"architectures": [architecture], "model_type": model_type, "is_encoder_decoder": True, "use_cache": True,
+            **saved_fields(config)}

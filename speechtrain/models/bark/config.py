@@ -32,18 +32,19 @@ class BarkSubModelConfig:
     (and, in the causal models, the layer-norm biases). The `n_codes_*` and `tie_word_embeddings` fields are
     the fine model's; `attn_implementation` is ours and is not written to `config.json`."""
 
-    model_type: str = "semantic"
-    block_size: int = 1024
-    input_vocab_size: int = 10_048
+    model_type: str = "semantic"  # semantic, coarse_acoustics or fine_acoustics
+    block_size: int = 1024  # the context, in tokens (the fine model: codec frames)
+    input_vocab_size: int = 10_048  # Bark's own: semantic 129 600 (text + semantic), coarse 12 096, fine 1 056
     output_vocab_size: int = 10_048
+    # the stack: GPT-2 small widths (Bark's large checkpoints: 24 layers, 16 heads, 1024 wide)
     num_layers: int = 12
     num_heads: int = 12
     hidden_size: int = 768
     dropout: float = 0.0
     bias: bool = True
     initializer_range: float = 0.02
-    n_codes_total: int = 8
-    n_codes_given: int = 1
+    n_codes_total: int = 8  # the fine model's EnCodec codebooks in all
+    n_codes_given: int = 1  # ... of which it never predicts the first; one head for each of the others
     tie_word_embeddings: bool = True
     attn_implementation: str = "sdpa"
 
@@ -90,14 +91,14 @@ class SemanticGenerationConfig:
     """`BarkSemanticGenerationConfig` defaults. `semantic_pad_token` is its `eos_token_id`: Bark pads the semantic
     history with the end-of-semantic token, and generation stops on it."""
 
-    text_encoding_offset: int = 10_048
+    text_encoding_offset: int = 10_048  # added to BERT's text ids, past the semantic ids
     text_pad_token: int = 129_595
-    semantic_infer_token: int = 129_599
+    semantic_infer_token: int = 129_599  # between the text with its history and the semantic ids to generate
     semantic_vocab_size: int = 10_000
     semantic_pad_token: int = 10_000
-    max_input_semantic_length: int = 256
+    max_input_semantic_length: int = 256  # text tokens and history tokens, each padded or cut to this
     semantic_rate_hz: float = 49.9
-    max_new_tokens: int = 768
+    max_new_tokens: int = 768  # about 15 s of semantic tokens
     min_eos_p: float | None = None
 
     @property

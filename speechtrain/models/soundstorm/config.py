@@ -27,21 +27,23 @@ class SoundStormConfig:
     parameters (the previous prediction's hidden states projected and added to the input).
     """
 
-    codebook_size: int = 1024
-    num_quantizers: int = 12
+    codebook_size: int = 1024  # entries per level; this id is every level's mask
+    num_quantizers: int = 12  # residual-VQ levels (EnCodec 24 kHz at 6 kbps: 8)
+    # the Conformer
     dim: int = 1024
     depth: int = 12
     heads: int = 16
-    dim_head: int = 64
-    ff_mult: int = 4
-    conv_expansion_factor: int = 2
-    conv_kernel_size: int = 31
+    dim_head: int = 64  # heads * dim_head need not equal dim
+    ff_mult: int = 4  # feed-forward width: ff_mult * dim
+    conv_expansion_factor: int = 2  # the convolution module's pointwise expansion, halved again by its GLU
+    conv_kernel_size: int = 31  # the depthwise convolution, in frames
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
     conv_dropout: float = 0.0
-    num_semantic_tokens: int = 500
-    semantic_rate: float = 50.0
-    acoustic_rate: float = 50.0
+    # the conditioning: semantic tokens and the rates that map their frames onto codec frames
+    num_semantic_tokens: int = 500  # k-means clusters of the semantic tokenizer
+    semantic_rate: float = 50.0  # Hz
+    acoustic_rate: float = 50.0  # codec frames per second
     self_condition: bool = False
     attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from speechtrain.errors import ConfigError
 from speechtrain.layers.transformer import check_transformer_config
-from speechtrain.models.hf_config import hf_config_fields, saved_fields
+from speechtrain.models.hf_config import encoder_decoder_hf_dict, hf_config_fields
 
 
 @dataclass
@@ -19,27 +19,32 @@ class Speech2TextConfig:
     """
 
     vocab_size: int = 10000
+    # the two stacks (s2t_transformer_s: 12 encoder and 6 decoder layers, 256 wide)
     encoder_layers: int = 12
     encoder_ffn_dim: int = 2048
     encoder_attention_heads: int = 4
     decoder_layers: int = 6
     decoder_ffn_dim: int = 2048
-    decoder_attention_heads: int = 4
+    decoder_attention_heads: int = 4  # d_model / heads = 64 per head
     encoder_layerdrop: float = 0.0
     decoder_layerdrop: float = 0.0
     activation_function: str = "relu"
     d_model: int = 256
+    # regularisation and initialisation (fairseq's S2T recipes train with dropout 0.1)
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
     init_std: float = 0.02
-    scale_embedding: bool = True
+    scale_embedding: bool = True  # embeddings times sqrt(d_model), as fairseq
+    # token ids: fairseq's dictionary order (<s>, <pad>, </s>, <unk>)
     pad_token_id: int = 1
     bos_token_id: int = 0
     eos_token_id: int = 2
     decoder_start_token_id: int = 2
+    # positions: sinusoidal, so these are limits rather than learnt tables
     max_source_positions: int = 6000
     max_target_positions: int = 1024
+    # the convolutional subsampler in front of the encoder
     num_conv_layers: int = 2
     conv_kernel_sizes: list[int] = field(default_factory=lambda: [5, 5])
     conv_channels: int = 1024
@@ -82,10 +87,4 @@ class Speech2TextConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict that `transformers.Speech2TextConfig` accepts."""
-        return {
-            "architectures": ["Speech2TextForConditionalGeneration"],
-            "model_type": "speech_to_text",
-            "is_encoder_decoder": True,
-            "use_cache": True,
-            **saved_fields(self),
-        }
+        return encoder_decoder_hf_dict(self, "Speech2TextForConditionalGeneration", "speech_to_text")

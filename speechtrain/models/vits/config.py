@@ -34,51 +34,56 @@ class VitsConfig:
     `VitsModel` lacks: such a folder loads here and exports to Piper, not to transformers.
     """
 
-    vocab_size: int = 38
+    vocab_size: int = 38  # the tokenizer's symbols (MMS: characters; Piper: phoneme ids)
+    # text encoder: a relative-position transformer over the symbols
     hidden_size: int = 192
     num_hidden_layers: int = 6
     num_attention_heads: int = 2
-    window_size: int = 4
+    window_size: int = 4  # relative positions seen on each side; 0 for plain attention
     use_bias: bool = True
     ffn_dim: int = 768
     layerdrop: float = 0.1
-    ffn_kernel_size: int = 3
-    flow_size: int = 192
-    spectrogram_bins: int = 513
+    ffn_kernel_size: int = 3  # the feed-forward is two convolutions over time, not two linears
+    flow_size: int = 192  # channels of the latent z shared by the posterior encoder, the flow and the decoder
+    spectrogram_bins: int = 513  # linear-spectrogram bins the posterior encoder reads: n_fft // 2 + 1
     hidden_act: str = "relu"
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     activation_dropout: float = 0.1
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
-    use_stochastic_duration_prediction: bool = True
+    use_stochastic_duration_prediction: bool = True  # false: the deterministic duration predictor
     num_speakers: int = 1
-    speaker_embedding_size: int = 0
+    speaker_embedding_size: int = 0  # the conditioning width of a multi-speaker model (0: one speaker)
+    # HiFi-GAN decoder: the product of upsample_rates is the hop length (256 samples)
     upsample_initial_channel: int = 512
     upsample_rates: list[int] = field(default_factory=lambda: [8, 8, 2, 2])
     upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 16, 4, 4])
     resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
     resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5], [1, 3, 5], [1, 3, 5]])
-    resblock_type: int = 1
+    resblock_type: int = 1  # HiFi-GAN V1's residual block; 2 for V2's
     leaky_relu_slope: float = 0.1
+    # stochastic duration predictor: dilated depth-separable convolutions and rational-quadratic spline flows
     depth_separable_channels: int = 2
     depth_separable_num_layers: int = 3
-    duration_predictor_flow_bins: int = 10
-    duration_predictor_tail_bound: float = 5.0
+    duration_predictor_flow_bins: int = 10  # spline bins
+    duration_predictor_tail_bound: float = 5.0  # the splines are the identity outside [-bound, bound]
     duration_predictor_kernel_size: int = 3
     duration_predictor_dropout: float = 0.5
     duration_predictor_num_flows: int = 4
     duration_predictor_filter_channels: int = 256
-    prior_encoder_num_flows: int = 4
+    # the flow (prior encoder) and the posterior encoder: WaveNet stacks
+    prior_encoder_num_flows: int = 4  # mean-only coupling layers, each followed by a flip
     prior_encoder_num_wavenet_layers: int = 4
     posterior_encoder_num_wavenet_layers: int = 16
     wavenet_kernel_size: int = 5
     wavenet_dilation_rate: int = 1
     wavenet_dropout: float = 0.0
+    # inference: durations are divided by speaking_rate; the noise scales multiply the prior's and the durations'
     speaking_rate: float = 1.0
     noise_scale: float = 0.667
     noise_scale_duration: float = 0.8
-    sampling_rate: int = 16_000
+    sampling_rate: int = 16_000  # MMS voices; Piper's are 22_050 or 16_000
     pad_token_id: int | None = None
     attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json
 

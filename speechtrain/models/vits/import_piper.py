@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from speechtrain.errors import SpeechtrainError
-from speechtrain.hub import save_bundle
-from speechtrain.model_card import write_model_card
+from speechtrain.importing import run_import_command, write_imported_folder
 from speechtrain.models.vits.piper import load_piper_voice
 
 
@@ -22,10 +20,9 @@ def import_piper(source: str | Path, out_dir: str | Path, trust_checkpoint: bool
     """Writes the speechtrain VITS folder of the Piper voice `source` into `out_dir`."""
     source, out_dir = Path(source), Path(out_dir)
     model, tokenizer = load_piper_voice(source, trust_checkpoint=trust_checkpoint)
-    save_bundle(out_dir, model, tokenizer)
     lacks = " (an ONNX voice: posterior encoder and duration posterior fresh)" * (source.suffix == ".onnx")
-    write_model_card(out_dir, f"the Piper voice `{source.name}` (speechtrain-import-piper){lacks}")
-    return out_dir
+    return write_imported_folder(out_dir, f"the Piper voice `{source.name}` (speechtrain-import-piper){lacks}",
+                                 model, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,12 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="the speechtrain VITS folder to write")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle whatever a .ckpt holds (it can run code); only for a file whose origin you know")
-    args = parser.parse_args(argv)
-    try:
-        out = import_piper(args.source, args.out_dir, trust_checkpoint=args.trust_checkpoint)
-    except (FileNotFoundError, SpeechtrainError) as exc:
-        parser.exit(1, f"speechtrain-import-piper: error: {exc}\n")
-    print(f"imported {args.source} to {out}")
+    run_import_command("speechtrain-import-piper", parser, argv, lambda args: import_piper(
+        args.source, args.out_dir, trust_checkpoint=args.trust_checkpoint), "source")
 
 
 if __name__ == "__main__":

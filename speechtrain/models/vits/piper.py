@@ -48,6 +48,7 @@ def _index(transform: Callable[[int], int]) -> Callable[[re.Match], str]:
 # (pattern, replacement) over original-VITS names, applied in order; the flows' indices skip the Flip layers
 # that the original interleaves (transformers' and our flow lists hold the parameterised layers only)
 _RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
+    # text encoder (enc_p)
     (r"^enc_p\.emb\.", "text_encoder.embed_tokens."),
     (r"^enc_p\.encoder\.attn_layers\.(\d+)\.conv_([qkv])\.", r"text_encoder.encoder.layers.\1.attention.\2_proj."),
     (r"^enc_p\.encoder\.attn_layers\.(\d+)\.conv_o\.", r"text_encoder.encoder.layers.\1.attention.out_proj."),
@@ -56,13 +57,16 @@ _RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
     (r"^enc_p\.encoder\.norm_layers_2\.(\d+)\.", r"text_encoder.encoder.layers.\1.final_layer_norm."),
     (r"^enc_p\.encoder\.ffn_layers\.(\d+)\.", r"text_encoder.encoder.layers.\1.feed_forward."),
     (r"^enc_p\.proj\.", "text_encoder.project."),
+    # flow: coupling layers without the Flips between them
     (r"^(flow\.flows\.)(\d+)\.", _index(lambda i: i // 2)),
     (r"^flow\.flows\.(\d+)\.pre\.", r"flow.flows.\1.conv_pre."),
     (r"^flow\.flows\.(\d+)\.post\.", r"flow.flows.\1.conv_post."),
     (r"^flow\.flows\.(\d+)\.enc\.", r"flow.flows.\1.wavenet."),
+    # posterior encoder (enc_q)
     (r"^enc_q\.pre\.", "posterior_encoder.conv_pre."),
     (r"^enc_q\.enc\.", "posterior_encoder.wavenet."),
     (r"^enc_q\.proj\.", "posterior_encoder.conv_proj."),
+    # stochastic duration predictor (dp) and its posterior flows
     (r"^(dp\.(?:post_)?flows\.)(\d+)\.", _index(lambda i: (i + 1) // 2)),
     (r"^dp\.(post_)?flows\.0\.m$", r"duration_predictor.\1flows.0.translate"),
     (r"^dp\.(post_)?flows\.0\.logs$", r"duration_predictor.\1flows.0.log_scale"),
@@ -75,6 +79,7 @@ _RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
     (r"^dp\.cond\.", "duration_predictor.cond."),
     (r"conv_dds\.convs_sep\.", "conv_dds.convs_dilated."),
     (r"conv_dds\.convs_1x1\.", "conv_dds.convs_pointwise."),
+    # HiFi-GAN decoder (dec) and the speaker embedding
     (r"^dec\.ups\.", "decoder.upsampler."),
     (r"^dec\.", "decoder."),
     (r"^emb_g\.", "embed_speaker."),

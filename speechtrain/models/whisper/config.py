@@ -7,7 +7,7 @@ from typing import Any
 
 from speechtrain.errors import ConfigError
 from speechtrain.layers.transformer import check_transformer_config
-from speechtrain.models.hf_config import hf_config_fields, saved_fields
+from speechtrain.models.hf_config import encoder_decoder_hf_dict, hf_config_fields
 
 
 @dataclass
@@ -20,24 +20,28 @@ class WhisperConfig:
     """
 
     vocab_size: int = 51865
-    num_mel_bins: int = 80
+    num_mel_bins: int = 80  # log-mel channels: 80, or 128 for large-v3
+    # the two stacks (tiny 4 + 4 layers of 384, base 6 + 6 of 512, small 12 + 12 of 768)
     encoder_layers: int = 4
     encoder_attention_heads: int = 6
     decoder_layers: int = 4
     decoder_attention_heads: int = 6
-    decoder_ffn_dim: int = 1536
+    decoder_ffn_dim: int = 1536  # 4 * d_model in every released size
     encoder_ffn_dim: int = 1536
     encoder_layerdrop: float = 0.0
     decoder_layerdrop: float = 0.0
     d_model: int = 384
     activation_function: str = "gelu"
+    # regularisation and initialisation
     dropout: float = 0.0
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
     init_std: float = 0.02
     scale_embedding: bool = False
+    # positions: 1500 encoder frames (30 s after the stride-2 convolution), 448 text tokens
     max_source_positions: int = 1500
     max_target_positions: int = 448
+    # token ids: transformers' defaults, the English-only models' <|endoftext|> and <|startoftranscript|>
     pad_token_id: int = 50256
     bos_token_id: int = 50256
     eos_token_id: int = 50256
@@ -45,7 +49,8 @@ class WhisperConfig:
     tie_word_embeddings: bool = True
     suppress_tokens: list[int] | None = None
     begin_suppress_tokens: list[int] | None = field(default_factory=lambda: [220, 50256])
-    median_filter_width: int = 7
+    median_filter_width: int = 7  # of the cross-attention weights for word timestamps
+    # transformers' SpecAugment (apply_spec_augment): time and feature masks during training
     apply_spec_augment: bool = False
     mask_time_prob: float = 0.05
     mask_time_length: int = 10
@@ -72,10 +77,4 @@ class WhisperConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` dict that `transformers.WhisperConfig` accepts."""
-        return {
-            "architectures": ["WhisperForConditionalGeneration"],
-            "model_type": "whisper",
-            "is_encoder_decoder": True,
-            "use_cache": True,
-            **saved_fields(self),
-        }
+        return encoder_decoder_hf_dict(self, "WhisperForConditionalGeneration", "whisper")

@@ -14,9 +14,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer
 
-from speechtrain.errors import SpeechtrainError
-from speechtrain.hub import save_bundle
-from speechtrain.model_card import write_model_card
+from speechtrain.importing import run_import_command, write_imported_folder
 from speechtrain.models.whisper.ctranslate2 import TOKENIZER_NAME, load_ctranslate2_whisper
 from speechtrain.models.whisper.features import WhisperFeatureExtractor
 from speechtrain.models.whisper.tokenizer import WhisperTokenizer
@@ -45,21 +43,16 @@ def import_ctranslate2(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     chunk_length = config.max_source_positions * 2 * HOP_LENGTH // SAMPLING_RATE
     features = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=SAMPLING_RATE,
                                        hop_length=HOP_LENGTH, chunk_length=chunk_length)
-    save_bundle(out_dir, model, tokenizer, features)
-    write_model_card(out_dir, f"the CTranslate2 folder `{ct2_dir}` (speechtrain-import-ctranslate2)")
-    return out_dir
+    return write_imported_folder(out_dir, f"the CTranslate2 folder `{ct2_dir}` (speechtrain-import-ctranslate2)",
+                                 model, tokenizer, features)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ct2_dir", help="a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json)")
     parser.add_argument("out_dir", help="the Hugging Face-format folder to write")
-    args = parser.parse_args(argv)
-    try:
-        out = import_ctranslate2(args.ct2_dir, args.out_dir)
-    except (FileNotFoundError, SpeechtrainError) as exc:
-        parser.exit(1, f"speechtrain-import-ctranslate2: error: {exc}\n")
-    print(f"imported {args.ct2_dir} to {out}")
+    run_import_command("speechtrain-import-ctranslate2", parser, argv,
+                       lambda args: import_ctranslate2(args.ct2_dir, args.out_dir), "ct2_dir")
 
 
 if __name__ == "__main__":
