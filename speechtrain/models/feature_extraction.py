@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import json
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -38,14 +37,21 @@ class FeatureExtractor(Protocol):
     def save_pretrained(self, directory: str | Path) -> None: ...
 
 
-class PretrainedFeatureExtractor(ABC):
+class PretrainedFeatureExtractor:
     """`save_pretrained`/`from_pretrained` through `preprocessor_config.json`: a subclass is named after
     transformers' class (its `feature_extractor_type`), writes the file with `to_dict` and is rebuilt from the
     file's values that are its constructor's arguments."""
 
-    @abstractmethod
+    # `preprocessor_config.json`: the attributes it stores (the constructor's arguments and what transformers
+    # derives from them) and whether transformers' class returns an attention mask by default
+    saved_attributes: tuple[str, ...] = ()
+    returns_attention_mask: bool = True
+
     def to_dict(self) -> dict:
-        """The constructor's arguments, as `preprocessor_config.json` stores them."""
+        """The HF `preprocessor_config.json` fields, so transformers loads what we save."""
+        return {"feature_extractor_type": type(self).__name__, "padding_side": "right",
+                "return_attention_mask": self.returns_attention_mask,
+                **{name: getattr(self, name) for name in self.saved_attributes}}
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -41,7 +41,7 @@ class BarkSubModelConfig:
     num_heads: int = 12
     hidden_size: int = 768
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = True  # the linears' and, in the causal models, the layer norms' biases
     initializer_range: float = 0.02
     n_codes_total: int = 8  # the fine model's EnCodec codebooks in all
     n_codes_given: int = 1  # ... of which it never predicts the first; one head for each of the others

@@ -27,19 +27,19 @@ from speechtrain.models.soundstorm.modeling import SoundStorm
 SEED_RENAMES = [
     # the Conformer's two feed-forward halves
     (r"^conformer\.layers\.(\d+)\.ff([12])\.fn\.norm\.", r"conformer.layers.\1.ff\2.norm."),
-    (r"^conformer\.layers\.(\d+)\.ff([12])\.fn\.fn\.net\.0\.", r"conformer.layers.\1.ff\2.fc1."),
+    (r"^conformer\.layers\.(\d+)\.ff([12])\.fn\.fn\.net\.0\.", r"conformer.layers.\1.ff\2.fc1."),  # net[0]: a Linear
     (r"^conformer\.layers\.(\d+)\.ff([12])\.fn\.fn\.net\.3\.", r"conformer.layers.\1.ff\2.fc2."),
     # self-attention
     (r"^conformer\.layers\.(\d+)\.attn\.norm\.", r"conformer.layers.\1.attn.norm."),
     (r"^conformer\.layers\.(\d+)\.attn\.fn\.", r"conformer.layers.\1.attn."),
     # convolution module
-    (r"^conformer\.layers\.(\d+)\.conv\.net1\.0\.", r"conformer.layers.\1.conv.norm."),
+    (r"^conformer\.layers\.(\d+)\.conv\.net1\.0\.", r"conformer.layers.\1.conv.norm."),  # net1[0]: LayerNorm
     (r"^conformer\.layers\.(\d+)\.conv\.net1\.2\.", r"conformer.layers.\1.conv.pointwise_in."),
-    (r"^conformer\.layers\.(\d+)\.conv\.ds_conv\.conv\.", r"conformer.layers.\1.conv.depthwise."),
+    (r"^conformer\.layers\.(\d+)\.conv\.ds_conv\.conv\.", r"conformer.layers.\1.conv.depthwise."),  # DepthWiseConv1d
     (r"^conformer\.layers\.(\d+)\.conv\.net2\.1\.gamma$", r"conformer.layers.\1.conv.channel_norm.gamma"),
     (r"^conformer\.layers\.(\d+)\.conv\.net2\.2\.", r"conformer.layers.\1.conv.pointwise_out."),
     # per-level heads and the logits
-    (r"^heads\.0\.", "heads."),
+    (r"^heads\.0\.", "heads."),  # heads[0]: one Linear onto every level
     (r"^to_logits\.0\.", "logits_norm."),
     (r"^to_logits\.2\.weight$", "logits_weight"),
     (r"^to_logits\.2\.bias$", "logits_bias"),

@@ -22,6 +22,9 @@ class Speech2TextFeatureExtractor(PretrainedFeatureExtractor):
     without edge padding, so a waveform of n >= 400 samples (16 kHz) gives `1 + (n - 400) // 160` frames.
     """
 
+    saved_attributes = ("do_ceptral_normalize", "dither", "feature_size", "normalize_means", "normalize_vars",
+                        "num_mel_bins", "padding_value", "sampling_rate")
+
     def __init__(
         self,
         feature_size: int = 80,
@@ -87,19 +90,3 @@ class Speech2TextFeatureExtractor(PretrainedFeatureExtractor):
         features = torch.nn.utils.rnn.pad_sequence(utterances, batch_first=True, padding_value=self.padding_value)
         frame_mask = torch.arange(features.shape[1]) < lengths[:, None]
         return features, frame_mask.to(features.device)
-
-    def to_dict(self) -> dict:
-        """The HF `preprocessor_config.json` fields, so transformers loads what we save."""
-        return {
-            "do_ceptral_normalize": self.do_ceptral_normalize,
-            "dither": self.dither,
-            "feature_extractor_type": "Speech2TextFeatureExtractor",
-            "feature_size": self.feature_size,
-            "normalize_means": self.normalize_means,
-            "normalize_vars": self.normalize_vars,
-            "num_mel_bins": self.num_mel_bins,
-            "padding_side": "right",
-            "padding_value": self.padding_value,
-            "return_attention_mask": True,
-            "sampling_rate": self.sampling_rate,
-        }

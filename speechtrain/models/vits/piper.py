@@ -64,15 +64,15 @@ _RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
     (r"^flow\.flows\.(\d+)\.enc\.", r"flow.flows.\1.wavenet."),
     # posterior encoder (enc_q)
     (r"^enc_q\.pre\.", "posterior_encoder.conv_pre."),
-    (r"^enc_q\.enc\.", "posterior_encoder.wavenet."),
+    (r"^enc_q\.enc\.", "posterior_encoder.wavenet."),  # the 16-layer WaveNet
     (r"^enc_q\.proj\.", "posterior_encoder.conv_proj."),
     # stochastic duration predictor (dp) and its posterior flows
     (r"^(dp\.(?:post_)?flows\.)(\d+)\.", _index(lambda i: (i + 1) // 2)),
-    (r"^dp\.(post_)?flows\.0\.m$", r"duration_predictor.\1flows.0.translate"),
+    (r"^dp\.(post_)?flows\.0\.m$", r"duration_predictor.\1flows.0.translate"),  # flows.0: the elementwise affine
     (r"^dp\.(post_)?flows\.0\.logs$", r"duration_predictor.\1flows.0.log_scale"),
     (r"^dp\.(post_)?flows\.(\d+)\.pre\.", r"duration_predictor.\1flows.\2.conv_pre."),
     (r"^dp\.(post_)?flows\.(\d+)\.proj\.", r"duration_predictor.\1flows.\2.conv_proj."),
-    (r"^dp\.(post_)?flows\.(\d+)\.convs\.", r"duration_predictor.\1flows.\2.conv_dds."),
+    (r"^dp\.(post_)?flows\.(\d+)\.convs\.", r"duration_predictor.\1flows.\2.conv_dds."),  # DDSConv
     (r"^dp\.(post_)?pre\.", r"duration_predictor.\1conv_pre."),
     (r"^dp\.(post_)?proj\.", r"duration_predictor.\1conv_proj."),
     (r"^dp\.(post_)?convs\.", r"duration_predictor.\1conv_dds."),

@@ -28,16 +28,16 @@ class WhisperConfig:
     decoder_attention_heads: int = 6
     decoder_ffn_dim: int = 1536  # 4 * d_model in every released size
     encoder_ffn_dim: int = 1536
-    encoder_layerdrop: float = 0.0
+    encoder_layerdrop: float = 0.0  # the chance that a training step skips a whole layer
     decoder_layerdrop: float = 0.0
     d_model: int = 384
     activation_function: str = "gelu"
     # regularisation and initialisation
-    dropout: float = 0.0
+    dropout: float = 0.0  # openai/whisper has no dropout at all
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
-    init_std: float = 0.02
-    scale_embedding: bool = False
+    init_std: float = 0.02  # of the normal initialisation from scratch
+    scale_embedding: bool = False  # Whisper does not scale its token embeddings by sqrt(d_model)
     # positions: 1500 encoder frames (30 s after the stride-2 convolution), 448 text tokens
     max_source_positions: int = 1500
     max_target_positions: int = 448
@@ -48,14 +48,14 @@ class WhisperConfig:
     decoder_start_token_id: int = 50257
     tie_word_embeddings: bool = True
     suppress_tokens: list[int] | None = None
-    begin_suppress_tokens: list[int] | None = field(default_factory=lambda: [220, 50256])
+    begin_suppress_tokens: list[int] | None = field(default_factory=lambda: [220, 50256])  # never first: " ", end
     median_filter_width: int = 7  # of the cross-attention weights for word timestamps
     # transformers' SpecAugment (apply_spec_augment): time and feature masks during training
     apply_spec_augment: bool = False
-    mask_time_prob: float = 0.05
+    mask_time_prob: float = 0.05  # about this share of the frames masked, in spans of mask_time_length
     mask_time_length: int = 10
     mask_time_min_masks: int = 2
-    mask_feature_prob: float = 0.0
+    mask_feature_prob: float = 0.0  # the same over the mel bins
     mask_feature_length: int = 10
     mask_feature_min_masks: int = 0
     attn_implementation: str = "sdpa"  # eager, sdpa or flash_attention_2; not saved in config.json

@@ -19,13 +19,17 @@ class WhisperFeatureExtractor(PretrainedFeatureExtractor):
     each utterance's own maximum and scaled as `(x + 4) / 4`.
     """
 
+    saved_attributes = ("chunk_length", "dither", "feature_size", "hop_length", "n_fft", "n_samples", "nb_max_frames",
+                        "padding_value", "sampling_rate")
+    returns_attention_mask = False
+
     def __init__(
         self,
         feature_size: int = 80,
         sampling_rate: int = 16000,
-        hop_length: int = 160,
-        chunk_length: int = 30,
-        n_fft: int = 400,
+        hop_length: int = 160,  # 10 ms at 16 kHz
+        chunk_length: int = 30,  # seconds every input is padded to
+        n_fft: int = 400,  # a 25 ms window
         padding_value: float = 0.0,
         dither: float = 0.0,
     ):
@@ -71,20 +75,3 @@ class WhisperFeatureExtractor(PretrainedFeatureExtractor):
         features = (torch.maximum(log_mel, ceiling - 8.0) + 4.0) / 4.0
         frame_mask = torch.arange(self.nb_max_frames, device=device) * self.hop_length < lengths[:, None]
         return features, frame_mask
-
-    def to_dict(self) -> dict:
-        """The HF `preprocessor_config.json` fields, so transformers loads what we save."""
-        return {
-            "chunk_length": self.chunk_length,
-            "dither": self.dither,
-            "feature_extractor_type": "WhisperFeatureExtractor",
-            "feature_size": self.feature_size,
-            "hop_length": self.hop_length,
-            "n_fft": self.n_fft,
-            "n_samples": self.n_samples,
-            "nb_max_frames": self.nb_max_frames,
-            "padding_side": "right",
-            "padding_value": self.padding_value,
-            "return_attention_mask": False,
-            "sampling_rate": self.sampling_rate,
-        }
