@@ -178,6 +178,8 @@ def standin_overrides(recipe: str, compose, pretrained_folder, tmp_path: Path) -
         make_tokens(Path(cfg.data.tokens_dir), layout, kmeans_from=None)
         if cfg.data.val_dir is not None:
             make_tokens(Path(cfg.data.val_dir), layout, kmeans_from=Path(cfg.data.tokens_dir))
+    if "allow_foreign_semantic_ids" in cfg.data:  # the bundled k-means ids for a random stand-in Bark: told so
+        overrides.append("data.allow_foreign_semantic_ids=true")
     if cfg.get("tokenizer") and cfg.tokenizer.get("phonemize") and not PHONEMIZER_WORKS:
         # espeak-ng (a Debian package) and phonemizer are optional: without them a phonemizing recipe is run on
         # characters, which changes its symbol table and nothing else.

@@ -192,6 +192,28 @@ def check_token_info(info: Mapping[str, Any], kind: str, where: str | Path = "to
                          "tokenize with speechtrain-tokenize at its defaults (EnCodec 24 kHz, 6 kbps; HuBERT)")
 
 
+def bark_compatible_semantic_ids(info: Mapping[str, Any]) -> bool:
+    """Whether tokens.json says its semantic ids are Bark's own (`semantic.bark_compatible`, written by a
+    Bark-compatible semantic tokenizer); speechtrain's HuBERT k-means ids are not."""
+    return info.get("semantic", {}).get("bark_compatible") is True
+
+
+def check_semantic_ids_for_pretrained(info: Mapping[str, Any], kind: str, where: str | Path,
+                                      allow_foreign_semantic_ids: bool = False) -> None:
+    """A pretrained Bark semantic or coarse model reads semantic ids as the ones it was trained on: fine-tuning it on
+    ids from another tokenizer (the own k-means) trains on garbage unless meant. The fine model reads no semantic
+    ids, and a model trained from scratch learns whatever ids it is given."""
+    if kind not in ("semantic", "coarse_acoustics") or allow_foreign_semantic_ids or bark_compatible_semantic_ids(info):
+        return
+    semantic = info.get("semantic", {})
+    made_by = f"{semantic.get('name', 'an unknown tokenizer')} with {semantic.get('num_clusters', '?')}-cluster k-means"
+    raise DataError(
+        f"{where}: its semantic ids come from {made_by}, not from Bark's semantic tokenizer, so they mean nothing "
+        f"to the pretrained Bark {kind} model (model.pretrained). Tokenize the corpus with a Bark-compatible "
+        "semantic tokenizer, or set data.allow_foreign_semantic_ids=true to fine-tune on these ids anyway (the model "
+        "then has to relearn what every semantic id means)")
+
+
 def bark_collator(kind: str, tokenizer: Any = None, block_size: int = 1024,
                   windows_per_utterance: int | None = None, seed: int | None = None,
                   config: BarkGenerationConfig = DEFAULTS) -> Callable[[list[TokenizedUtterance]], dict[str, Any]]:
@@ -207,15 +229,21 @@ def bark_collator(kind: str, tokenizer: Any = None, block_size: int = 1024,
 
 class BarkTokenDataModule(TokenDataModule):
     """`TokenDataModule` with the collator of Bark's sub-model `kind`, checking after `setup` that the tokens fit
-    it (`check_token_info`). Takes the entry point's `tokenizer` (used by the semantic kind only)."""
+    it (`check_token_info`) and, when the model is `pretrained`, that a semantic or coarse model gets Bark's own
+    semantic ids (`check_semantic_ids_for_pretrained`). Takes the entry point's `tokenizer` (used by the semantic
+    kind only)."""
 
     def __init__(self, tokens_dir: str | Path, kind: str, max_batch_seconds: float, tokenizer: Any = None,
-                 block_size: int = 1024, windows_per_utterance: int | None = None, **options: Any):
+                 block_size: int = 1024, windows_per_utterance: int | None = None, pretrained: str | None = None,
+                 allow_foreign_semantic_ids: bool = False, **options: Any):
         super().__init__(tokens_dir, bark_collator(kind, tokenizer, block_size, windows_per_utterance),
                          max_batch_seconds, **options)
-        self.kind = kind
+        self.kind, self.pretrained, self.allow_foreign_semantic_ids = kind, pretrained, allow_foreign_semantic_ids
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:  # before reading every shard
-            check_token_info(read_token_info(self.tokens_dir), self.kind, self.tokens_dir / INFO_FILE)
+            info, where = read_token_info(self.tokens_dir), self.tokens_dir / INFO_FILE
+            check_token_info(info, self.kind, where)
+            if self.pretrained is not None:
+                check_semantic_ids_for_pretrained(info, self.kind, where, self.allow_foreign_semantic_ids)
         super().setup(stage)

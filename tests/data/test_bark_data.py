@@ -168,3 +168,44 @@ def test_datamodule_refuses_tokens_that_do_not_fit(tmp_path):
         BarkTokenDataModule(folder, "fine_acoustics", max_batch_seconds=5.0).setup()
     with pytest.raises(ValueError, match="kind='acoustic' is not one of"):
         BarkTokenDataModule(folder, "acoustic", max_batch_seconds=5.0)
+
+
+@pytest.fixture(scope="module")
+def pretrained_bark_coarse(tmp_path_factory):
+    """A random transformers Bark coarse model, saved as a pretrained folder (Bark's coarse vocabulary, tiny)."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("bark_coarse")
+    config = transformers.BarkCoarseConfig(input_vocab_size=12096, output_vocab_size=12096, block_size=1024,
+                                           num_layers=1, num_heads=2, hidden_size=16)
+    torch.manual_seed(0)
+    transformers.BarkCoarseModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_pretrained_bark_refuses_semantic_ids_that_are_not_barks_unless_told(compose, tmp_path, pretrained_bark_coarse):
+    from speechtrain.train import build
+
+    recipe = ["recipe=bark_coarse", f"model.pretrained={pretrained_bark_coarse}", "data.windows_per_utterance=1"]
+    _, refusing = build(compose(*recipe, output_dir=tmp_path / "refused"))
+    refusal = rf"{TOKENS}/tokens.json: its semantic ids come from hubert_base with 100-cluster k-means, not from "
+    with pytest.raises(ValueError, match=refusal + r"Bark's .*data.allow_foreign_semantic_ids=true"):
+        refusing.setup("fit")
+
+    task, told = build(compose(*recipe, "data.allow_foreign_semantic_ids=true", output_dir=tmp_path / "told"))
+    told.setup("fit")
+    batch = next(iter(told.train_dataloader()))
+    assert torch.isfinite(task.training_loss(batch)[0])
+
+    compatible = tmp_path / "bark_ids"  # the same folder, as a Bark-compatible semantic tokenizer would record it
+    shutil.copytree(TOKENS, compatible)
+    recorded = json.loads((compatible / "tokens.json").read_text())
+    recorded["semantic"]["bark_compatible"] = True
+    (compatible / "tokens.json").write_text(json.dumps(recorded))
+    _, accepting = build(compose(*recipe, f"data.tokens_dir={compatible}", output_dir=tmp_path / "compatible"))
+    accepting.setup("fit")
+
+
+def test_the_fine_model_reads_no_semantic_ids_so_a_pretrained_one_takes_any_tokens():
+    module = BarkTokenDataModule(TOKENS, "fine_acoustics", max_batch_seconds=5.0, pretrained="models/bark/fine")
+    module.setup("fit")
+    assert len(module.train_dataset) > 0
