@@ -16,15 +16,17 @@ from typing import Any
 import numpy as np
 
 
-def run_ctranslate2_whisper(folder: Path, features: np.ndarray | None = None, generate: dict | None = None,
+def run_ctranslate2_whisper(folder: Path, features: np.ndarray | None = None, *, encode: bool = False,
+                            generate: dict | None = None,
                             transcribe: tuple[list[np.ndarray], dict] | None = None) -> dict[str, Any]:
     """In a fresh process, the CTranslate2 Whisper at `folder` on log-mel `features` [B, n_mels, frames]:
-    `encoded` (the encoder's output, with `features`), `sequences` (the first hypothesis of each row of
+    `encoded` (the encoder's output, with `encode`), `sequences` (the first hypothesis of each row of
     `Whisper.generate(features, **generate)`), and `texts` (faster-whisper's `transcribe(audio, **kwargs)` of each
-    16 kHz clip in `transcribe`, its segments joined)."""
+    16 kHz clip in `transcribe`, its segments joined). With `transcribe`, the model is faster-whisper's own (its
+    `WhisperModel.model`), so that all three come from one loaded model."""
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        request: dict[str, Any] = {"folder": str(folder), "generate": generate}
+        request: dict[str, Any] = {"folder": str(folder), "encode": encode, "generate": generate}
         if features is not None:
             np.save(scratch / "features.npy", features)
         if transcribe is not None:
@@ -34,7 +36,7 @@ def run_ctranslate2_whisper(folder: Path, features: np.ndarray | None = None, ge
         result = subprocess.run([sys.executable, __file__, str(scratch)], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         answer = json.loads((scratch / "answer.json").read_text())
-        if (scratch / "encoded.npy").is_file():
+        if encode:
             answer["encoded"] = np.load(scratch / "encoded.npy")
         return answer
 
@@ -44,20 +46,24 @@ def _answer(scratch: Path) -> None:
 
     request = json.loads((scratch / "request.json").read_text())
     answer: dict[str, Any] = {}
-    if (scratch / "features.npy").is_file():
-        features = ctranslate2.StorageView.from_array(np.load(scratch / "features.npy"))
+    if "transcribe" in request:
+        import faster_whisper
+
+        pipeline = faster_whisper.WhisperModel(request["folder"], device="cpu", compute_type="float32")
+        runtime = pipeline.model
+    else:
         runtime = ctranslate2.models.Whisper(request["folder"], device="cpu", compute_type="float32")
-        np.save(scratch / "encoded.npy", np.array(runtime.encode(features)))
+    if request["encode"] or request["generate"] is not None:
+        features = ctranslate2.StorageView.from_array(np.load(scratch / "features.npy"))
+        if request["encode"]:
+            np.save(scratch / "encoded.npy", np.array(runtime.encode(features)))
         if request["generate"] is not None:
             results = runtime.generate(features, **request["generate"])
             answer["sequences"] = [result.sequences_ids[0] for result in results]
     if "transcribe" in request:
-        import faster_whisper
-
-        model = faster_whisper.WhisperModel(request["folder"], device="cpu", compute_type="float32")
         with np.load(scratch / "clips.npz") as clips:
-            answer["texts"] = [" ".join(segment.text.strip() for segment in model.transcribe(clips[name],
-                                                                                              **request["transcribe"])[0])
+            answer["texts"] = [" ".join(segment.text.strip()
+                                        for segment in pipeline.transcribe(clips[name], **request["transcribe"])[0])
                                for name in clips.files]
     (scratch / "answer.json").write_text(json.dumps(answer))
 

@@ -68,10 +68,6 @@ def test_fine_tuned_tiny_en_hears_better_and_transcribes_as_ours_in_faster_whisp
     ours = transcriber.transcribe_files(recordings)
     assert len(set(ours)) == len(recordings)  # real transcripts, one per sentence
 
-    # faster-whisper's CTranslate2 model, greedy on our features: the exported weights decode token for token as ours.
-    # faster-whisper's whole pipeline: its own features pad the log-mel of the audio with zeros where transformers'
-    # (and openai/whisper's) pad the audio, which moves near ties (" Ten" 12.86 vs " ten" 12.42 after fine-tuning),
-    # so its transcripts equal ours as the WER normaliser reads them
     prefix = list(transcriber.tokenizer.prefix_ids)
     clips = [load_audio(recording, 16000) for recording in recordings]
     features, _ = transcriber.features(clips)
@@ -82,7 +78,12 @@ def test_fine_tuned_tiny_en_hears_better_and_transcribes_as_ours_in_faster_whisp
         transcribe=([clip.numpy() for clip in clips], {"beam_size": 1, "temperature": 0.0,
                                                        "without_timestamps": True,
                                                        "condition_on_previous_text": False}))
+    # faster-whisper's CTranslate2 model, greedy on our features: the exported weights decode token for token as ours
     assert [transcriber.tokenizer.decode(sequence).strip() for sequence in runtime["sequences"]] == ours
+
+    # faster-whisper's whole pipeline: its own features pad the log-mel of the audio with zeros where transformers'
+    # (and openai/whisper's) pad the audio, which moves near ties (" Ten" 12.86 vs " ten" 12.42 after fine-tuning),
+    # so its transcripts equal ours as the WER normaliser reads them
     theirs = runtime["texts"]
     normalize = get_normalizer("basic")
     assert [normalize(text) for text in theirs] == [normalize(text) for text in ours]

@@ -79,7 +79,7 @@ def test_real_tiny_en_encodes_and_decodes_as_the_ctranslate2_runtime(tiny_en):
     model.eval()
     features, mask = _features(folder)
     prefix = list(tokenizer.prefix_ids)
-    runtime = run_ctranslate2_whisper(source, features.numpy(), generate={
+    runtime = run_ctranslate2_whisper(source, features.numpy(), encode=True, generate={
         "prompts": [prefix] * len(CLIPS), "beam_size": 1, "max_length": len(prefix) + 60, "suppress_blank": True,
         "suppress_tokens": tokenizer.suppress_tokens, "return_scores": False})
     expected = torch.from_numpy(runtime["encoded"])
