@@ -20,25 +20,39 @@ Hydra's basic sweeper re-raises the first failure only after the whole batch of 
 status is then non-zero but every other job has run and the summary is written. With matplotlib (the `plots` extra)
 `summary.md` also links `summary.png`, the optimized metric against each swept key's values, and for an Optuna
 search `history.png`, the optimisation history, which `OptunaSweeper` redraws after each batch of trials.
+
+A trial of several processes (DDP, FSDP) must not be started by Lightning inside a job of the in-process (basic)
+launcher: Lightning would re-run the sweep's own command line in each new process, so every rank would run the
+whole multirun (and ask an Optuna study for its own trials). `TorchrunLauncher` (`hydra/launcher=torchrun`) runs
+each job as its own `torch.distributed.run` process group instead, and `check_trial_launch` refuses the other way.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
 import math
-from collections.abc import Sequence
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.experimental.callback import Callback
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from speechtrain.errors import ConfigError
 from speechtrain.plots import history_image, plotting_available, sweep_image, write_png
@@ -289,8 +303,9 @@ class OptunaSweeper(Sweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([f"{key}={value}" for key, value in self.params.items()] + arguments)
         distributions, fixed = search_space(overrides)
-        sampler = (hydra.utils.instantiate(self.sampler) if self.sampler
-                   else optuna.samplers.TPESampler(seed=self.seed))
+        sampler = self.sampler or optuna.samplers.TPESampler(seed=self.seed)
+        if not isinstance(sampler, optuna.samplers.BaseSampler):  # Hydra built the sweeper's node recursively
+            sampler = hydra.utils.instantiate(sampler)
         study = optuna.create_study(direction=self.direction, sampler=sampler, storage=self.storage,
                                     study_name=self.study_name, load_if_exists=self.storage is not None)
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -373,3 +388,246 @@ def _fail_interrupted_trials(study: Any) -> None:
         log.warning("Optuna: trial %d was left running by a killed sweep; told FAIL and asked again", trial.number)
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, skip_if_exists=False)
+
+
+# --- launching trials of several processes ------------------------------------------------------------
+
+
+def processes_per_node(devices: Any, accelerator: Any = "auto") -> int:
+    """The processes Lightning runs on each node for `trainer.devices`: a count (an int or a string of digits),
+    -1 or "auto" (every GPU; one process on the CPU), or device indices (a list, or a string such as "0,1")."""
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        return len(devices)
+    text = str(devices).strip().lower()
+    if text in ("-1", "auto"):
+        if str(accelerator).lower() not in ("auto", "gpu", "cuda"):
+            return 1
+        from lightning.fabric.accelerators.cuda import num_cuda_devices
+
+        return max(num_cuda_devices(), 1)
+    if "," in text:
+        return len([index for index in text.split(",") if index.strip()])
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"trainer.devices={devices!r}: expected a count, -1, 'auto' or a list of device indices")
+    return int(text)
+
+
+def _launched_externally(environ: Mapping[str, str]) -> bool:
+    """True in a process that a launcher started as one rank, where Lightning starts no other process: torchrun
+    (and Lightning for its own children) set LOCAL_RANK and WORLD_SIZE, srun sets SLURM_NTASKS (outside an
+    interactive allocation, as Lightning's SLURMEnvironment reads it)."""
+    if "LOCAL_RANK" in environ or "WORLD_SIZE" in environ:
+        return True
+    return "SLURM_NTASKS" in environ and environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def _strategy_name(strategy: Any) -> str:
+    if OmegaConf.is_dict(strategy) or isinstance(strategy, Mapping):
+        return str(strategy.get("_target_", strategy))
+    return str(strategy)
+
+
+def _lightning_reruns_the_command(strategy: Any) -> bool:
+    """Whether Lightning starts the other ranks of `trainer.strategy` by running the command line again (DDP, FSDP,
+    DeepSpeed: its subprocess launcher, which in a multirun repeats the multirun) rather than by spawning or forking
+    a function that runs no Hydra app (`ddp_spawn`, `ddp_fork`, `ddp_notebook`, XLA, a node whose `start_method`
+    is not popen) or running one process (`single_device`)."""
+    if OmegaConf.is_dict(strategy) or isinstance(strategy, Mapping):
+        if str(strategy.get("_target_", "")).endswith("SingleDeviceStrategy"):
+            return False
+        return strategy.get("start_method", "popen") == "popen"
+    name = str(strategy).lower()
+    return not any(word in name for word in ("single", "spawn", "fork", "notebook", "xla"))
+
+
+def check_trial_launch(cfg: DictConfig, mode: RunMode | None, environ: Mapping[str, str] | None = None) -> None:
+    """Refuses a multirun job (`mode`, Hydra's run mode) whose trainer Lightning would start as several processes
+    by re-running the command line: each rank would run the whole multirun (and ask a stored Optuna study for its
+    own trial). Such a trial has to be its own launch, through `hydra/launcher=torchrun` or a SLURM launcher with
+    one task per GPU; a rank those start (LOCAL_RANK, WORLD_SIZE or srun's variables in `environ`) passes."""
+    environ = os.environ if environ is None else environ
+    if mode != RunMode.MULTIRUN or _launched_externally(environ):
+        return
+    trainer = cfg.get("trainer") or {}
+    devices, num_nodes, strategy = trainer.get("devices", 1), trainer.get("num_nodes") or 1, trainer.get("strategy")
+    processes = processes_per_node(devices, trainer.get("accelerator", "auto")) * int(num_nodes)
+    if processes <= 1 or not _lightning_reruns_the_command(strategy or "auto"):
+        return
+    raise ConfigError(
+        f"trainer.devices={devices} and trainer.num_nodes={num_nodes} (strategy {_strategy_name(strategy)}) train "
+        f"each trial as {processes} processes, which Lightning would start by running this multirun's command line "
+        "again, so that every rank would run the whole sweep. Launch each trial as its own process group: add "
+        "hydra/launcher=torchrun (one machine; hydra.launcher.nproc_per_node defaults to trainer.devices), or on "
+        "SLURM hydra/launcher=submitit_slurm (pip install hydra-submitit-launcher) with one task per GPU "
+        "(hydra.launcher.tasks_per_node and hydra.launcher.gpus_per_node: the GPUs per node; hydra.launcher.nodes: "
+        "trainer.num_nodes)")
+
+
+class TrialFailed(RuntimeError):
+    """A trial's process group ended with a non-zero status, or without its metrics; the message starts with the
+    cause found in its stderr and goes on with the last lines of that stderr."""
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as a quoted string of Hydra's override grammar, so that a path with spaces, `=` or `,` (an
+    `override_dirname` subdir) reaches the child as it is."""
+    escaped = re.sub(r"(\\*)'", lambda match: match.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda match: match.group(1) * 2, escaped) + "'"
+
+
+# Hydra settings a trial's command line sets itself: a run (never a multirun) in the job's folder, with the job's
+# number, whose ranks write no .hydra folder (the launcher wrote it) and run no callbacks (the launcher runs them).
+_TRIAL_OWN_KEYS = ("hydra.mode", "hydra.run.dir", "hydra.sweep.dir", "hydra.output_subdir", "hydra.job.num",
+                   "hydra.job.id")
+
+
+def trial_arguments(hydra_cfg: DictConfig) -> list[str]:
+    """The command-line arguments of a job's training script, from its Hydra config (`HydraConfig.get()` in the
+    job): the multirun's config name and `--config-dir`, its Hydra overrides, then the job's own overrides,
+    exactly as the basic launcher composes the job (`load_sweep_config`), then the trial's own Hydra settings."""
+    arguments = [f"--config-name={hydra_cfg.job.config_name}"] if hydra_cfg.job.config_name else []
+    arguments += [f"--config-dir={source.path}" for source in hydra_cfg.runtime.config_sources
+                  if source.provider == "command-line"]
+    parsed = OverridesParser.create().parse_overrides([str(line) for line in hydra_cfg.overrides.hydra])
+    arguments += [override.input_line for override in parsed
+                  if not any(override.key_or_group == key or override.key_or_group.startswith(key + ".")
+                             for key in _TRIAL_OWN_KEYS)]
+    arguments += [str(line) for line in hydra_cfg.overrides.task]
+    return arguments + ["hydra.mode=RUN", f"hydra.run.dir={hydra_quoted(hydra_cfg.runtime.output_dir)}",
+                        f"hydra.sweep.dir={hydra_quoted(os.path.join(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir))}",
+                        "hydra.output_subdir=null", f"hydra.job.num={hydra_cfg.job.num}",
+                        f"hydra.job.id={hydra_quoted(str(hydra_cfg.job.id))}",
+                        *(f"~hydra.callbacks.{name}" for name in hydra_cfg.callbacks)]
+
+
+class StderrWatch:
+    """What a failed trial's message needs from its stderr, kept as it streams (a long run's whole stderr is not
+    kept): its last lines, and the cause: speechtrain's one-paragraph error (as `TYPE: message`), else the last
+    exception line of a traceback (not torchrun's own ChildFailedError), else the last line. Text comes in chunks;
+    a progress bar's carriage returns end lines too, so that one bar does not make one line of a whole epoch."""
+
+    def __init__(self, tail_lines: int = 40) -> None:
+        self.tail: deque[str] = deque(maxlen=tail_lines)
+        self.error: str | None = None
+        self.exception: str | None = None
+        self._partial = ""
+
+    def feed(self, text: str) -> None:
+        *lines, self._partial = re.split(r"\r\n?|\n", self._partial + text)
+        for line in lines:
+            self._line(line)
+
+    def close(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+
+    def _line(self, line: str) -> None:
+        self.tail.append(line)
+        text = re.sub(r"^\[(default)?rank\d+\]:\s?", "", line).strip()  # torchrun's prefix with --tee
+        if text.startswith("speechtrain: error: "):
+            match = re.fullmatch(r"speechtrain: error: (.*) \((\w+)\)\..*", text)
+            self.error = f"{match.group(2)}: {match.group(1)}" if match else text.removeprefix("speechtrain: error: ")
+        elif re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt)(:|$)", text) and "ChildFailedError" not in text:
+            self.exception = text
+
+    def cause(self) -> str:
+        last = next((line.strip() for line in reversed(self.tail) if line.strip()), "nothing on stderr")
+        return self.error or self.exception or last
+
+
+def _run_streaming_stderr(command: list[str], cwd: str, watch: StderrWatch) -> int:
+    """Runs `command`, its stdout straight to ours and its stderr through ours as it comes (progress bars
+    included, as a job of the basic launcher shows them) into `watch`; returns its exit status."""
+    sys.stdout.flush()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE) as process:
+        try:
+            while chunk := os.read(process.stderr.fileno(), 1 << 16):
+                text = decoder.decode(chunk)
+                sys.stderr.write(text)
+                sys.stderr.flush()
+                watch.feed(text)
+        except BaseException:
+            process.terminate()  # Ctrl+C or a kill of the sweep: the trial's ranks must not outlive it
+            raise
+    watch.close()
+    return process.returncode
+
+
+class TorchrunLauncher(Launcher):
+    """A Hydra launcher that runs each job of a multirun as its own process group, one after another:
+    `python -m torch.distributed.run --standalone --nproc-per-node=N SCRIPT <the job's overrides>
+    hydra.run.dir=<the job's folder>`, whose ranks Lightning finds started (LOCAL_RANK), so it starts none itself.
+
+    Only this process composes the jobs and asks the sweeper (Optuna with sqlite storage included) for them; the
+    job's folder, `.hydra` files, Hydra callbacks (`SweepSummary`, `job_status.json`) and `JobReturn` are Hydra's
+    own `run_job`'s, as under the basic launcher, with the training run replaced by the process group. A trial
+    returns `optimized_metric` from the `metrics.json` its ranks write, or fails with `TrialFailed` and the sweep
+    goes on. `nproc_per_node`: processes per trial (an int, or torchrun's "gpu"); null follows the job's
+    `trainer.devices`. `script`: the training script; null runs the entry point that started the multirun.
+    `torchrun_args`: more torchrun options (before the script). `stderr_tail_lines`: kept for a failure's message.
+    """
+
+    def __init__(self, nproc_per_node: int | str | None = None, script: str | None = None,
+                 torchrun_args: Sequence[str] = (), stderr_tail_lines: int = 40) -> None:
+        self.nproc_per_node, self.script = nproc_per_node, script
+        self.torchrun_args, self.stderr_tail_lines = [str(arg) for arg in torchrun_args], stderr_tail_lines
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.entry_point = [os.path.abspath(self.script)] if self.script else _entry_point()
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info("Launching %d jobs with torchrun, each its own process group", len(job_overrides))
+        runs = []
+        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = number
+                sweep_config.hydra.job.num = number
+            runs.append(run_job(hydra_context=self.hydra_context, task_function=self._run_trial, config=sweep_config,
+                                job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return runs
+
+    def trial_command(self, task_cfg: DictConfig, hydra_cfg: DictConfig) -> list[str]:
+        """The command that runs one job (`task_cfg` without and `hydra_cfg` with its Hydra node) as a trial."""
+        trainer = task_cfg.get("trainer") or {}
+        if int(trainer.get("num_nodes") or 1) > 1:
+            raise ConfigError(f"trainer.num_nodes={trainer.num_nodes}: hydra/launcher=torchrun runs each trial on "
+                              "this machine; on SLURM use hydra/launcher=submitit_slurm with one task per GPU")
+        nproc = self.nproc_per_node
+        if nproc is None:
+            nproc = processes_per_node(trainer.get("devices", 1), trainer.get("accelerator", "auto"))
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                *self.torchrun_args, *self.entry_point, *trial_arguments(hydra_cfg)]
+
+    def _run_trial(self, task_cfg: DictConfig) -> Any:
+        """The task function that `run_job` calls in place of training: the job's process group, then its metric."""
+        hydra_cfg = HydraConfig.get()
+        command = self.trial_command(task_cfg, hydra_cfg)
+        log.info("job %s: %s", hydra_cfg.job.num, shlex.join(command))
+        watch = StderrWatch(self.stderr_tail_lines)
+        status = _run_streaming_stderr(command, hydra_cfg.runtime.cwd, watch)
+        if status != 0:
+            raise TrialFailed(f"{watch.cause()} (torchrun exited with status {status}; the end of its stderr "
+                              "follows)\n" + "\n".join(watch.tail))
+        metrics_path = Path(hydra_cfg.runtime.output_dir) / "metrics.json"
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except (OSError, ValueError) as err:
+            raise TrialFailed(f"the trial ended without an error but {metrics_path} cannot be read: {err}") from None
+        return metrics.get(task_cfg.get("optimized_metric"))
+
+
+def _entry_point() -> list[str]:
+    """How torchrun runs the script that started this process: `-m MODULE` or the script's absolute path."""
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    return ["-m", spec.name] if spec is not None else [os.path.abspath(sys.argv[0])]
