@@ -8,7 +8,9 @@ Both searches return, per utterance, the full token list: the prefix, the genera
 token when one was produced (as transformers' `generate`, without its padding). Beam search follows
 transformers' algorithm (2 * num_beams candidates per step, scores divided by
 `generated_length ** length_penalty`, the same early-stopping rule), so both return the same best sequence.
-Call them on a model in `eval()` mode.
+Call them on a model in `eval()` mode. Under FSDP every decoder call gathers parameters collectively, so with
+`synchronize_ranks` a search stops only when it has finished on every rank (ranks already done step on, and what
+they generate then is dropped).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
+
+from speechtrain.distributed import every_rank_agrees
 
 
 class EncoderDecoder(Protocol):
@@ -56,7 +60,7 @@ def greedy_decode(model: EncoderDecoder, input_features: torch.Tensor, attention
                   prefix_ids: Sequence[int], eos_id: int, max_new_tokens: int, suppress_tokens: Sequence[int] = (),
                   begin_suppress_tokens: Sequence[int] = (),
                   logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                  ) -> list[list[int]]:
+                  synchronize_ranks: bool = False) -> list[list[int]]:
     """Arg-max decoding; each row stops at its first `eos_id`, the loop when every row has. `logits_processor(
     tokens [N, so far], log_probs [N, vocab]) -> log_probs` runs after the suppression, as transformers' Whisper
     timestamp rules do (`speechtrain.models.whisper.timestamps`)."""
@@ -75,7 +79,8 @@ def greedy_decode(model: EncoderDecoder, input_features: torch.Tensor, attention
         history = torch.cat([history, next_tokens[:, None]], dim=1)  # [N, so far + 1]
         generated.append(next_tokens)
         finished |= next_tokens == eos_id
-        if bool(finished.all()):
+        done = bool(finished.all())
+        if every_rank_agrees(done, finished.device) if synchronize_ranks else done:
             break
         step_input = next_tokens[:, None]  # [B, 1]
     sequences = []
@@ -97,6 +102,7 @@ def beam_search(
     length_penalty: float = 1.0,
     suppress_tokens: Sequence[int] = (),
     begin_suppress_tokens: Sequence[int] = (),
+    synchronize_ranks: bool = False,
 ) -> list[list[int]]:
     """Beam search; returns the best finished hypothesis per utterance (hypotheses cut by `max_new_tokens`
     count as finished)."""
@@ -158,7 +164,7 @@ def beam_search(
         for b in range(batch):  # stop once no live beam can beat the worst of K finished hypotheses
             if not done[b] and len(finished[b]) == beams:
                 done[b] = best_live[b] / (step + 1) ** length_penalty <= finished[b][-1][0]
-        if last_step or all(done):
+        if last_step or (every_rank_agrees(all(done), device) if synchronize_ranks else all(done)):
             break
         cache = reorder_cache(cache, source_rows)
         logits, cache = model.decode(next_tokens[:, None], encoder_hidden_states, attention_mask, cache)
@@ -174,6 +180,7 @@ def decode_to_text(
     num_beams: int = 1,
     max_new_tokens: int | None = None,
     prefix_ids: Sequence[int] | None = None,
+    synchronize_ranks: bool = False,
 ) -> list[str]:
     """Transcripts of a batch: the tokenizer's prompt (or `prefix_ids`, e.g. a `<|startofprev|>` prompt before it),
     suppress lists and end token, greedy or beam.
@@ -187,6 +194,7 @@ def decode_to_text(
         max_new_tokens=max_new_tokens or model.config.max_target_positions - len(prefix),
         suppress_tokens=getattr(tokenizer, "suppress_tokens", ()),
         begin_suppress_tokens=getattr(tokenizer, "begin_suppress_tokens", ()),
+        synchronize_ranks=synchronize_ranks,
     )
     if num_beams > 1:
         sequences = beam_search(model, input_features, attention_mask, num_beams=num_beams, **common)

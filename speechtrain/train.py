@@ -31,14 +31,16 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from speechtrain.atomic import atomic_write_bytes
 from speechtrain.callbacks import RankSeed
 from speechtrain.config_checks import check_required_values, check_targets
-from speechtrain.distributed import FullyShardedStrategy, build_strategy, checkpoint_block_activations
+from speechtrain.distributed import FullyShardedStrategy, build_strategy, checkpoint_block_activations, full_model
 from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import resolve_pretrained, save_bundle
 from speechtrain.layers.lora import save_peft_adapter
 from speechtrain.model_card import write_model_card
 from speechtrain.models.registry import family_of_builder
+from speechtrain.sweeps import check_trial_launch
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +254,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg, output_dir))
     metrics = _scalar_metrics(trainer)
+    if any(getattr(callback, "preempted", False) for callback in trainer.callbacks):
+        log.info("preempted: the requeued job resumes from the hpc checkpoint; the run is tested and exported when it "
+                 "has finished")
+        return metrics
     if getattr(datamodule, "test_dataset", None) is not None:  # data.test: scored once, with the final weights
         trainer.test(task, datamodule=datamodule, verbose=False)
         metrics.update(_scalar_metrics(trainer))
 
+    exported_model = full_model(model) if cfg.export else None  # under FSDP a collective gather, rank 0 keeps it
     if cfg.export and trainer.is_global_zero:
         export_dir = output_dir / "exported"
-        save_bundle(export_dir, model, task.tokenizer, task.feature_extractor)
+        save_bundle(export_dir, exported_model, task.tokenizer, task.feature_extractor)
         if getattr(task, "peft_adapter", None) is not None:  # a LoRA run: the adapters alone too, in peft's format
             adapter_config, adapter = task.peft_adapter
             adapter_config = {**adapter_config, "base_model_name_or_path": pretrained}
@@ -269,7 +276,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # the next job of a multirun must start its own W&B run
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if trainer.is_global_zero:  # one writer: a sweep's launcher reads the trial's metric from it
+        atomic_write_bytes(output_dir / "metrics.json", (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     log.info("metrics: %s", metrics)
     return metrics
 
@@ -321,6 +329,7 @@ def _real_error(exc: BaseException) -> BaseException:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
+        check_trial_launch(cfg, HydraConfig.get().mode)
         metrics = train(cfg)
     except Exception as exc:
         mistake = user_mistake(exc)

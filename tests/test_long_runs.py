@@ -3,8 +3,10 @@ SLURM preemption (SIGUSR1) whose checkpoint the resume picks."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -48,14 +50,15 @@ def test_time_checkpoint_writes_last_ckpt_mid_epoch(compose, tmp_path):
 
 class SignalAt(L.Callback):
     """Sends `signals` (names, one per step) to its own process after the training batch that reaches
-    `step`, `step + 1`, ...: a preemption notice (SIGUSR1 from SLURM, SIGTERM) and then, say, the kill."""
+    `step`, `step + 1`, ...: a preemption notice (SIGUSR1 from SLURM, SIGTERM) and then, say, the kill; only on
+    global rank `rank` when one is given."""
 
-    def __init__(self, step: int, signals: list[str]) -> None:
-        self.step, self.signals = step, list(signals)
+    def __init__(self, step: int, signals: list[str], rank: int | None = None) -> None:
+        self.step, self.signals, self.rank = step, list(signals), rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         index = trainer.global_step - self.step
-        if 0 <= index < len(self.signals):
+        if 0 <= index < len(self.signals) and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), getattr(signal, self.signals[index]))
 
 
@@ -106,9 +109,10 @@ SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "speechtrain", "SLURM_JOB_I
 
 
 def test_slurm_preemption_checkpoint_is_the_one_the_resume_picks(compose, tmp_path):
-    """Single process: SIGUSR1 mid-epoch 1 saves hpc_ckpt_1.ckpt (newer than epoch 0's last.ckpt), then a SIGKILL a
-    step later; `ckpt_path=last` resumes from the hpc checkpoint and ends with the uninterrupted run's weights."""
-    overrides = [*TINY, "trainer.limit_train_batches=3", "trainer.max_steps=6", "task.warmup_steps=2",
+    """Single process: SIGUSR1 mid-epoch 1 (after step 4) saves hpc_ckpt_1.ckpt at the next batch end (step 5, newer
+    than epoch 0's last.ckpt) and stops the run; `ckpt_path=last` resumes from the hpc checkpoint and ends with the
+    uninterrupted run's weights."""
+    overrides = [*TINY, "trainer.limit_train_batches=3", "trainer.max_steps=7", "task.warmup_steps=2",
                  *[o for o in COMMON if o not in TINY and "every_n_train_steps" not in o],  # last.ckpt at validation
                  f"cpu_threads={torch.get_num_threads()}"]  # the preempted run is a fresh process: as many threads
     train(compose(*overrides, output_dir=tmp_path / "whole"))
@@ -118,12 +122,13 @@ def test_slurm_preemption_checkpoint_is_the_one_the_resume_picks(compose, tmp_pa
     command = [sys.executable, str(REPO_DIR / "train.py"), *overrides, f"hydra.run.dir={preempted}",
                "trainer.accelerator=cpu", "+trainer.enable_progress_bar=false", "~callbacks.progress_bar",
                "+callbacks.preempt._target_=test_long_runs.SignalAt", "+callbacks.preempt.step=4",
-               "+callbacks.preempt.signals=[SIGUSR1,SIGKILL]"]
+               "+callbacks.preempt.signals=[SIGUSR1]"]
     environment = {**os.environ, **SLURM_TASK,
                    "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
-    assert load(preempted / "hpc_ckpt_1.ckpt")["global_step"] == 4  # mid-epoch 1 (3 batches an epoch)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "preempted" in result.stdout + result.stderr
+    assert load(preempted / "hpc_ckpt_1.ckpt")["global_step"] == 5  # mid-epoch 1 (3 batches an epoch)
     assert load(preempted / "checkpoints" / "last.ckpt")["global_step"] == 3
     assert _resolve_ckpt_path(OmegaConf.create({"ckpt_path": "last"}), preempted) == str(preempted / "hpc_ckpt_1.ckpt")
 
@@ -132,6 +137,57 @@ def test_slurm_preemption_checkpoint_is_the_one_the_resume_picks(compose, tmp_pa
     assert whole.keys() == resumed.keys()
     different = [k for k in whole if not torch.equal(whole[k], resumed[k])]
     assert not different, different[:5]
+
+
+def run_slurm_tasks(run_dir: Path, overrides: list[str], tasks: int = 2) -> list[subprocess.CompletedProcess]:
+    """`python train.py trainer=ddp_cpu` started once per rank as `srun` would (SLURM's variables, one task each),
+    so that Lightning's SLURMEnvironment takes the ranks and installs the auto-requeue handling."""
+    command = [sys.executable, str(REPO_DIR / "train.py"), "trainer=ddp_cpu", f"trainer.devices={tasks}", *overrides,
+               f"hydra.run.dir={run_dir}", "+trainer.enable_progress_bar=false", "~callbacks.progress_bar"]
+    with socket.socket() as probe:  # a free port for the process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = []
+    for rank in range(tasks):
+        environment = {**os.environ, **SLURM_TASK, "SLURM_NTASKS": str(tasks), "SLURM_NTASKS_PER_NODE": str(tasks),
+                       "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "MASTER_PORT": str(port),
+                       "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
+        processes.append(subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    return results
+
+
+@pytest.mark.slow
+def test_slurm_preemption_of_two_ranks_saves_together_and_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Two SLURM tasks; only rank 1 gets SIGUSR1 after step 4. Both ranks agree at the next batch end, save
+    hpc_ckpt_1.ckpt (step 5) and stop (nothing exported); the resume picks it and ends where an uninterrupted
+    two-rank run ends."""
+    overrides = [*TINY, "trainer.limit_train_batches=3", "trainer.max_steps=7", "task.warmup_steps=2",
+                 *[o for o in COMMON if o not in TINY and "every_n_train_steps" not in o], "cpu_threads=1"]
+    for result in run_slurm_tasks(tmp_path / "whole", overrides):
+        assert result.returncode == 0, result.stderr[-3000:]
+    whole = final_weights(tmp_path / "whole")
+
+    preempted = tmp_path / "preempted"
+    signalled = ["+callbacks.preempt._target_=test_long_runs.SignalAt", "+callbacks.preempt.step=4",
+                 "+callbacks.preempt.signals=[SIGUSR1]", "+callbacks.preempt.rank=1"]
+    for result in run_slurm_tasks(preempted, [*overrides, *signalled]):
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert load(preempted / "hpc_ckpt_1.ckpt")["global_step"] == 5
+    assert load(preempted / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert not (preempted / "exported").exists() and not (preempted / "metrics.json").exists()
+
+    results = run_slurm_tasks(preempted, [*overrides, "ckpt_path=last"])
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "resuming from " + str(preempted / "hpc_ckpt_1.ckpt") in result.stdout + result.stderr
+    resumed = final_weights(preempted)
+    different = [k for k in whole if not torch.equal(whole[k], resumed[k])]
+    assert whole.keys() == resumed.keys() and not different, different[:5]
 
 
 def test_average_command_says_what_is_wrong(tmp_path, capsys):

@@ -234,6 +234,12 @@ class TransformerEncoder(nn.Module):
         for unused parameters (read by `speechtrain.distributed.build_strategy`)."""
         return self.config.encoder_layerdrop > 0
 
+    @property
+    def skips_blocks_at_random(self) -> bool:
+        """Layerdrop draws on each rank which layers to skip: FSDP, whose layer forwards are collective, refuses it
+        (read by `speechtrain.distributed.check_shardable`)."""
+        return self.config.encoder_layerdrop > 0
+
     def build_layers(self, layer_class: type[EncoderLayer], attn_implementation: str) -> None:
         """`layers` (`encoder_layers` of the family's `layer_class`) and the final `layer_norm`."""
         config = self.config
@@ -264,6 +270,11 @@ class TransformerDecoder(nn.Module):
 
     @property
     def may_leave_parameters_unused(self) -> bool:
+        """As the encoder's, for `decoder_layerdrop`."""
+        return self.config.decoder_layerdrop > 0
+
+    @property
+    def skips_blocks_at_random(self) -> bool:
         """As the encoder's, for `decoder_layerdrop`."""
         return self.config.decoder_layerdrop > 0
 

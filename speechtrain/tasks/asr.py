@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechtrain.decoding import decode_to_text
+from speechtrain.distributed import is_fully_sharded
 from speechtrain.errors import ConfigError
 from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.layers.specaugment import SpecAugment
@@ -134,7 +135,7 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
         batch_size = len(batch["ids"])
         self.log(f"{stage}/loss", self.model_step(batch), prog_bar=True, batch_size=batch_size, sync_dist=True)
         hypotheses = decode_to_text(self.model, self.tokenizer, batch["input_features"], batch["attention_mask"],
-                                    self.num_beams, self.max_new_tokens)
+                                    self.num_beams, self.max_new_tokens, synchronize_ranks=is_fully_sharded(self))
         self._val_counts += error_counts(batch["texts"], hypotheses, self.normalizer)
         room = self.num_logged_predictions - len(self._val_samples)
         self._val_samples += list(zip(batch["ids"], batch["texts"], hypotheses, strict=True))[: max(room, 0)]

@@ -86,7 +86,8 @@ class ExportableTask:
         if kept and not self._adapted():
             raise ConfigError("this checkpoint was trained with LoRA adapters: resume it with the same task.lora, "
                               "or export it (speechtrain-export) and fine-tune the exported folder")
-        checkpoint["state_dict"].update(kept or {})
+        if kept:  # a folder of FSDP shards has no state_dict here: the strategy loads the shards into the model
+            checkpoint["state_dict"].update(kept)
 
     def on_fit_end(self) -> None:
         if self._adapted():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from speechtrain.distributed import agreed_with_rank_zero, is_fully_sharded, root_gathered
 from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.models.soundstorm import SoundStorm, SoundStormMasking, generate
 from speechtrain.plots import plotting_available
@@ -79,7 +80,12 @@ class SoundStormTask(ExportableTask, GuardedTask):
         conditional = self.model.semantic_token_emb is not None
         semantic = (batch["semantic_ids"], batch.get("semantic_mask")) if conditional else (None, None)
         self_condition = None
-        if self.model.config.self_condition and float(torch.rand((), generator=choices)) < self.self_condition_prob:
+        conditioning = False
+        if self.model.config.self_condition:
+            conditioning = float(torch.rand((), generator=choices)) < self.self_condition_prob
+            if is_fully_sharded(self):  # the extra pass gathers parameters collectively: all ranks take it or none
+                conditioning = agreed_with_rank_zero(conditioning, batch["codes"].device)
+        if conditioning:
             with torch.no_grad():
                 _, self_condition = self.model(masked.inputs, frame_mask, *semantic, return_hidden=True)
         logits = self.model(masked.inputs, frame_mask, *semantic, self_condition=self_condition)
@@ -114,10 +120,15 @@ class SoundStormTask(ExportableTask, GuardedTask):
 
     def on_validation_epoch_end(self) -> None:
         due = (self.current_epoch + 1) % max(self.sample_every_n_epochs, 1) == 0
-        if not due or self._sample_item is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+        if not due or self._sample_item is None or self.trainer.sanity_checking:
             return
         item = self._sample_item
-        generated = self.sample(item["codes"], item["semantic_ids"])
+        # Under FSDP every rank generates from its own item (the same number of passes: the schedule fixes them),
+        # since each pass gathers parameters collectively; rank zero logs.
+        with root_gathered(self):
+            generated = self.sample(item["codes"], item["semantic_ids"])
+        if not self.trainer.is_global_zero:
+            return
         self.log("val/sample_level0_match", (generated[:, 0] == item["codes"][:, 0]).float().mean(),
                  rank_zero_only=True)
         if self.codec is None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechtrain.data.spectrogram import mel_spectrogram, spectrogram_to_mel
+from speechtrain.distributed import fewest_on_any_rank, root_gathered
 from speechtrain.models.vits import VitsModel, slice_segments
 from speechtrain.models.vits.modeling import lengths_to_mask
 from speechtrain.plots import durations_image, matrix_image, plotting_available
@@ -213,13 +214,20 @@ class VitsTask(ExportableTask, L.LightningModule):
         self._drawn_utterances = []
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
             return
-        clips = [(f"sentence_{i}", waveform) for i, waveform in enumerate(self.synthesize(self.validation_sentences))]
+        # Under FSDP every synthesis gathers parameters collectively, so every rank synthesises the same number of
+        # clips (the sentences, then as many of its own utterances as the rank with the fewest has); rank zero logs.
+        with root_gathered(self):
+            sentences = self.synthesize(self.validation_sentences)
+            utterances = self._drawn_utterances[: fewest_on_any_rank(len(self._drawn_utterances), self.device)]
+            regenerated = [self._regenerate(utterance) for utterance in utterances]
+        if not self.trainer.is_global_zero:
+            return
+        clips = [(f"sentence_{i}", waveform) for i, waveform in enumerate(sentences)]
         images = []
-        drawing = bool(self._drawn_utterances) and plotting_available("VITS's alignment, mel and duration images")
-        for utterance in self._drawn_utterances:
-            pair, durations = self._regenerate(utterance)
+        drawing = bool(utterances) and plotting_available("VITS's alignment, mel and duration images")
+        for utterance, (pair, durations) in zip(utterances, regenerated, strict=True):
             clips += pair
             if drawing:
                 aligned = utterance["alignment"].sum(dim=1)  # [text]: frames per token, the duration target
