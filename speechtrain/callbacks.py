@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from speechtrain.distributed import any_rank_flags
 from speechtrain.layers.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -414,6 +415,7 @@ class SlurmPreemption(Callback):
     """
 
     def __init__(self) -> None:
+        self.listening = False  # under SLURM with auto-requeue: the handler is installed
         self.notified = False  # this process got the signal
         self.preempted = False  # every rank saved and stopped
 
@@ -425,13 +427,15 @@ class SlurmPreemption(Callback):
             return
         # Installed before Lightning registers its handlers (after setup), which then leaves this signal alone.
         signal.signal(environment.requeue_signal, self._notice)
+        self.listening = True
 
     def _notice(self, signum: int, frame: Any) -> None:
         self.notified = True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.preempted or not signal_received_on_any_rank(self.notified, trainer):
+        # Outside SLURM nothing is asked: no all-reduce, no host read in every step of every other run.
+        if not self.listening or self.preempted or not any_rank_flags(self.notified, trainer.strategy.root_device):
             return
         rank_zero_info("SLURM preemption notice: saving hpc_ckpt_N.ckpt on every rank, requeueing, stopping")
         trainer._signal_connector._slurm_sigusr_handler_fn(signal.SIGUSR1, None)  # save on all ranks, requeue on 0
@@ -442,12 +446,3 @@ class SlurmPreemption(Callback):
         trainer.limit_val_batches = 0
         for callback in trainer.checkpoint_callbacks:
             callback.save_last = False
-
-
-def signal_received_on_any_rank(flag: bool, trainer: L.Trainer) -> bool:
-    """One all-reduce of `flag` (max) over the ranks; the flag itself in one process."""
-    if trainer.world_size == 1:
-        return flag
-    received = torch.tensor([float(flag)], device=trainer.strategy.root_device)
-    torch.distributed.all_reduce(received, op=torch.distributed.ReduceOp.MAX)
-    return bool(received.item())

@@ -111,33 +111,44 @@ def is_fully_sharded(module: nn.Module) -> bool:
     return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
+def is_multiprocess() -> bool:
+    """True inside a process group of more than one rank, where a rank's decision may have to be everyone's."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _reduced(value: float, device: torch.device | str, op: dist.ReduceOp) -> float:
+    """One all-reduce of a scalar over the ranks (one host read); `value` itself in one process."""
+    if not is_multiprocess():
+        return value
+    everywhere = torch.tensor([float(value)], device=device)
+    dist.all_reduce(everywhere, op=op)
+    return everywhere.item()
+
+
 def every_rank_agrees(flag: bool, device: torch.device | str) -> bool:
-    """True on every rank when `flag` is true on every rank (one all-reduce; `flag` itself in one process). A loop
-    that calls sharded modules stops on this, not on its own rank's condition, or the all-gathers stop matching."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    everywhere = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(everywhere, op=dist.ReduceOp.MIN)
-    return bool(everywhere.item())
+    """True on every rank when `flag` is true on every rank. A loop that calls sharded modules stops on this, not
+    on its own rank's condition, or the all-gathers stop matching."""
+    return bool(_reduced(flag, device, dist.ReduceOp.MIN))
+
+
+def any_rank_flags(flag: bool, device: torch.device | str) -> bool:
+    """True on every rank when `flag` is true on any rank (a notice one rank received, acted on by all)."""
+    return bool(_reduced(flag, device, dist.ReduceOp.MAX))
+
+
+def fewest_on_any_rank(count: int, device: torch.device | str) -> int:
+    """The smallest `count` over the ranks, so that each rank makes the same number of sharded forward passes."""
+    return int(_reduced(count, device, dist.ReduceOp.MIN))
 
 
 def agreed_with_rank_zero(flag: bool, device: torch.device | str) -> bool:
     """Rank zero's `flag` on every rank (one broadcast; `flag` itself in one process): a random decision that
     changes how many sharded passes a step makes is drawn once for all ranks."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not is_multiprocess():
         return flag
     decision = torch.tensor([float(flag)], device=device)
     dist.broadcast(decision, src=0)
     return bool(decision.item())
-
-
-def fewest_on_any_rank(count: int, device: torch.device | str) -> int:
-    """The smallest `count` over the ranks, so that each rank makes the same number of sharded forward passes."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return count
-    everywhere = torch.tensor([count], device=device)
-    dist.all_reduce(everywhere, op=dist.ReduceOp.MIN)
-    return int(everywhere.item())
 
 
 @contextlib.contextmanager

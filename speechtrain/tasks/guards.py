@@ -21,6 +21,8 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
+from speechtrain.distributed import is_multiprocess
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ def ranks_flagging(flag: torch.Tensor | bool, device: torch.device | str = "cpu"
     """(whether this process raises `flag`, how many processes do): one all-reduce under torch.distributed, so
     every rank must call it at the same point of its step; the flag itself in a single process, where a Python flag
     never touches the device. One host read of a tensor flag."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not is_multiprocess():
         flagged = bool(flag)
         return flagged, int(flagged)
     here = torch.as_tensor(flag, device=device).detach().reshape(1).float()
