@@ -1,5 +1,6 @@
-"""Semantic tokens: k-means cluster ids of HuBERT features, as AudioLM, SoundStorm and Bark's
-semantic stage use them.
+"""Semantic tokens: ids of HuBERT features, as AudioLM, SoundStorm and Bark's semantic stage use them: k-means
+cluster ids (speechtrain fits the k-means), or the ids of a trained quantizer that a family supplies (Bark's, in the
+registry's `semantic_quantizers`), whose ids mean what a pretrained model expects.
 
 HuBERT is torchaudio's architecture (`torchaudio.models.hubert_base/large/xlarge`), so the weights
 are the torchaudio-format state dicts its pipelines download (`hubert_fairseq_base_ls960.pth` for
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,23 @@ ARCHITECTURES = {  # (embed dim, layers) -> builder name; large and xlarge take 
     (1280, 48): "hubert_xlarge",
 }
 NORMALIZED_WAVEFORM = {"hubert_base": False, "hubert_large": True, "hubert_xlarge": True}
+
+
+class SemanticQuantizer(Protocol):
+    """A trained head from HuBERT features to ids (what a family's `semantic_quantizers` loader returns)."""
+
+    num_clusters: int  # how many ids
+    input_size: int  # the feature width it reads
+    hubert_layer: int  # the HuBERT layer it was trained on
+    bark_compatible: bool  # its ids are Bark's own
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """features [frames, input_size] -> LongTensor [frames]."""
+
+    def settings(self) -> dict:
+        """What identifies its ids (name, checkpoint file and hash, sizes)."""
+
+    def to(self, device: torch.device | str) -> SemanticQuantizer: ...
 
 
 class KMeans:
@@ -210,12 +229,13 @@ def _hubert_from_checkpoint(checkpoint: str | Path) -> tuple[torch.nn.Module, st
 
 
 class HubertSemanticTokenizer(WrapsFrozenModel):
-    """HuBERT layer-`layer` features, then k-means ids: waveforms to LongTensor[frames] at 50 Hz.
+    """HuBERT layer-`layer` features, then k-means or quantizer ids: waveforms to LongTensor[frames] at 50 Hz.
 
     `checkpoint=None` gives seeded random `hubert_base` weights (tests and smoke runs; a warning
     says so); a path loads a torchaudio-format state dict, base, large or xlarge by its shapes.
     `model` injects an already built torchaudio `Wav2Vec2Model` (tests use a tiny one). `kmeans`
-    may be set later (`speechtrain.data.token_shards.tokenize_corpus` fits it).
+    may be set later (`speechtrain.data.token_shards.tokenize_corpus` fits it); a `quantizer` replaces
+    the k-means (nothing is fitted) and must read this HuBERT's feature width.
     """
 
     def __init__(
@@ -224,6 +244,7 @@ class HubertSemanticTokenizer(WrapsFrozenModel):
         layer: int = 6,
         kmeans: KMeans | None = None,
         model: torch.nn.Module | None = None,
+        quantizer: SemanticQuantizer | None = None,
     ):
         if model is not None:
             architecture = "custom"
@@ -240,10 +261,17 @@ class HubertSemanticTokenizer(WrapsFrozenModel):
         num_layers = len(model.encoder.transformer.layers)
         if not 1 <= layer <= num_layers:
             raise ConfigError(f"layer={layer}: this HuBERT has transformer layers 1 to {num_layers}")
+        if kmeans is not None and quantizer is not None:
+            raise ConfigError("give the semantic tokenizer a k-means or a quantizer, not both")
+        width = model.encoder.feature_projection.projection.out_features
+        if quantizer is not None and quantizer.input_size != width:
+            raise ConfigError(f"the semantic quantizer reads {quantizer.input_size}-wide features, this HuBERT "
+                              f"({architecture}) gives {width}; use the HuBERT the quantizer was trained on")
         self.model = model.eval().requires_grad_(False)
         self.name = architecture
         self.layer = layer
         self.kmeans = kmeans
+        self.quantizer = quantizer
         self.normalize_waveform = NORMALIZED_WAVEFORM.get(architecture, False)
         self.checkpoint = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
         convs = [block.conv for block in model.feature_extractor.conv_layers]
@@ -264,13 +292,25 @@ class HubertSemanticTokenizer(WrapsFrozenModel):
 
     @property
     def num_clusters(self) -> int | None:
-        return None if self.kmeans is None else self.kmeans.num_clusters
+        head = self.kmeans if self.quantizer is None else self.quantizer
+        return None if head is None else head.num_clusters
+
+    def to(self, device: torch.device | str) -> HubertSemanticTokenizer:
+        super().to(device)
+        if self.quantizer is not None:
+            self.quantizer.to(device)
+        return self
 
     def settings(self) -> dict:
-        """What identifies these ids; `kmeans` names the file the centroids were loaded from, if any."""
-        return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
-                "layer": self.layer, "num_clusters": self.num_clusters, "checkpoint": self.checkpoint,
-                "kmeans": None if self.kmeans is None else self.kmeans.source}
+        """What identifies these ids; `kmeans` names the file the centroids were loaded from, if any; with a
+        quantizer, its settings and whether its ids are Bark's (`bark_compatible`)."""
+        settings = {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
+                    "layer": self.layer, "num_clusters": self.num_clusters, "checkpoint": self.checkpoint,
+                    "kmeans": None if self.kmeans is None else self.kmeans.source}
+        if self.quantizer is not None:
+            settings.update(kmeans=None, quantizer=self.quantizer.settings(),
+                            bark_compatible=bool(self.quantizer.bark_compatible))
+        return settings
 
     @torch.no_grad()
     def features(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
@@ -293,6 +333,8 @@ class HubertSemanticTokenizer(WrapsFrozenModel):
 
     def encode(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Semantic ids of one waveform: LongTensor [frames] in [0, num_clusters), on the model's device."""
-        if self.kmeans is None:
-            raise RuntimeError("HubertSemanticTokenizer.encode needs a fitted k-means: pass kmeans= or set .kmeans")
-        return self.kmeans.predict(self.features(waveform, sample_rate))
+        head = self.kmeans if self.quantizer is None else self.quantizer
+        if head is None:
+            raise RuntimeError("HubertSemanticTokenizer.encode needs a fitted k-means or a quantizer: pass kmeans= "
+                               "or quantizer=, or set .kmeans")
+        return head.predict(self.features(waveform, sample_rate))

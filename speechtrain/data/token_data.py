@@ -180,7 +180,8 @@ class TokenDataModule(BucketedDataModule):
                 if val_info[key] != self.token_info[key]:
                     raise DataError(f"{self.val_dir} was tokenized with other {key} settings than {self.tokens_dir} "
                                      f"({val_info[key]} vs {self.token_info[key]}); tokenize both the same way")
-            if (self.val_dir / KMEANS_FILE).read_bytes() != (self.tokens_dir / KMEANS_FILE).read_bytes():
+            if (self.token_info["semantic"].get("kmeans") is not None
+                    and (self.val_dir / KMEANS_FILE).read_bytes() != (self.tokens_dir / KMEANS_FILE).read_bytes()):
                 raise DataError(f"{self.val_dir} and {self.tokens_dir} hold different k-means, so their semantic ids "
                                  f"differ; tokenize the val corpus with --kmeans {self.tokens_dir / KMEANS_FILE}")
             val = read_token_shards(self.val_dir)

@@ -4,7 +4,8 @@ Layout of a tokens folder:
 
     tokens.json               format_version, codec and semantic settings, the corpus spec, shard_size,
                               max_duration, shards [{name, utterances}], skipped [{id, audio_path, reason}]
-    kmeans.safetensors        the k-means centroids behind the semantic ids
+    kmeans.safetensors        the k-means centroids behind the semantic ids (absent when a trained quantizer,
+                              recorded in tokens.json's semantic.quantizer, made them)
     shard-00000.safetensors   acoustic int16 [sum_frames, levels], acoustic_lengths int64 [n],
                               semantic int32 [sum_semantic_frames], semantic_lengths int64 [n]
     shard-00000.jsonl         one line per utterance in shard order: id, text, speaker, duration, audio_path
@@ -246,7 +247,8 @@ def tokenize_corpus(
     The k-means is fitted on HuBERT features of seeded-random utterances, `kmeans_fraction` of the corpus
     (fairseq's HuBERT recipe fits on 10 %) or exactly `kmeans_utterances` when given, with `kmeans_restarts`
     restarts (`KMeans`), unless `out_dir/kmeans.safetensors` exists (reused) or `semantic.kmeans` is set (saved
-    and used). The log says how many frames it was fitted on, and the file records it (`fit_frames`).
+    and used); a tokenizer with a `quantizer` fits and writes no k-means. The log says how many frames it was
+    fitted on, and the file records it (`fit_frames`).
     Utterances whose audio is missing, unreadable, empty or longer than `max_duration` seconds are
     skipped and listed in `tokens.json`'s `skipped` (one warning sums them up); `strict=True` raises
     naming the file instead. A rerun resumes after the last complete shard. Returns `out_dir`.
@@ -261,11 +263,12 @@ def tokenize_corpus(
     if duplicates:
         raise DataError(f"{spec.path}: utterance ids must be unique to resume and check shards; repeated: "
                          f"{duplicates[:5]}")
-    clusters = semantic.kmeans.num_clusters if semantic.kmeans is not None else kmeans_clusters
+    quantized = semantic.quantizer is not None  # a trained quantizer's ids: no k-means to fit
+    clusters = semantic.num_clusters if semantic.num_clusters is not None else kmeans_clusters
     settings = {
         "format_version": FORMAT_VERSION,
         "codec": codec.settings(),
-        "semantic": {**semantic.settings(), "num_clusters": clusters, "kmeans": KMEANS_FILE},
+        "semantic": {**semantic.settings(), "num_clusters": clusters, "kmeans": None if quantized else KMEANS_FILE},
         "corpus": _corpus_settings(spec),
         "shard_size": shard_size,
         "max_duration": max_duration,
@@ -281,8 +284,9 @@ def tokenize_corpus(
     if not 0 < kmeans_fraction <= 1:
         raise ConfigError(f"kmeans_fraction must be in (0, 1], got {kmeans_fraction}")
     sample_size = math.ceil(kmeans_fraction * len(kept)) if kmeans_utterances is None else kmeans_utterances
-    semantic.kmeans = _prepare_kmeans(out, semantic, kept, clusters, sample_size, kmeans_iterations, kmeans_restarts,
-                                      seed, max_duration)
+    if not quantized:
+        semantic.kmeans = _prepare_kmeans(out, semantic, kept, clusters, sample_size, kmeans_iterations,
+                                          kmeans_restarts, seed, max_duration)
 
     chunks = [kept[start : start + shard_size] for start in range(0, len(kept), shard_size)]
     progress = tqdm(total=len(kept), desc=f"tokenizing into {out}", unit="utt")

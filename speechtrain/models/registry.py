@@ -57,7 +57,9 @@ class ModelFamily:
     token ids only (tokenizer) or has no audio front end (feature extractor). `pretrained_example` says where a
     user finds a folder for `model.pretrained`. `export_formats` maps a deployment format other than the Hugging
     Face folder (`speechtrain-export --format NAME`) to a `module:function` path of
-    `function(model_folder, out_dir) -> list[Path]`.
+    `function(model_folder, out_dir) -> list[Path]`. `semantic_quantizers` maps a trained HuBERT-feature quantizer
+    whose ids this model type reads (`speechtrain-tokenize --semantic NAME`) to a `module:function` path of
+    `function(checkpoint) -> speechtrain.data.semantic.SemanticQuantizer`.
     """
 
     model_type: str
@@ -71,15 +73,16 @@ class ModelFamily:
     feature_extractor: str | None = None
     pretrained_example: str = ""
     export_formats: Mapping[str, str] = field(default_factory=dict)
+    semantic_quantizers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_hub(cls, hub: ModuleType, model_type: str, config_class: type, build: Callable[..., nn.Module],
-                 card: ModelCard, **processors: str | None) -> ModelFamily:
+                 card: ModelCard, **options: Any) -> ModelFamily:
         """The record of a family whose `hub` module defines the contract's `load_pretrained`, `save_pretrained` and
-        `model_from_hf_config`; `processors` are the optional fields (tokenizer, feature_extractor,
-        pretrained_example)."""
+        `model_from_hf_config`; `options` are the optional fields (tokenizer, feature_extractor,
+        pretrained_example, export_formats, semantic_quantizers)."""
         return cls(model_type, config_class, build, hub.load_pretrained, hub.save_pretrained, hub.model_from_hf_config,
-                   card, **processors)
+                   card, **options)
 
     @property
     def builder_path(self) -> str:
@@ -148,3 +151,8 @@ def family_of_builder(target: str) -> ModelFamily | None:
     across families, since a target may name the builder where its package re-exports it."""
     name = target.rpartition(".")[2]
     return next((family for family in families().values() if family.build.__name__ == name), None)
+
+
+def semantic_quantizers() -> dict[str, str]:
+    """Every family's semantic quantizers: name -> `module:function` loader path."""
+    return {name: path for family in families().values() for name, path in family.semantic_quantizers.items()}

@@ -179,7 +179,7 @@ def test_cli_warns_about_random_weights_and_writes_tokens(tmp_path, monkeypatch,
     built = {}
     monkeypatch.setattr(cli, "EncodecCodec", lambda bandwidth, checkpoint: built.setdefault("codec", tiny_codec()))
     monkeypatch.setattr(cli, "HubertSemanticTokenizer",
-                        lambda checkpoint, layer, kmeans: built.setdefault("hubert", tiny_hubert(layer)))
+                        lambda checkpoint, layer, kmeans, quantizer: built.setdefault("hubert", tiny_hubert(layer)))
     cli.main(["--corpus-format", "ljspeech", "--corpus-path", str(MINI), "--limit", "2", "--out",
               str(tmp_path / "cli"), "--hubert-layer", "1", "--clusters", "4", "--kmeans-utterances", "1",
               "--shard-size", "1", "--device", "cpu"])
