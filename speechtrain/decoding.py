@@ -8,9 +8,10 @@ Both searches return, per utterance, the full token list: the prefix, the genera
 token when one was produced (as transformers' `generate`, without its padding). Beam search follows
 transformers' algorithm (2 * num_beams candidates per step, scores divided by
 `generated_length ** length_penalty`, the same early-stopping rule), so both return the same best sequence.
-Call them on a model in `eval()` mode. Under FSDP every decoder call gathers parameters collectively, so with
-`synchronize_ranks` a search stops only when it has finished on every rank (ranks already done step on, and what
-they generate then is dropped).
+A caller that already ran the encoder (the ASR task's validation, for its loss) passes its states as
+`encoder_hidden_states`, and the search does not encode again. Call them on a model in `eval()` mode. Under FSDP
+every decoder call gathers parameters collectively, so with `synchronize_ranks` a search stops only when it has
+finished on every rank (ranks already done step on, and what they generate then is dropped).
 """
 
 from __future__ import annotations
@@ -55,17 +56,30 @@ def _check_arguments(prefix_ids: Sequence[int], max_new_tokens: int) -> None:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
+def _encoded(model: EncoderDecoder, input_features: torch.Tensor, attention_mask: torch.Tensor | None,
+             encoder_hidden_states: torch.Tensor | None) -> torch.Tensor:
+    """`[B, S, d]` encoder states: the caller's when it has them (one encoder pass per batch), else `model.encode`."""
+    if encoder_hidden_states is None:
+        return model.encode(input_features, attention_mask)
+    if encoder_hidden_states.shape[0] != input_features.shape[0]:
+        raise ValueError(f"encoder_hidden_states has {encoder_hidden_states.shape[0]} rows but input_features "
+                         f"{input_features.shape[0]}; pass the states that encode(input_features, attention_mask) gave")
+    return encoder_hidden_states
+
+
 @torch.no_grad()
 def greedy_decode(model: EncoderDecoder, input_features: torch.Tensor, attention_mask: torch.Tensor | None,
                   prefix_ids: Sequence[int], eos_id: int, max_new_tokens: int, suppress_tokens: Sequence[int] = (),
                   begin_suppress_tokens: Sequence[int] = (),
                   logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                  synchronize_ranks: bool = False) -> list[list[int]]:
+                  synchronize_ranks: bool = False,
+                  encoder_hidden_states: torch.Tensor | None = None) -> list[list[int]]:
     """Arg-max decoding; each row stops at its first `eos_id`, the loop when every row has. `logits_processor(
     tokens [N, so far], log_probs [N, vocab]) -> log_probs` runs after the suppression, as transformers' Whisper
-    timestamp rules do (`speechtrain.models.whisper.timestamps`)."""
+    timestamp rules do (`speechtrain.models.whisper.timestamps`). With `encoder_hidden_states` `[B, S, d]` (what
+    `model.encode(input_features, attention_mask)` returned) the encoder does not run."""
     _check_arguments(prefix_ids, max_new_tokens)
-    encoder_hidden_states = model.encode(input_features, attention_mask)
+    encoder_hidden_states = _encoded(model, input_features, attention_mask, encoder_hidden_states)
     batch = encoder_hidden_states.shape[0]
     step_input = torch.tensor([list(prefix_ids)] * batch, device=encoder_hidden_states.device)  # [B, P]
     finished = torch.zeros(batch, dtype=torch.bool, device=step_input.device)
@@ -103,13 +117,14 @@ def beam_search(
     suppress_tokens: Sequence[int] = (),
     begin_suppress_tokens: Sequence[int] = (),
     synchronize_ranks: bool = False,
+    encoder_hidden_states: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Beam search; returns the best finished hypothesis per utterance (hypotheses cut by `max_new_tokens`
-    count as finished)."""
+    count as finished). With `encoder_hidden_states` `[B, S, d]` the encoder does not run, as in `greedy_decode`."""
     _check_arguments(prefix_ids, max_new_tokens)
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    encoder_hidden_states = model.encode(input_features, attention_mask)
+    encoder_hidden_states = _encoded(model, input_features, attention_mask, encoder_hidden_states)
     batch, beams = encoder_hidden_states.shape[0], num_beams
     device = encoder_hidden_states.device
     encoder_hidden_states = encoder_hidden_states.repeat_interleave(beams, dim=0)  # [B*K, S, d]
@@ -181,11 +196,13 @@ def decode_to_text(
     max_new_tokens: int | None = None,
     prefix_ids: Sequence[int] | None = None,
     synchronize_ranks: bool = False,
+    encoder_hidden_states: torch.Tensor | None = None,
 ) -> list[str]:
     """Transcripts of a batch: the tokenizer's prompt (or `prefix_ids`, e.g. a `<|startofprev|>` prompt before it),
     suppress lists and end token, greedy or beam.
 
-    `max_new_tokens` defaults to what the decoder's positions leave after the prompt.
+    `max_new_tokens` defaults to what the decoder's positions leave after the prompt. `encoder_hidden_states`: the
+    batch's encoder states when the caller has them already (then the encoder does not run again).
     """
     prefix = list(tokenizer.prefix_ids if prefix_ids is None else prefix_ids)
     common = dict(
@@ -195,6 +212,7 @@ def decode_to_text(
         suppress_tokens=getattr(tokenizer, "suppress_tokens", ()),
         begin_suppress_tokens=getattr(tokenizer, "begin_suppress_tokens", ()),
         synchronize_ranks=synchronize_ranks,
+        encoder_hidden_states=encoder_hidden_states,
     )
     if num_beams > 1:
         sequences = beam_search(model, input_features, attention_mask, num_beams=num_beams, **common)

@@ -204,3 +204,25 @@ def test_bad_arguments_raise():
         beam_search(model, features, None, [0], 3, 0)
     with pytest.raises(ValueError, match="num_beams"):
         beam_search(model, features, None, [0], 3, 4, num_beams=0)
+
+
+def test_given_encoder_states_are_decoded_without_encoding_again(whisper_pair):
+    """The ASR task's validation encodes once for its loss and hands the states to the search: the same tokens,
+    and no second encoder pass."""
+    _, ours, features = whisper_pair
+    states = ours.encode(features)
+    passes = []
+    hook = ours.get_encoder().register_forward_hook(lambda module, args, output: passes.append(1))
+    try:
+        greedy = greedy_decode(ours, features, None, PREFIX, EOS, MAX_NEW, SUPPRESS, BEGIN_SUPPRESS,
+                               encoder_hidden_states=states)
+        beam = beam_search(ours, features, None, PREFIX, EOS, MAX_NEW, num_beams=3, suppress_tokens=SUPPRESS,
+                           begin_suppress_tokens=BEGIN_SUPPRESS, encoder_hidden_states=states)
+    finally:
+        hook.remove()
+    assert not passes
+    assert greedy == greedy_decode(ours, features, None, PREFIX, EOS, MAX_NEW, SUPPRESS, BEGIN_SUPPRESS)
+    assert beam == beam_search(ours, features, None, PREFIX, EOS, MAX_NEW, num_beams=3, suppress_tokens=SUPPRESS,
+                               begin_suppress_tokens=BEGIN_SUPPRESS)
+    with pytest.raises(ValueError, match="encoder_hidden_states has 3 rows but input_features 4"):
+        greedy_decode(ours, features, None, PREFIX, EOS, MAX_NEW, encoder_hidden_states=states[:3])

@@ -441,9 +441,12 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
         encoder_attention_mask: torch.Tensor | None = None,
         cache: list[LayerCache] | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
+        use_cache: bool = True,
     ) -> tuple[torch.Tensor, list[LayerCache]]:
         """`decoder_input_ids` `[B, T]` (only the new tokens when `cache` is given) -> logits `[B, T, vocab]` and
-        the cache to pass to the next call. `encoder_attention_mask` is the *frame* mask given to `encode`."""
+        the cache to pass to the next call (empty without `use_cache`: a teacher-forced pass, as `forward`'s, keeps
+        no keys and values and may drop layers in training). `encoder_attention_mask` is the *frame* mask given to
+        `encode`."""
         encoder_mask = self.encoder_mask(encoder_attention_mask)
         if encoder_mask is not None and encoder_mask.shape[1] != encoder_hidden_states.shape[1]:
             raise ValueError(
@@ -452,7 +455,7 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
                 "pass the frame mask that was given to encode()"
             )
         hidden, cache = self.model.decoder(decoder_input_ids, encoder_hidden_states, encoder_mask,
-                                           decoder_attention_mask, cache)
+                                           decoder_attention_mask, cache, use_cache)
         return self.output_head(hidden), cache
 
     def cross_attention_weights(
@@ -482,13 +485,14 @@ class EncoderDecoderForConditionalGeneration(nn.Module):
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Teacher-forced logits `[B, T, vocab]` for `decoder_input_ids` `[B, T]`."""
+        """Teacher-forced logits `[B, T, vocab]` for `decoder_input_ids` `[B, T]`: `encode`, then `decode` without a
+        cache, so that a caller holding the encoder states (the ASR task's validation) gets the same logits."""
         if decoder_input_ids is None:
             raise ValueError(f"{type(self).__name__}.forward needs decoder_input_ids [batch, tokens]")
         encoder_hidden_states = self.encode(input_features, attention_mask)
-        hidden, _ = self.model.decoder(decoder_input_ids, encoder_hidden_states, self.encoder_mask(attention_mask),
-                                       decoder_attention_mask, use_cache=False)
-        return self.output_head(hidden)
+        logits, _ = self.decode(decoder_input_ids, encoder_hidden_states, attention_mask,
+                                decoder_attention_mask=decoder_attention_mask, use_cache=False)
+        return logits
 
 
 @torch.no_grad()

@@ -2,8 +2,9 @@
 
 The task receives a built network, tokenizer and feature extractor and owns what training adds around
 them: SpecAugment, label-smoothed cross-entropy, AdamW with warm-up and decay, greedy or beam decoding
-for validation WER/CER, a few predictions logged beside their references, and skipping of batches
-that the data layer emptied or that produce a non-finite loss. With `log_cross_attention`, each validation also
+for validation WER/CER (from the encoder states of the validation loss: one encoder pass per batch), a few
+predictions logged beside their references, and skipping of batches that the data layer emptied or that produce
+a non-finite loss. With `log_cross_attention`, each validation also
 draws the last decoder layer's cross-attention over its first utterance (reference tokens x encoder positions of
 its audio, averaged over heads, the first token at the bottom): a fine-tuned Whisper that still reads the audio
 in order draws a diagonal.
@@ -85,14 +86,19 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
 
     # --- training -------------------------------------------------------------------------------
 
-    def model_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Label-smoothed cross-entropy over the non-padded label tokens."""
-        features = batch["input_features"]
-        if self.training and self.spec_augment.enabled:
-            features = self.spec_augment(features, batch["attention_mask"])
-        logits = self.model(
-            features, batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"]
-        )
+    def model_step(self, batch: dict[str, Any], encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        """Label-smoothed cross-entropy over the non-padded label tokens. Validation passes the batch's
+        `encoder_hidden_states` `[B, S, d]`, which its decoding reads too: the encoder runs once per batch."""
+        if encoder_hidden_states is None:
+            features = batch["input_features"]
+            if self.training and self.spec_augment.enabled:
+                features = self.spec_augment(features, batch["attention_mask"])
+            logits = self.model(
+                features, batch["attention_mask"], batch["decoder_input_ids"], batch["decoder_attention_mask"]
+            )
+        else:  # the second half of the model's forward
+            logits, _ = self.model.decode(batch["decoder_input_ids"], encoder_hidden_states, batch["attention_mask"],
+                                          decoder_attention_mask=batch["decoder_attention_mask"], use_cache=False)
         # [batch, tokens, vocab] -> [batch * tokens, vocab]; the loss in fp32 under mixed precision
         return F.cross_entropy(
             logits.float().flatten(0, 1),
@@ -133,9 +139,13 @@ class Seq2SeqASRTask(ExportableTask, GuardedTask):
         if batch is None:
             return
         batch_size = len(batch["ids"])
-        self.log(f"{stage}/loss", self.model_step(batch), prog_bar=True, batch_size=batch_size, sync_dist=True)
+        # One encoder pass for the loss and the decoding (every rank alike, so FSDP's all-gathers still pair up)
+        encoder_hidden_states = self.model.encode(batch["input_features"], batch["attention_mask"])  # [B, S, d]
+        loss = self.model_step(batch, encoder_hidden_states)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         hypotheses = decode_to_text(self.model, self.tokenizer, batch["input_features"], batch["attention_mask"],
-                                    self.num_beams, self.max_new_tokens, synchronize_ranks=is_fully_sharded(self))
+                                    self.num_beams, self.max_new_tokens, synchronize_ranks=is_fully_sharded(self),
+                                    encoder_hidden_states=encoder_hidden_states)
         self._val_counts += error_counts(batch["texts"], hypotheses, self.normalizer)
         room = self.num_logged_predictions - len(self._val_samples)
         self._val_samples += list(zip(batch["ids"], batch["texts"], hypotheses, strict=True))[: max(room, 0)]

@@ -187,3 +187,55 @@ def test_log_cross_attention_needs_a_model_that_has_the_weights():
 
     with pytest.raises(ValueError, match="task.log_cross_attention=true: Linear has no cross_attention_weights"):
         Seq2SeqASRTask(torch.nn.Linear(1, 1), None, None, optimizer=None, log_cross_attention=True)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("recipe", ["whisper_mini", "s2t_mini"])
+def test_validation_encodes_each_batch_once_and_scores_as_the_twice_encoding_path(compose, tmp_path, recipe,
+                                                                                   num_beams):
+    """The loss and the decoding share one encoder pass per batch; loss, token ids, hypotheses and WER/CER are those
+    of the old path (the forward for the loss, then a decoding that encodes by itself). Speech2Text subsamples the
+    frame mask, Whisper ignores it: both must reach the decoder as in the forward."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    from speechtrain.decoding import beam_search, decode_to_text, greedy_decode
+    from speechtrain.scoring import error_counts
+
+    L.seed_everything(0)
+    task, datamodule = build(compose(f"recipe={recipe}", f"task.num_beams={num_beams}", "task.max_new_tokens=6",
+                                     output_dir=tmp_path))
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.val_dataloader()))
+    if recipe == "s2t_mini":
+        assert not batch["attention_mask"].all(), "padded frames should be masked, or the mask proves nothing"
+    task.num_logged_predictions = len(batch["ids"])
+    encoder_passes = []
+    hook = task.model.get_encoder().register_forward_hook(lambda module, args, output: encoder_passes.append(1))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    try:
+        [metrics] = trainer.validate(task, dataloaders=DataLoader([batch, batch], batch_size=None,
+                                                                  collate_fn=lambda b: b))
+    finally:
+        hook.remove()
+    assert len(encoder_passes) == 2  # two batches
+
+    model, tokenizer = task.model.eval(), task.tokenizer
+    features, frame_mask = batch["input_features"], batch["attention_mask"]
+    with torch.no_grad():
+        states = model.encode(features, frame_mask)
+        loss = task.model_step(batch)
+        assert torch.equal(task.model_step(batch, states), loss)
+        search = greedy_decode if num_beams == 1 else partial(beam_search, num_beams=num_beams)
+        options = dict(prefix_ids=tokenizer.prefix_ids, eos_id=tokenizer.eos_id, max_new_tokens=6,
+                       suppress_tokens=getattr(tokenizer, "suppress_tokens", ()),
+                       begin_suppress_tokens=getattr(tokenizer, "begin_suppress_tokens", ()))
+        assert search(model, features, frame_mask, encoder_hidden_states=states, **options) == search(
+            model, features, frame_mask, **options)
+        hypotheses = decode_to_text(model, tokenizer, features, frame_mask, num_beams, 6)
+    assert [hypothesis for _, _, hypothesis in task._val_samples] == hypotheses
+    counts = error_counts(batch["texts"], hypotheses, task.normalizer)
+    assert metrics["val/loss"] == pytest.approx(loss.item())
+    assert metrics["val/wer"] == pytest.approx(counts.wer) and metrics["val/cer"] == pytest.approx(counts.cer)
