@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from speechtrain.cli.export import export_checkpoint
 from speechtrain.hub import load_bundle
 from speechtrain.models.bark.cli import main as bark_generate_main
-from speechtrain.train import train
+from speechtrain.models.bark.cli import voice_main as bark_voice_main
+from speechtrain.train import BUNDLED_DATA_DIR, train
 
 transformers = pytest.importorskip("transformers")
 
@@ -97,6 +98,14 @@ def test_generate_command_writes_audio_from_the_three_folders(runs, tmp_path, ca
     audio, rate = soundfile.read(out)
     assert rate == 24_000 and 0 < len(audio) <= 10 / 49.9 * 24_000 + 320 and abs(audio).max() > 0
     assert "speech.wav" in capsys.readouterr().out
+    voice = tmp_path / "voice.npz"  # the voice of a mini utterance, which these runs trained on
+    tokens = str(BUNDLED_DATA_DIR / "mini_tokens")
+    bark_voice_main(["--tokens", tokens, "--utterance", "mini_0003", "--out", str(voice)])
+    bark_generate_main(["--semantic", folders["semantic"], "--coarse", folders["coarse_acoustics"], "--fine",
+                        folders["fine_acoustics"], "--text", "The cat sleeps.", "--out", str(tmp_path / "voiced.wav"),
+                        "--seed", "3", "--max-semantic-tokens", "10", "--voice", str(voice)])
+    voiced, _ = soundfile.read(tmp_path / "voiced.wav")
+    assert 0 < len(voiced) and (len(voiced) != len(audio) or not (voiced == audio).all())  # the preset conditions it
     with pytest.raises(SystemExit):  # a coarse folder given as the semantic model
         bark_generate_main(["--semantic", folders["coarse_acoustics"], "--coarse", folders["coarse_acoustics"],
                             "--fine", folders["fine_acoustics"], "--tokenizer", folders["semantic"], "--text", "x",

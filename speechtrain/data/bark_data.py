@@ -22,6 +22,10 @@ Batch keys and shapes (B = batch rows, which are windows for coarse and fine, no
     labels          Long [B, 1024]     the target codebook's codes on those frames, -100 elsewhere
     codebook_idx    Long [B]           target codebook in [2, 8)
 - all: `ids` list[str] (the utterance of each row), `texts` list[str].
+
+With a voice preset (`voice`, Bark's history prompt), every row continues from it as generation with that preset
+does (`layouts.py`): the semantic history is its semantic ids, the coarse windows start after its trimmed history,
+the fine windows after its last 512 frames. Only the utterance's tokens are scored.
 """
 
 from __future__ import annotations
@@ -44,10 +48,11 @@ from speechtrain.models.bark.layouts import (
     coarse_batch,
     coarse_windows,
     fine_batch,
-    fine_windows,
+    fine_windows_after,
     semantic_batch,
     semantic_example,
 )
+from speechtrain.models.bark.voice import VoicePreset, load_voice
 
 SEMANTIC_RATE_TOLERANCE = 0.02  # relative: HuBERT frames are 50 Hz, Bark's semantic tokens 49.9 Hz
 
@@ -72,9 +77,11 @@ def _generator(seed: int | None) -> torch.Generator | None:
 
 class BarkSemanticCollator:
     """Text + semantic ids -> semantic-model batches. `tokenizer.encode(text)` gives the BERT ids (no [CLS]/[SEP]);
-    targets longer than `block_size - 256` are cut. No speaker history is given (as generation without a prompt)."""
+    targets longer than `block_size - 256` are cut. The semantic history is the `voice` preset's semantic ids, or
+    none (as generation without a prompt)."""
 
-    def __init__(self, tokenizer: Any, block_size: int = 1024, config: BarkGenerationConfig = DEFAULTS):
+    def __init__(self, tokenizer: Any, block_size: int = 1024, config: BarkGenerationConfig = DEFAULTS,
+                 voice: VoicePreset | None = None):
         semantic = config.semantic
         room = semantic.text_pad_token - semantic.text_encoding_offset
         if tokenizer is None:
@@ -86,11 +93,12 @@ class BarkSemanticCollator:
             raise ConfigError(f"block_size={block_size} leaves no room for semantic tokens after the "
                              f"{semantic.max_input_semantic_length + 1} merged prompt positions")
         self.tokenizer, self.block_size, self.config = tokenizer, block_size, config
+        self.history = None if voice is None else voice.semantic_prompt.tolist()
 
     def __call__(self, utterances: list[TokenizedUtterance]) -> dict[str, Any]:
         _check_not_empty(utterances, "BarkSemanticCollator")
-        examples = [semantic_example(self.tokenizer.encode(u.text), u.semantic.tolist(), None, self.block_size,
-                                     self.config) for u in utterances]
+        examples = [semantic_example(self.tokenizer.encode(u.text), u.semantic.tolist(), self.history,
+                                     self.block_size, self.config) for u in utterances]
         return {**semantic_batch(examples, self.config), "ids": [u.id for u in utterances],
                 "texts": [u.text for u in utterances]}
 
@@ -103,10 +111,10 @@ class _WindowCollator:
     fixed_draws = False
 
     def __init__(self, windows_per_utterance: int | None = None, seed: int | None = None,
-                 config: BarkGenerationConfig = DEFAULTS):
+                 config: BarkGenerationConfig = DEFAULTS, voice: VoicePreset | None = None):
         if windows_per_utterance is not None and windows_per_utterance < 1:
             raise ConfigError(f"windows_per_utterance must be at least 1 or None, got {windows_per_utterance}")
-        self.windows_per_utterance, self.config = windows_per_utterance, config
+        self.windows_per_utterance, self.config, self.voice = windows_per_utterance, config, voice
         self.generator = _generator(seed)
 
     def for_validation(self) -> _WindowCollator:
@@ -136,7 +144,8 @@ class BarkCoarseCollator(_WindowCollator):
     def __call__(self, utterances: list[TokenizedUtterance]) -> dict[str, Any]:
         books = self.config.coarse.n_coarse_codebooks
         rows, ids = self._windows(
-            utterances, lambda u: coarse_windows(u.semantic.tolist(), u.acoustic[:, :books].T, self.config))
+            utterances,
+            lambda u: coarse_windows(u.semantic.tolist(), u.acoustic[:, :books].T, self.config, self.voice))
         return {**coarse_batch(rows, self.config), "ids": ids, "texts": [u.text for u in utterances]}
 
 
@@ -145,12 +154,13 @@ class BarkFineCollator(_WindowCollator):
     drawn uniformly from the fine ones (2..7)."""
 
     def __init__(self, seed: int | None = None, windows_per_utterance: int | None = None,
-                 config: BarkGenerationConfig = DEFAULTS):
-        super().__init__(windows_per_utterance, seed, config)
+                 config: BarkGenerationConfig = DEFAULTS, voice: VoicePreset | None = None):
+        super().__init__(windows_per_utterance, seed, config, voice)
 
     def __call__(self, utterances: list[TokenizedUtterance]) -> dict[str, Any]:
         books = self.config.fine.n_fine_codebooks
-        windows, ids = self._windows(utterances, lambda u: fine_windows(u.acoustic[:, :books], 0, self.config))
+        windows, ids = self._windows(utterances,
+                                     lambda u: fine_windows_after(u.acoustic[:, :books], self.voice, self.config))
         first = self.config.coarse.n_coarse_codebooks
         if self.fixed_draws:  # each utterance's targets from its id, whatever else the batch holds
             targets = [target for utterance_id, rows in itertools.groupby(ids)
@@ -216,14 +226,16 @@ def check_semantic_ids_for_pretrained(info: Mapping[str, Any], kind: str, where:
 
 def bark_collator(kind: str, tokenizer: Any = None, block_size: int = 1024,
                   windows_per_utterance: int | None = None, seed: int | None = None,
-                  config: BarkGenerationConfig = DEFAULTS) -> Callable[[list[TokenizedUtterance]], dict[str, Any]]:
-    """The collator of sub-model `kind` (`semantic`, `coarse_acoustics`, `fine_acoustics`)."""
+                  config: BarkGenerationConfig = DEFAULTS,
+                  voice: VoicePreset | None = None) -> Callable[[list[TokenizedUtterance]], dict[str, Any]]:
+    """The collator of sub-model `kind` (`semantic`, `coarse_acoustics`, `fine_acoustics`), its rows after the
+    `voice` preset when given."""
     if kind == "semantic":
-        return BarkSemanticCollator(tokenizer, block_size, config)
+        return BarkSemanticCollator(tokenizer, block_size, config, voice)
     if kind == "coarse_acoustics":
-        return BarkCoarseCollator(windows_per_utterance, seed, config)
+        return BarkCoarseCollator(windows_per_utterance, seed, config, voice)
     if kind == "fine_acoustics":
-        return BarkFineCollator(seed, windows_per_utterance, config)
+        return BarkFineCollator(seed, windows_per_utterance, config, voice)
     raise ConfigError(f"Bark data: kind={kind!r} is not one of {MODEL_TYPES}")
 
 
@@ -231,12 +243,13 @@ class BarkTokenDataModule(TokenDataModule):
     """`TokenDataModule` with the collator of Bark's sub-model `kind`, checking after `setup` that the tokens fit
     it (`check_token_info`) and, when the model is `pretrained`, that a semantic or coarse model gets Bark's own
     semantic ids (`check_semantic_ids_for_pretrained`). Takes the entry point's `tokenizer` (used by the semantic
-    kind only)."""
+    kind only). `voice_preset` (an `.npz`) is the history prompt every row continues from."""
 
     def __init__(self, tokens_dir: str | Path, kind: str, max_batch_seconds: float, tokenizer: Any = None,
                  block_size: int = 1024, windows_per_utterance: int | None = None, pretrained: str | None = None,
-                 allow_foreign_semantic_ids: bool = False, **options: Any):
-        super().__init__(tokens_dir, bark_collator(kind, tokenizer, block_size, windows_per_utterance),
+                 allow_foreign_semantic_ids: bool = False, voice_preset: str | Path | None = None, **options: Any):
+        voice = None if voice_preset is None else load_voice(voice_preset)
+        super().__init__(tokens_dir, bark_collator(kind, tokenizer, block_size, windows_per_utterance, voice=voice),
                          max_batch_seconds, **options)
         self.kind, self.pretrained, self.allow_foreign_semantic_ids = kind, pretrained, allow_foreign_semantic_ids
 

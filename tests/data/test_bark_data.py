@@ -209,3 +209,22 @@ def test_the_fine_model_reads_no_semantic_ids_so_a_pretrained_one_takes_any_toke
     module = BarkTokenDataModule(TOKENS, "fine_acoustics", max_batch_seconds=5.0, pretrained="models/bark/fine")
     module.setup("fit")
     assert len(module.train_dataset) > 0
+
+
+def test_a_voice_preset_in_the_config_is_the_history_of_every_training_row(compose, tmp_path):
+    from speechtrain.models.bark.cli import voice_main
+    from speechtrain.models.bark.layouts import coarse_history
+    from speechtrain.models.bark.voice import load_voice
+    from speechtrain.train import build
+
+    preset = tmp_path / "voice.npz"
+    voice_main(["--tokens", str(TOKENS), "--utterance", "mini_0002", "--out", str(preset)])
+    task, data = build(compose("recipe=bark_mini_coarse", f"data.voice_preset={preset}", output_dir=tmp_path / "run"))
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    _, tokens = coarse_history(load_voice(preset))
+    # a first window: the preset's coarse tokens follow the infer token, and scoring starts right after them
+    first_window = (batch["labels"] != -100).float().argmax(dim=1) == 256 + len(tokens)
+    rows = first_window.nonzero()[:, 0]
+    assert len(rows) > 0 and all(batch["input_ids"][row, 257 : 257 + len(tokens)].tolist() == tokens for row in rows)
+    assert torch.isfinite(task.training_loss(batch)[0])

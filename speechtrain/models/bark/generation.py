@@ -7,8 +7,10 @@ training scores it, rather than re-predicted in the next window's overlap and ke
 Sampling: `temperature=None` is greedy; otherwise logits outside the allowed range are removed, then `top_k`,
 then the temperature, as suno-ai/bark does. Two choices differ from transformers: the second coarse codebook may
 only pick its own 1024 ids (transformers also allows the ids after it; suno-ai/bark does not), and the fine model
-samples whenever a temperature is given (transformers treats 1.0 as greedy). Speaker prompts are supported for the
-semantic stage only.
+samples whenever a temperature is given (transformers treats 1.0 as greedy).
+
+A voice preset (`voice.VoicePreset`, Bark's `history_prompt`) conditions every stage, placed as transformers places
+it (`layouts.coarse_history`, `layouts.fine_history`); the same placement is available to training.
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from speechtrain.models.bark.config import BarkGenerationConfig
-from speechtrain.models.bark.layouts import DEFAULTS, coarse_prompt, fine_spans, semantic_prompt
+from speechtrain.models.bark.layouts import (
+    DEFAULTS,
+    coarse_history,
+    coarse_prompt,
+    fine_history,
+    fine_spans,
+    semantic_prompt,
+)
 from speechtrain.models.bark.modeling import BarkCausalModel, BarkFineModel
+from speechtrain.models.bark.voice import VoicePreset
 
 
 class Codec(Protocol):
@@ -105,10 +115,11 @@ def generate_coarse(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    voice: VoicePreset | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coarse ids `[B, steps]` (both codebooks interleaved, with their offsets, as transformers returns them) and
     each row's length `[B]`, from `generate_semantic`'s output. Windows of `sliding_window_len` tokens, each
-    started afresh (new KV cache) from `layouts.coarse_prompt`."""
+    started afresh (new KV cache) from `layouts.coarse_prompt`, after the `voice` preset's history when given."""
     coarse = config.coarse
     _check_vocab(model, coarse.coarse_infer_token, config.coarse_offset(coarse.n_coarse_codebooks) - 1, "coarse")
     device = model.lm_head.weight.device
@@ -118,14 +129,16 @@ def generate_coarse(
     lengths = torch.tensor([round(math.floor(sum(token != coarse.coarse_semantic_pad_token for token in row)
                                              * ratio / books) * books) for row in semantic_rows])
     total = int(lengths.max())
+    semantic_history, token_history = coarse_history(voice, config)
+    semantic_rows = [semantic_history + row for row in semantic_rows]
     ranges = torch.arange(model.config.output_vocab_size, device=device)
     allowed = [(ranges >= config.coarse_offset(book)) & (ranges < config.coarse_offset(book + 1))
                for book in range(books)]
     generated = torch.zeros(len(semantic_rows), 0, dtype=torch.long, device=device)
     for start in tqdm(range(0, total, coarse.sliding_window_len), desc="coarse windows", disable=not progress):
-        history = generated.tolist()
-        step_ids = torch.tensor([coarse_prompt(row, past, start, config)
-                                 for row, past in zip(semantic_rows, history)], device=device)
+        step_ids = torch.tensor([coarse_prompt(row, token_history + past, start, config, len(semantic_history),
+                                               len(token_history))
+                                 for row, past in zip(semantic_rows, generated.tolist())], device=device)
         cache = None
         for step in range(min(coarse.sliding_window_len, total - start)):
             logits, cache = model(step_ids, past=cache)
@@ -143,19 +156,24 @@ def generate_fine(
     config: BarkGenerationConfig = DEFAULTS,
     temperature: float | None = None,
     generator: torch.Generator | None = None,
+    voice: VoicePreset | None = None,
 ) -> torch.Tensor:
     """All codebooks `[B, n_fine_codebooks, frames]` (codes in [0, codebook_size)) from `generate_coarse`'s ids,
-    window by window (`layouts.fine_spans`), codebook by codebook. Each frame is predicted once, in the first window
-    that holds it, with the earlier windows' predictions as context: the positions training scores."""
+    window by window (`layouts.fine_spans`), codebook by codebook, after the `voice` preset's frames when given.
+    Each frame is predicted once, in the first window that holds it, with the earlier windows' predictions as
+    context: the positions training scores."""
     fine, books = config.fine, config.coarse.n_coarse_codebooks
     batch = coarse_ids.shape[0]
     coarse = torch.remainder(coarse_ids.view(batch, -1, books) - config.semantic.semantic_vocab_size,
-                             fine.codebook_size)  # [B, frames, n_coarse]
+                             fine.codebook_size)  # [B, frames * n_coarse] -> [B, frames, n_coarse]
     frames = coarse.shape[1]
+    history = fine_history(voice, config).to(coarse.device)  # [n_history, n_fine]
+    n_history = len(history)
     codes = F.pad(coarse, (0, fine.n_fine_codebooks - books), value=fine.codebook_size)  # [B, frames, n_fine]
-    codes = F.pad(codes, (0, 0, 0, max(0, fine.max_fine_input_length - frames)), value=fine.codebook_size)
+    codes = torch.cat([history.expand(batch, -1, -1), codes], dim=1)  # [B, n_history + frames, n_fine]
+    codes = F.pad(codes, (0, 0, 0, max(0, fine.max_fine_input_length - n_history - frames)), value=fine.codebook_size)
     window = fine.max_fine_input_length
-    for start, first, _ in fine_spans(frames, 0, config):
+    for start, first, _ in fine_spans(frames, n_history, config):
         buffer = codes[:, start : start + window].clone()  # [B, window, n_fine]
         for book in range(books, fine.n_fine_codebooks):
             logits = model(book, buffer)[:, first:, : fine.codebook_size].float()  # [B, window - first, codebook]
@@ -166,7 +184,7 @@ def generate_fine(
                 predicted = torch.multinomial(probs, 1, generator=generator).view(batch, -1)
             buffer[:, first:, book] = predicted
         codes[:, start + first : start + window, books:] = buffer[:, first:, books:]
-    return codes[:, :frames].transpose(1, 2)
+    return codes[:, n_history : n_history + frames].transpose(1, 2)
 
 
 @torch.no_grad()
@@ -182,20 +200,21 @@ def generate_audio(
     coarse_temperature: float | None = 0.7,
     fine_temperature: float | None = 0.5,
     min_eos_p: float | None = 0.2,
-    history: Sequence[int] | None = None,
+    voice: VoicePreset | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
 ) -> torch.Tensor | list[torch.Tensor]:
     """Waveform(s) for `text` (a string, or a list of them for a batch) through the three stages and the codec's
-    `decode(codes [frames, n_codebooks])`. The default temperatures and `min_eos_p` are suno-ai/bark's; pass None
-    temperatures for greedy decoding."""
+    `decode(codes [frames, n_codebooks])`, in the voice of the `voice` preset when given. The default temperatures
+    and `min_eos_p` are suno-ai/bark's; pass None temperatures for greedy decoding."""
     texts = [text] if isinstance(text, str) else list(text)
+    history = None if voice is None else voice.semantic_prompt.tolist()
     semantic_ids = generate_semantic(semantic, [tokenizer.encode(item) for item in texts], history, config,
                                      min_eos_p=min_eos_p, temperature=semantic_temperature, generator=generator,
                                      progress=progress)
     coarse_ids, lengths = generate_coarse(coarse, semantic_ids, config, coarse_temperature, generator=generator,
-                                          progress=progress)
-    codes = generate_fine(fine, coarse_ids, config, fine_temperature, generator)  # [B, n_fine, frames]
+                                          progress=progress, voice=voice)
+    codes = generate_fine(fine, coarse_ids, config, fine_temperature, generator, voice)  # [B, n_fine, frames]
     frames = (lengths // config.coarse.n_coarse_codebooks).tolist()
     waveforms = [codec.decode(row[:, :count].T.long()) for row, count in zip(codes, frames)]
     return waveforms[0] if isinstance(text, str) else waveforms

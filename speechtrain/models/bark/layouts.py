@@ -19,6 +19,12 @@ defaults). Labels are `IGNORE_INDEX` (-100) wherever generation does not sample 
   with the previous one, seeing the target codebook there, and keep that: past 1024 frames most of their output
   would come from positions no training scores.) One difference cannot be avoided: generation writes its
   predictions into the padding after the last frame of a short utterance, training has padding there.
+
+A voice preset (`voice.VoicePreset`, Bark's history prompt) goes where generation puts it, in every layout that is
+given one: its semantic ids are the semantic model's history; its semantic ids and coarse tokens, trimmed as
+transformers' `BarkCoarseModel.preprocess_histories` trims them (`coarse_history`), come before the utterance's in
+the coarse windows; its last `max_fine_history_length` frames come before the utterance's in the fine windows. Only
+the utterance's own tokens are scored.
 """
 
 from __future__ import annotations
@@ -26,11 +32,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from speechtrain.layers.labels import IGNORE_INDEX
 from speechtrain.models.bark.config import BarkGenerationConfig
+
+if TYPE_CHECKING:
+    from speechtrain.models.bark.voice import VoicePreset
 
 DEFAULTS = BarkGenerationConfig()
 
@@ -104,17 +114,37 @@ def interleave_coarse(codes: torch.Tensor | Sequence[Sequence[int]],
     return (codes + offsets[:, None]).T.flatten().tolist()
 
 
-def coarse_prompt(semantic_ids: Sequence[int], coarse_history: Sequence[int], start: int,
-                  config: BarkGenerationConfig = DEFAULTS) -> list[int]:
-    """The ids a coarse window starts from when `start` coarse tokens exist: the semantic window
+def coarse_prompt(semantic_ids: Sequence[int], coarse_tokens: Sequence[int], start: int,
+                  config: BarkGenerationConfig = DEFAULTS, n_semantic_history: int = 0,
+                  n_coarse_history: int = 0) -> list[int]:
+    """The ids a coarse window starts from when `start` new coarse tokens exist: the semantic window
     (`max_semantic_history` before the position, `max_coarse_input_length` long, padded), the infer token and
-    the last `max_coarse_history` of `coarse_history` (the coarse tokens before `start`)."""
+    the last `max_coarse_history` coarse tokens before it. `semantic_ids` and `coarse_tokens` begin with a voice
+    preset's `n_semantic_history` and `n_coarse_history` (`coarse_history`), which count before the position."""
     coarse = config.coarse
-    semantic_idx = int(round(start / config.semantic_to_coarse_ratio))
+    semantic_idx = n_semantic_history + int(round(start / config.semantic_to_coarse_ratio))
     window = list(semantic_ids)[max(0, semantic_idx - config.max_semantic_history):][: coarse.max_coarse_input_length]
     window += [coarse.coarse_semantic_pad_token] * (coarse.max_coarse_input_length - len(window))
-    history = list(coarse_history)[:start][-coarse.max_coarse_history:]
+    history = list(coarse_tokens)[: n_coarse_history + start][-coarse.max_coarse_history:]
     return window + [coarse.coarse_infer_token] + history
+
+
+def coarse_history(voice: VoicePreset | None, config: BarkGenerationConfig = DEFAULTS) -> tuple[list[int], list[int]]:
+    """(semantic ids, flat coarse tokens) of a voice preset as the coarse windows continue from them, trimmed as
+    transformers' `preprocess_histories` trims them: at most `max_semantic_history` semantic ids (an even number,
+    no more than the coarse tokens cover), the coarse tokens of as many semantic ids, less the last two (suno-ai/bark's
+    shift for time alignment). Empty lists without a preset."""
+    if voice is None:
+        return [], []
+    ratio = config.semantic_to_coarse_ratio
+    semantic = voice.semantic_prompt.tolist()
+    tokens = interleave_coarse(voice.coarse_prompt, config)
+    n_semantic = min(config.max_semantic_history, len(semantic) - len(semantic) % 2,
+                     int(math.floor(len(tokens) / ratio)))
+    n_coarse = int(round(n_semantic * ratio))
+    if n_semantic == 0:
+        return [], []
+    return semantic[-n_semantic:], tokens[-n_coarse:][:-2]
 
 
 def coarse_semantic_ids(semantic_ids: Sequence[int], config: BarkGenerationConfig = DEFAULTS) -> list[int]:
@@ -124,17 +154,21 @@ def coarse_semantic_ids(semantic_ids: Sequence[int], config: BarkGenerationConfi
 
 
 def coarse_windows(semantic_ids: Sequence[int], coarse_codes: torch.Tensor | Sequence[Sequence[int]],
-                   config: BarkGenerationConfig = DEFAULTS) -> list[tuple[list[int], list[int]]]:
+                   config: BarkGenerationConfig = DEFAULTS,
+                   voice: VoicePreset | None = None) -> list[tuple[list[int], list[int]]]:
     """`(input_ids, labels)` for every generation window over an utterance: `semantic_ids` and its codec codes
-    `[n_coarse_codebooks, frames]`. Window `w` starts at coarse token `w * sliding_window_len`; its labels score
-    the window's new tokens only (-100 on the prompt)."""
-    semantic = coarse_semantic_ids(semantic_ids, config)
+    `[n_coarse_codebooks, frames]`, after a `voice` preset's history when given. Window `w` starts at the
+    utterance's coarse token `w * sliding_window_len`; its labels score the window's new tokens only (-100 on the
+    prompt, history included)."""
+    semantic_history, token_history = coarse_history(voice, config)
+    semantic = semantic_history + coarse_semantic_ids(semantic_ids, config)
     _check_ids(semantic, config.coarse.coarse_semantic_pad_token + 1, "semantic ids")
     flat = interleave_coarse(coarse_codes, config)
+    tokens = token_history + flat
     step = config.coarse.sliding_window_len
     windows = []
     for start in range(0, len(flat), step):
-        prompt = coarse_prompt(semantic, flat, start, config)
+        prompt = coarse_prompt(semantic, tokens, start, config, len(semantic_history), len(token_history))
         targets = flat[start : start + step]
         windows.append((prompt + targets[:-1], [IGNORE_INDEX] * (len(prompt) - 1) + targets))
     return windows
@@ -197,6 +231,22 @@ def fine_windows(codes: torch.Tensor, n_history: int = 0, config: BarkGeneration
     padded[:frames] = codes
     return [FineWindow(padded[start : start + window], start, new_from, new_to)
             for start, new_from, new_to in fine_spans(frames - n_history, n_history, config)]
+
+
+def fine_history(voice: VoicePreset | None, config: BarkGenerationConfig = DEFAULTS) -> torch.Tensor:
+    """The frames `[n_history, n_fine_codebooks]` a voice preset puts before an utterance's in the fine windows: its
+    last `max_fine_history_length` (0 frames without a preset)."""
+    if voice is None:
+        return torch.zeros(0, config.fine.n_fine_codebooks, dtype=torch.long)
+    return voice.fine_prompt.T[-config.fine.max_fine_history_length :].long()  # [8, T_f] -> [n_history, 8]
+
+
+def fine_windows_after(codes: torch.Tensor, voice: VoicePreset | None = None,
+                       config: BarkGenerationConfig = DEFAULTS) -> list[FineWindow]:
+    """The fine windows of an utterance's codes `[frames, n_fine_codebooks]` after a voice preset's frames
+    (`fine_history`), as generation with that preset places them; only the utterance's frames are predicted."""
+    history = fine_history(voice, config)
+    return fine_windows(torch.cat([history, codes.long()]), len(history), config)
 
 
 def fine_example(window: FineWindow, codebook_idx: int,
