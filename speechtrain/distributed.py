@@ -1,5 +1,5 @@
 """Distributed training helpers: which modules are a model family's repeated blocks, the fully sharded (FSDP2)
-strategy built from them, and activation checkpointing of the same blocks without FSDP.
+strategy built from them, and activation checkpointing and compilation of the same blocks.
 
 FSDP shards a model at the granularity of its wrapped submodules and activation checkpointing recomputes
 whole submodules, so both want the same units: the blocks a model stacks. Each model class names its own in a
@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,19 @@ def checkpoint_block_activations(module: nn.Module) -> int:
     for block in blocks:
         if not isinstance(block.forward, functools.partial):  # already wrapped: keep one level
             block.forward = functools.partial(_recomputed_forward, block, block.forward)
+    return len(blocks)
+
+
+def compile_blocks(module: nn.Module, options: Mapping[str, Any] | None = None) -> int:
+    """`torch.compile` of every block of `module` (its `block_classes`), in place (`nn.Module.compile`), as
+    torchtune and torchtitan compile per layer: each block's graph is small, compiles once and is shared by every
+    instance of the class, and the whole model need not be traceable. Parameter names, state dicts, LoRA targets,
+    exports and FSDP's per-block units stay as they are (compiled before sharding, which wraps the compiled blocks).
+    `options` are `torch.compile`'s (`mode`, `backend`, `dynamic`, `fullgraph`); cached decoding's growing key
+    length is a dynamic dimension after the first recompile. Returns the number of blocks."""
+    blocks = [m for m in module.modules() if type(m) in block_classes(module)]
+    for block in blocks:
+        block.compile(**dict(options or {}))
     return len(blocks)
 
 

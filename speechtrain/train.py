@@ -34,7 +34,13 @@ from omegaconf.errors import OmegaConfBaseException
 from speechtrain.atomic import atomic_write_bytes
 from speechtrain.callbacks import RankSeed
 from speechtrain.config_checks import check_required_values, check_targets
-from speechtrain.distributed import FullyShardedStrategy, build_strategy, checkpoint_block_activations, full_model
+from speechtrain.distributed import (
+    FullyShardedStrategy,
+    build_strategy,
+    checkpoint_block_activations,
+    compile_blocks,
+    full_model,
+)
 from speechtrain.errors import ConfigError, DependencyError, SpeechtrainError
 from speechtrain.hub import resolve_pretrained, save_bundle
 from speechtrain.layers.lora import save_peft_adapter
@@ -199,6 +205,25 @@ def _fetch_hub_model(cfg: DictConfig) -> None:
             cfg.model.pretrained = local
 
 
+def _compile_options(setting: Any) -> dict[str, Any] | None:
+    """`compile` of the config as `torch.compile` options: false/null -> None (not compiled), true -> {}, a mode
+    name -> {mode}, a mapping -> its keys (mode, backend, dynamic, fullgraph)."""
+    if setting is None or setting is False:
+        return None
+    if setting is True:
+        return {}
+    if isinstance(setting, str):
+        return {"mode": setting}
+    if OmegaConf.is_dict(setting) or isinstance(setting, dict):
+        options = dict(OmegaConf.to_container(setting) if OmegaConf.is_dict(setting) else setting)
+        unknown = sorted(set(options) - {"mode", "backend", "dynamic", "fullgraph", "options"})
+        if unknown:
+            raise ConfigError(f"compile: unknown torch.compile option(s) {unknown}; use mode, backend, dynamic, "
+                              "fullgraph or options")
+        return options
+    raise ConfigError(f"compile must be false, true, a torch.compile mode or a mapping of its options, got {setting!r}")
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The task (with its model, tokenizer and feature extractor) and the data module of a config."""
     _fetch_hub_model(cfg)
@@ -243,6 +268,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else:
             log.info("activation checkpointing: %d blocks recompute their activations in the backward pass",
                      checkpoint_block_activations(task))
+    compile_options = _compile_options(cfg.get("compile"))
+    if compile_options is not None:  # after the checkpointing wrappers, before FSDP shards the compiled blocks
+        log.info("torch.compile: %d blocks compiled (%s)", compile_blocks(task, compile_options),
+                 compile_options or "default options")
     # The data module's bucketing sampler shards across ranks itself.
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, strategy=strategy,
                                       use_distributed_sampler=False)
