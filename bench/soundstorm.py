@@ -37,8 +37,14 @@ from torch import nn
 
 sys.modules.setdefault("fairseq", types.SimpleNamespace(checkpoint_utils=None))  # see the module docstring
 from common import time_rounds  # noqa: E402
-from soundstorm_pytorch import ConformerWrapper  # noqa: E402
-from soundstorm_pytorch import SoundStorm as TheirSoundStorm  # noqa: E402
+
+try:  # the peer; bench/gpu_suite.py builds ours without it
+    from soundstorm_pytorch import ConformerWrapper
+    from soundstorm_pytorch import SoundStorm as TheirSoundStorm
+except ImportError as error:
+    PEER_MISSING: str | None = f"soundstorm-pytorch does not import ({error})"
+else:
+    PEER_MISSING = None
 
 from speechtrain.models.soundstorm import (  # noqa: E402
     SoundStorm,
@@ -151,6 +157,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
+    if PEER_MISSING:
+        raise SystemExit(f"{PEER_MISSING}; install it as the module docstring says")
 
     parity = logits_parity(args)
     torch.manual_seed(0)
