@@ -1,15 +1,17 @@
-"""Monotonic alignment search: speechtrain's torch DP against a numba build of jaywalnut310/vits's
-`monotonic_align/core.pyx` (same loops, `prange` over the batch as the Cython does), in one process.
+"""Monotonic alignment search: speechtrain's default backend (numba on a CPU, Triton on CUDA) and its torch DP
+against a numba build of jaywalnut310/vits's `monotonic_align/core.pyx` (same loops, `prange` over the batch as
+the Cython does), in one process.
 
     python bench/alignment.py                   # CPU, four VITS-like shapes
-    python bench/alignment.py --device cuda     # torch on the GPU; numba on the CPU with VITS's copies
-    python bench/alignment.py --text-first      # scores stored text-first: one transposing copy more for torch
+    python bench/alignment.py --device cuda     # ours on the GPU; the reference on the CPU with VITS's copies
+    python bench/alignment.py --text-first      # scores stored text-first instead of frames-first
 
 The scores are made as VITS makes `neg_cent`, frames first `[batch, frames, text]`, and handed to
 speechtrain as the view `neg_cent.transpose(1, 2)`, which it reads without a copy. The reference is timed
-the way VITS calls it: tensor -> float32 NumPy (host copy) -> numba -> tensor on the device. Both must give
-the same path before anything is timed. Prints a markdown table (median of
-`--repeats` alternating runs, after a warm-up) to paste into docs/benchmarks.md. Needs the `bench` extra (numba).
+the way VITS calls it: tensor -> float32 NumPy (host copy) -> numba -> tensor on the device. All three must give
+the same path before anything is timed. Prints a markdown table (median of `--repeats` runs, ours alternating
+with the reference, after a warm-up, which also compiles) to paste into docs/benchmarks.md. Needs the `bench`
+extra (numba).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numba
 import numpy as np
 import torch
 
-from speechtrain.layers.alignment import monotonic_alignment_search
+from speechtrain.layers.alignment import monotonic_alignment_search, resolve_backend
 
 SHAPES = [(16, 50, 200), (16, 100, 500), (32, 150, 600), (32, 200, 1000)]  # (batch, max text, max frames)
 
@@ -85,7 +87,7 @@ def random_batch(batch: int, text_len: int, frames: int, device: str, text_first
 def median_seconds(functions: list[Callable[..., torch.Tensor]], inputs: tuple, repeats: int, device: str):
     """Median wall time of each function on `inputs`, runs alternating so that none gets a quieter machine."""
     times = [[] for _ in functions]
-    for repeat in range(repeats + 1):  # the first round warms up (numba compiles on its first call)
+    for repeat in range(repeats + 1):  # the first round warms up (numba and Triton compile on the first call)
         for function, function_times in zip(functions, times):
             if device == "cuda":
                 torch.cuda.synchronize()
@@ -101,7 +103,7 @@ def median_seconds(functions: list[Callable[..., torch.Tensor]], inputs: tuple, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=50, help="timed runs of each (the shortest take ~0.1 ms)")
     parser.add_argument("--text-first", action="store_true", help="scores contiguous as [batch, text, frames]")
     parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: all cores)")
     args = parser.parse_args()
@@ -112,23 +114,34 @@ def main() -> None:
         numba.set_num_threads(args.threads)
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "CPU"
+    auto = resolve_backend("auto", torch.device(args.device))
     print(f"device: {args.device} ({device_name}), torch {torch.__version__}, numba {numba.__version__}, "
           f"torch threads {torch.get_num_threads()}, numba threads {numba.get_num_threads()}, "
-          f"scores {'text' if args.text_first else 'frames'}-first in memory\n")
-    print("| batch | max text | max frames | speechtrain torch (ms) | numba core.pyx (ms) | torch / numba |")
-    print("|---:|---:|---:|---:|---:|---:|")
+          f"scores {'text' if args.text_first else 'frames'}-first in memory, speechtrain's default: {auto}\n")
+    print(f"| batch | max text | max frames | speechtrain {auto} (ms) | speechtrain torch DP (ms) "
+          f"| numba core.pyx (ms) | ours / numba | torch DP / numba |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def ours(log_likelihood: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return monotonic_alignment_search(log_likelihood, mask)
+
+    def torch_dp(log_likelihood: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return monotonic_alignment_search(log_likelihood, mask, backend="torch")
+
     for batch, text_len, frames in SHAPES:
         log_likelihood, mask = random_batch(batch, text_len, frames, args.device, args.text_first)
-        ours = monotonic_alignment_search(log_likelihood, mask)
         reference = numba_alignment_search(log_likelihood, mask)
-        if not torch.equal(ours, reference):
-            raise SystemExit(f"paths differ for shape {(batch, text_len, frames)}: "
-                             f"{int((ours != reference).sum())} cells")
-        ours_s, numba_s = median_seconds(
-            [monotonic_alignment_search, numba_alignment_search], (log_likelihood, mask), args.repeats, args.device
-        )
-        print(f"| {batch} | {text_len} | {frames} | {ours_s * 1e3:.1f} | {numba_s * 1e3:.1f} | "
-              f"{ours_s / numba_s:.2f} |")
+        for name, function in ((auto, ours), ("torch DP", torch_dp)):
+            path = function(log_likelihood, mask)
+            if not torch.equal(path, reference):
+                raise SystemExit(f"{name}: paths differ for shape {(batch, text_len, frames)}: "
+                                 f"{int((path != reference).sum())} cells")
+        # ours and the reference alternate; the torch DP runs apart, as its allocations would slow the next call
+        ours_s, numba_s = median_seconds([ours, numba_alignment_search], (log_likelihood, mask), args.repeats,
+                                         args.device)
+        (torch_s,) = median_seconds([torch_dp], (log_likelihood, mask), args.repeats, args.device)
+        print(f"| {batch} | {text_len} | {frames} | {ours_s * 1e3:.2f} | {torch_s * 1e3:.2f} | {numba_s * 1e3:.2f} | "
+              f"{ours_s / numba_s:.2f} | {torch_s / numba_s:.2f} |")
 
 
 if __name__ == "__main__":
