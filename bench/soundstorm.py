@@ -62,6 +62,7 @@ def build_ours(args: argparse.Namespace, depth: int) -> SoundStorm:
         codebook_size=args.codebook_size, num_quantizers=args.levels, dim=args.dim, depth=depth, heads=args.heads,
         dim_head=args.dim_head, conv_kernel_size=31, num_semantic_tokens=args.semantic_tokens,
         semantic_rate=SAMPLE_RATE / HOP, acoustic_rate=SAMPLE_RATE / HOP,
+        attn_implementation=getattr(args, "attn_implementation", "sdpa"),
     ))
 
 
@@ -97,8 +98,9 @@ def logits_parity(args: argparse.Namespace) -> float:
     return (their_logits - our_logits)[frame_mask.repeat_interleave(args.levels, dim=1)].abs().max().item()
 
 
-def training_steps(args: argparse.Namespace, ours: SoundStorm, theirs: TheirSoundStorm, device: str
+def training_steps(args: argparse.Namespace, ours: SoundStorm, theirs: TheirSoundStorm | None, device: str
                    ) -> dict[str, Callable[[], None]]:
+    """The training step of each (ours alone when `theirs` is None), on one batch."""
     generator = torch.Generator().manual_seed(0)
     frames = args.frames
     codes = torch.randint(0, args.codebook_size, (args.batch_size, frames, args.levels), generator=generator)
@@ -109,14 +111,17 @@ def training_steps(args: argparse.Namespace, ours: SoundStorm, theirs: TheirSoun
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     task = SoundStormTask(ours, functools.partial(torch.optim.AdamW, lr=1e-4)).train()
     our_optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
-    theirs.train()
 
     def our_step() -> None:
         loss, _ = task.model_step(batch)
         loss.backward()
         our_optimizer.step()
         our_optimizer.zero_grad(set_to_none=True)
+
+    if theirs is None:
+        return {"speechtrain": our_step}
+    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
+    theirs.train()
 
     def their_step() -> None:
         loss, _ = theirs(batch["codes"], mask=batch["frame_mask"], cond_semantic_token_ids=batch["semantic_ids"])

@@ -59,7 +59,7 @@ SIZES = {  # (hidden = flow size = duration-predictor width, text-encoder ffn, H
 OPTIMIZER = dict(lr=2e-4, betas=(0.8, 0.99), eps=1e-9, weight_decay=0.01)
 
 
-def build_ours(size: str, vocab_size: int) -> VitsTask:
+def build_ours(size: str, vocab_size: int, attn_implementation: str = "sdpa") -> VitsTask:
     hidden, ffn, upsample_channels = SIZES[size]
     config = VitsConfig(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=6, num_attention_heads=2, ffn_dim=ffn,
@@ -68,7 +68,7 @@ def build_ours(size: str, vocab_size: int) -> VitsTask:
         upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4], resblock_kernel_sizes=[3, 7, 11],
         resblock_dilation_sizes=[[1, 3, 5]] * 3, posterior_encoder_num_wavenet_layers=16,
         prior_encoder_num_wavenet_layers=4, prior_encoder_num_flows=4, duration_predictor_num_flows=4,
-        spectrogram_bins=N_FFT // 2 + 1, sampling_rate=SAMPLE_RATE,
+        spectrogram_bins=N_FFT // 2 + 1, sampling_rate=SAMPLE_RATE, attn_implementation=attn_implementation,
     )
     optimizer = functools.partial(torch.optim.AdamW, **OPTIMIZER)
     return VitsTask(VitsModel(config), tokenizer=None, discriminator=MultiPeriodDiscriminator(PERIODS),
