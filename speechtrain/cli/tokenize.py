@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kmeans-iterations", type=int, default=100, help="Lloyd iterations per restart, at most")
     parser.add_argument("--kmeans-restarts", type=int, default=10, help="k-means++ restarts; the best is kept")
     parser.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="utterances of similar length encoded at a time (1: one by one; other sizes give the "
+                             "same ids up to float rounding)")
     parser.add_argument("--max-duration", type=float, default=60.0, help="skip longer utterances (seconds)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             spec, args.out, codec, semantic, shard_size=args.shard_size, kmeans_clusters=args.clusters,
             kmeans_fraction=args.kmeans_fraction, kmeans_utterances=args.kmeans_utterances,
             kmeans_iterations=args.kmeans_iterations, kmeans_restarts=args.kmeans_restarts, seed=args.seed,
-            strict=args.strict, max_duration=args.max_duration,
+            strict=args.strict, max_duration=args.max_duration, batch_size=args.batch_size,
         )
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"speechtrain-tokenize: error: {err}")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchaudio
 
-from speechtrain.data.frozen_model import WrapsFrozenModel
+from speechtrain.data.frozen_model import WrapsFrozenModel, sample_rate_of_each
 from speechtrain.errors import CheckpointError, ConfigError
 from speechtrain.safe_load import load_untrusted
 
@@ -61,6 +63,37 @@ def _load_state_dict(model: torch.nn.Module, checkpoint: str | Path) -> None:
         raise CheckpointError(f"{path}: tensor shapes do not match the 24 kHz EnCodec model ({err})") from err
 
 
+class _BatchPlan(NamedTuple):
+    """How `EncodecCodec.encode_batch` runs the encoder: `convs` (the strided convolutions, up to the LSTM) per
+    utterance, then `rest` (the LSTM and the last convolution) batched; waveforms of fewer than `shortest`
+    samples encode alone."""
+
+    convs: torch.nn.Module
+    rest: torch.nn.Module
+    shortest: int
+
+
+def _make_batch_plan(model: torch.nn.Module, hop_length: int) -> _BatchPlan | None:
+    """The `_BatchPlan` of a causal SEANet encoder on whole utterances (no normalisation, no segments), else None
+    (such a model encodes one utterance at a time)."""
+    from encodec.modules import SLSTM, SConv1d, SEANetEncoder
+
+    if model.normalize or model.segment is not None or not isinstance(model.encoder, SEANetEncoder):
+        return None
+    layers = model.encoder.model
+    if not all(module.causal for module in layers.modules() if isinstance(module, SConv1d)):
+        return None
+    split = next((i for i, layer in enumerate(layers) if isinstance(layer, SLSTM)), len(layers))
+    rest = layers[split:]
+    shortest_frames, jump = 1, 1  # jump: frames per step of the current layer
+    for conv in (module for module in rest.modules() if isinstance(module, SConv1d)):
+        (kernel,), (stride,), (dilation,) = conv.conv.conv.kernel_size, conv.conv.conv.stride, conv.conv.conv.dilation
+        # encodec's pad1d zero-pads an input no longer than its reflect padding; batched, it would reflect padding
+        shortest_frames = max(shortest_frames, jump * (max((kernel - 1) * dilation - (stride - 1), stride) + 1))
+        jump *= stride
+    return _BatchPlan(layers[:split], rest, hop_length * (shortest_frames - 1) + 1)
+
+
 class EncodecCodec(WrapsFrozenModel):
     """The 24 kHz EnCodec model at one bandwidth, in eval mode, without gradients.
 
@@ -98,6 +131,7 @@ class EncodecCodec(WrapsFrozenModel):
         self.model = model.eval().requires_grad_(False)
         self.bandwidth = float(bandwidth)
         self.checkpoint = None if checkpoint is None else str(Path(checkpoint).expanduser().resolve())
+        self._batch_plan = _make_batch_plan(self.model, self.hop_length)
 
     @staticmethod
     @torch.no_grad()
@@ -142,17 +176,69 @@ class EncodecCodec(WrapsFrozenModel):
                 "num_levels": self.num_levels, "codebook_size": self.codebook_size, "bandwidth": self.bandwidth,
                 "checkpoint": self.checkpoint}
 
+    def _resampled(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """One mono waveform [samples] as float32 at 24 kHz on the model's device."""
+        if waveform.dim() != 1 or waveform.numel() == 0:
+            raise ValueError(f"expected one non-empty mono waveform [samples], got shape {tuple(waveform.shape)}")
+        waveform = waveform.to(self.device, torch.float32)
+        if sample_rate != self.sample_rate:
+            waveform = torchaudio.functional.resample(waveform, sample_rate, self.sample_rate)
+        return waveform
+
     @torch.no_grad()
     def encode(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Codes of one mono waveform [samples] at `sample_rate` (resampled to 24 kHz).
 
         Returns a LongTensor [frames, levels] on the model's device, frames = ceil(samples_24k / 320).
         """
-        if waveform.dim() != 1 or waveform.numel() == 0:
-            raise ValueError(f"expected one non-empty mono waveform [samples], got shape {tuple(waveform.shape)}")
-        waveform = waveform.to(self.device, torch.float32)
-        if sample_rate != self.sample_rate:
-            waveform = torchaudio.functional.resample(waveform, sample_rate, self.sample_rate)
+        return self._encode_resampled(self._resampled(waveform, sample_rate))
+
+    @torch.no_grad()
+    def encode_batch(self, waveforms: Sequence[torch.Tensor], sample_rates: int | Sequence[int]) -> list[torch.Tensor]:
+        """Codes of several mono waveforms [samples_i], the encoder's LSTM batched: LongTensors [frames_i, levels],
+        what `encode` gives each up to float rounding (`batch_embeddings`), which can flip a code where two
+        codebook entries are about as close (none of the 48,648 codes of the mini corpus with random full-size
+        weights).
+
+        Models that cannot be batched exactly (not causal, normalising or segmenting the audio) and waveforms
+        too short for encodec's reflect padding (80 ms at 24 kHz) encode one at a time.
+        """
+        rates = sample_rate_of_each(waveforms, sample_rates)
+        resampled = [self._resampled(waveform, rate) for waveform, rate in zip(waveforms, rates)]
+        plan = self._batch_plan
+        rows = [] if plan is None else [i for i, waveform in enumerate(resampled) if len(waveform) >= plan.shortest]
+        codes: dict[int, torch.Tensor] = {}
+        if len(rows) > 1:
+            embeddings, frames = self.batch_embeddings([resampled[i] for i in rows])
+            levels = self.model.quantizer.encode(embeddings, self.model.frame_rate, self.model.bandwidth)
+            for row, (i, count) in enumerate(zip(rows, frames)):  # levels [levels, batch, max_frames]
+                codes[i] = levels[:, row, :count].T.long()
+        return [codes[i] if i in codes else self._encode_resampled(waveform) for i, waveform in enumerate(resampled)]
+
+    @torch.no_grad()
+    def batch_embeddings(self, waveforms: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """The encoder's output for 24 kHz waveforms [samples_i], each at least `_batch_plan.shortest` long:
+        (embeddings [batch, dimension, max_frames], frames_i = ceil(samples_i / 320)).
+
+        The strided convolutions run per utterance, as in `encode` (a padded batch of them would also need the
+        reflection of each utterance's own end at every layer, and on a CPU is slower: its activations leave the
+        cache). The LSTM and the last convolution, causal, run once on their outputs right-padded with zeros:
+        mathematically each utterance's frames are what the encoder gives it alone, but the LSTM's batched
+        matmuls round differently from its one-sequence ones (by up to 5e-7 of the largest value on the mini
+        corpus).
+        """
+        plan = self._batch_plan
+        if plan is None or min(len(waveform) for waveform in waveforms) < plan.shortest:
+            raise ValueError("batch_embeddings needs a causal SEANet encoder on whole utterances and waveforms of at "
+                             f"least {getattr(plan, 'shortest', '?')} samples; encode_batch encodes others alone")
+        hidden = [plan.convs(waveform[None, None])[0] for waveform in waveforms]  # each [channels, frames_i]
+        frames = [part.shape[-1] for part in hidden]
+        padded = hidden[0].new_zeros(len(hidden), hidden[0].shape[0], max(frames))  # [batch, channels, max_frames]
+        for row, part in enumerate(hidden):
+            padded[row, :, : part.shape[-1]] = part
+        return plan.rest(padded), frames
+
+    def _encode_resampled(self, waveform: torch.Tensor) -> torch.Tensor:
         (codes, _scale), = self.model.encode(waveform[None, None])  # codes [1, levels, frames]
         return codes[0].T.long()
 

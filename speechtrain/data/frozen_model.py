@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Self
 
 import torch
@@ -20,3 +21,11 @@ class WrapsFrozenModel:
     def to(self, device: str | torch.device) -> Self:
         self.model.to(device)
         return self
+
+
+def sample_rate_of_each(waveforms: Sequence[torch.Tensor], sample_rates: int | Sequence[int]) -> list[int]:
+    """One sample rate per waveform of a batch (a corpus may mix rates; each waveform is resampled on its own)."""
+    rates = [sample_rates] * len(waveforms) if isinstance(sample_rates, int) else list(sample_rates)
+    if len(rates) != len(waveforms):
+        raise ValueError(f"{len(waveforms)} waveforms but {len(rates)} sample rates")
+    return rates

@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 class TokenDataset(Dataset):
-    """`dataset[i]` is the `TokenizedUtterance` itself (id, text, speaker, duration, acoustic
-    LongTensor [frames, levels], semantic LongTensor [semantic_frames]); the collator shapes batches.
+    """`dataset[i]` is the `TokenizedUtterance` itself (id, text, speaker, duration, acoustic [frames, levels] and
+    semantic [semantic_frames], int16 as read from shards); the collator shapes batches (long ids).
     `durations[i]` is its length in seconds, for `DynamicBucketSampler`."""
 
     def __init__(self, utterances: Sequence[TokenizedUtterance]):
@@ -120,7 +120,7 @@ class SoundStormCollator:
         acoustic, semantic = zip(*(self.crop(u) for u in utterances))
         codes, frame_mask = pad_stack(acoustic)
         semantic_ids, semantic_mask = pad_stack(semantic)
-        return {"codes": codes, "frame_mask": frame_mask, "semantic_ids": semantic_ids,
+        return {"codes": codes.long(), "frame_mask": frame_mask, "semantic_ids": semantic_ids.long(),
                 "semantic_mask": semantic_mask, "ids": [u.id for u in utterances],
                 "texts": [u.text for u in utterances], "audio_seconds": float(frame_mask.sum()) / self.acoustic_rate}
 

@@ -7,15 +7,21 @@ Layout of a tokens folder:
     kmeans.safetensors        the k-means centroids behind the semantic ids (absent when a trained quantizer,
                               recorded in tokens.json's semantic.quantizer, made them)
     shard-00000.safetensors   acoustic int16 [sum_frames, levels], acoustic_lengths int64 [n],
-                              semantic int32 [sum_semantic_frames], semantic_lengths int64 [n]
+                              semantic int16 [sum_semantic_frames] (int32 above 32768 clusters, and in shards
+                              written before int16 semantic ids, which read as well), semantic_lengths int64 [n]
     shard-00000.jsonl         one line per utterance in shard order: id, text, speaker, duration, audio_path
 
 `tokens.json` appears only when every shard is written; until then `tokens.partial.json` holds the
 settings, so a rerun with other settings is refused instead of mixing tokens. Each file is written
 to a temporary name, fsynced and renamed, so an interrupted run leaves whole shards only, and a
 rerun skips them after checking that they hold the utterances they should. Utterances go to shards
-in corpus order after the header check, so which shard holds what is known before encoding.
-Writing the same corpus twice gives byte-identical files.
+in corpus order after the header check, so which shard holds what is known before encoding; inside a
+shard they are encoded `batch_size` at a time, longest first (so that a batch pads little), and written
+in corpus order. Writing the same corpus twice with the same `batch_size` gives byte-identical files;
+another batch size gives the same ids but where float rounding in a batch flips one, which needs two
+codebook entries or centroids about as close (`EncodecCodec.batch_embeddings`,
+`HubertSemanticTokenizer.features_batch`; none flips on the mini corpus, whose files are the same bytes at
+batch sizes 1, 3 and 8). The k-means is fitted on features computed one utterance at a time.
 """
 
 from __future__ import annotations
@@ -49,7 +55,8 @@ INFO_FILE = "tokens.json"
 PARTIAL_INFO_FILE = "tokens.partial.json"
 KMEANS_FILE = "kmeans.safetensors"
 SHARD_DTYPES = {"acoustic": torch.int16, "acoustic_lengths": torch.int64,
-                "semantic": torch.int32, "semantic_lengths": torch.int64}
+                "semantic": torch.int16, "semantic_lengths": torch.int64}
+WIDE_SEMANTIC_DTYPE = torch.int32  # semantic ids of more than 32768 clusters, and those of older shards
 NO_DURATION_LIMIT = 1e7  # seconds: what "no max_duration" means to CheckedDataset's header check
 SETTINGS_KEYS = ("format_version", "codec", "semantic", "corpus", "shard_size", "max_duration")
 RUN_HINT = "run speechtrain-tokenize (or speechtrain.data.token_shards.tokenize_corpus) to create it"
@@ -57,7 +64,9 @@ RUN_HINT = "run speechtrain-tokenize (or speechtrain.data.token_shards.tokenize_
 
 @dataclass
 class TokenizedUtterance:
-    """One utterance's tokens: `acoustic` LongTensor [frames, levels], `semantic` LongTensor [semantic_frames]."""
+    """One utterance's tokens: `acoustic` [frames, levels] and `semantic` [semantic_frames] integer tensors, int16
+    when read from shards (a quarter of int64's memory; semantic int32 above 32768 clusters): a collator makes
+    them long where it builds a batch."""
 
     id: str
     text: str
@@ -102,6 +111,27 @@ def _load_waveform(utterance: Utterance, max_duration: float | None) -> tuple[to
     return waveform, rate
 
 
+def _length_batches(durations: list[float], batch_size: int) -> list[list[int]]:
+    """Indices of `durations` in batches of `batch_size`, longest first (little padding, and a batch too large for
+    memory fails first); ties keep their order, so the batches are the same in every run."""
+    order = sorted(range(len(durations)), key=lambda i: -durations[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def semantic_dtype(num_clusters: int) -> torch.dtype:
+    """The dtype semantic ids are stored and kept in: int16 when they fit (below 32768), else int32."""
+    return SHARD_DTYPES["semantic"] if num_clusters <= torch.iinfo(SHARD_DTYPES["semantic"]).max + 1 \
+        else WIDE_SEMANTIC_DTYPE
+
+
+def _narrowed(values: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """`values` as `dtype`, refusing ids the dtype would wrap around."""
+    limits = torch.iinfo(dtype)
+    if values.numel() and (values.min() < limits.min or values.max() > limits.max):
+        raise DataError(f"{name} ids in [{int(values.min())}, {int(values.max())}] do not fit the shards' {dtype}")
+    return values.to(dtype).contiguous()
+
+
 def _corpus_settings(spec: CorpusSpec) -> dict:
     return {**asdict(spec), "path": str(Path(spec.path).expanduser().resolve())}
 
@@ -143,7 +173,9 @@ def _prepare_kmeans(
     sample_size: int, iterations: int, restarts: int, seed: int, max_duration: float | None,
 ) -> KMeans:
     """The k-means of `out` if there is one, else `semantic.kmeans` or one fitted on a seeded sample of
-    `sample_size` utterances; saved in `out`."""
+    `sample_size` utterances; saved in `out`. Its features are computed one utterance at a time whatever the batch
+    size: a fit is chaotic in its input (k-means++ seeding draws by cumulative distances), so features rounded
+    differently in a batch could give other clusters and change every id."""
     path = out / KMEANS_FILE
     if path.is_file():
         kmeans = KMeans.load(path)
@@ -191,33 +223,55 @@ def _finished_shard(out: Path, index: int, expected_ids: list[str]) -> list[dict
     return recorded["skipped"]
 
 
-def _write_shard(
-    out: Path, index: int, utterances: list[Utterance], codec: EncodecCodec, semantic: HubertSemanticTokenizer,
-    max_duration: float | None, strict: bool, progress: tqdm,
-) -> list[dict]:
-    """Encodes one shard's utterances and writes its two files; returns the records of what failed to load."""
-    acoustic, semantic_ids, lines, skipped = [], [], [], []
-    for utterance in utterances:
+def _load_batch(utterances: list[Utterance], max_duration: float | None, strict: bool
+                ) -> tuple[dict[int, tuple[torch.Tensor, int]], dict[int, AudioError]]:
+    """({position: (waveform, rate)} of those that load, {position: error} of the others); `strict` raises the
+    first error instead."""
+    loaded, failed = {}, {}
+    for position, utterance in enumerate(utterances):
         try:
-            waveform, rate = _load_waveform(utterance, max_duration)
+            loaded[position] = _load_waveform(utterance, max_duration)
         except AudioError as err:
             if strict:
                 raise
-            skipped.append({"id": utterance.id, "audio_path": utterance.audio_path, "reason": err.reason})
-            progress.update(1)
-            continue
-        acoustic.append(codec.encode(waveform, rate).cpu())
-        semantic_ids.append(semantic.encode(waveform, rate).cpu())
-        lines.append({"id": utterance.id, "text": utterance.text, "speaker": utterance.speaker,
-                      "duration": round(waveform.numel() / rate, 6), "audio_path": utterance.audio_path})
-        progress.update(1)
+            failed[position] = err
+    return loaded, failed
+
+
+def _write_shard(
+    out: Path, index: int, utterances: list[Utterance], codec: EncodecCodec, semantic: HubertSemanticTokenizer,
+    max_duration: float | None, strict: bool, progress: tqdm, durations: list[float] | None = None,
+    batch_size: int = 1,
+) -> list[dict]:
+    """Encodes one shard's utterances, `batch_size` at a time by `durations` (longest first), and writes its two
+    files in corpus order; returns the records of what failed to load."""
+    encoded: dict[int, tuple[torch.Tensor, torch.Tensor, dict]] = {}
+    failures: dict[int, AudioError] = {}
+    lengths = durations if durations is not None else [0.0] * len(utterances)
+    for batch in _length_batches(lengths, batch_size):
+        loaded, failed = _load_batch([utterances[i] for i in batch], max_duration, strict)
+        failures.update({batch[position]: err for position, err in failed.items()})
+        if loaded:
+            waveforms, rates = zip(*loaded.values())
+            codes = codec.encode_batch(waveforms, rates)
+            ids = semantic.encode_batch(waveforms, rates)
+            for position, acoustic, semantic_ids, waveform, rate in zip(loaded, codes, ids, waveforms, rates):
+                utterance = utterances[batch[position]]
+                line = {"id": utterance.id, "text": utterance.text, "speaker": utterance.speaker,
+                        "duration": round(waveform.numel() / rate, 6), "audio_path": utterance.audio_path}
+                encoded[batch[position]] = acoustic.cpu(), semantic_ids.cpu(), line
+        progress.update(len(batch))
+    skipped = [{"id": utterances[i].id, "audio_path": utterances[i].audio_path, "reason": failures[i].reason}
+               for i in sorted(failures)]
+    acoustic, semantic_ids, lines = zip(*(encoded[i] for i in sorted(encoded))) if encoded else ((), (), ())
     tensors = {
         "acoustic": torch.cat(acoustic) if acoustic else torch.zeros(0, codec.num_levels),
         "acoustic_lengths": torch.tensor([len(codes) for codes in acoustic]),
         "semantic": torch.cat(semantic_ids) if semantic_ids else torch.zeros(0),
         "semantic_lengths": torch.tensor([len(ids) for ids in semantic_ids]),
     }
-    tensors = {key: tensors[key].to(dtype).contiguous() for key, dtype in SHARD_DTYPES.items()}
+    dtypes = {**SHARD_DTYPES, "semantic": semantic_dtype(semantic.num_clusters)}
+    tensors = {key: _narrowed(tensors[key], dtype, key) for key, dtype in dtypes.items()}
     # one metadata key: safetensors writes several in a random (hash) order, which would break byte identity
     metadata = {"shard": json.dumps({"ids": [line["id"] for line in lines], "skipped": skipped}, sort_keys=True)}
     name = shard_name(index)
@@ -241,6 +295,7 @@ def tokenize_corpus(
     seed: int = 0,
     strict: bool = False,
     max_duration: float | None = None,
+    batch_size: int = 8,
 ) -> Path:
     """Writes a corpus's acoustic and semantic tokens into `out_dir` (layout in the module docstring).
 
@@ -252,9 +307,13 @@ def tokenize_corpus(
     Utterances whose audio is missing, unreadable, empty or longer than `max_duration` seconds are
     skipped and listed in `tokens.json`'s `skipped` (one warning sums them up); `strict=True` raises
     naming the file instead. A rerun resumes after the last complete shard. Returns `out_dir`.
+    `batch_size` utterances of similar length are encoded at a time (see the module docstring); 1 encodes them
+    one by one.
     """
     if shard_size < 1:
         raise ConfigError(f"shard_size must be at least 1, got {shard_size}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     spec = CorpusSpec.coerce(spec)
     out = Path(out_dir)
     utterances = read_corpus(spec)
@@ -294,7 +353,9 @@ def tokenize_corpus(
     for index, chunk in enumerate(chunks):
         shard_skipped = _finished_shard(out, index, [u.id for u in chunk])
         if shard_skipped is None:
-            shard_skipped = _write_shard(out, index, chunk, codec, semantic, max_duration, strict, progress)
+            durations = check.durations[index * shard_size : index * shard_size + len(chunk)]
+            shard_skipped = _write_shard(out, index, chunk, codec, semantic, max_duration, strict, progress,
+                                         durations, batch_size)
         else:
             progress.update(len(chunk))
         shards.append({"name": shard_name(index), "utterances": len(chunk) - len(shard_skipped)})
@@ -365,8 +426,10 @@ def _read_shard(folder: Path, entry: dict, info: dict) -> list[TokenizedUtteranc
         return ValueError(f"{tensors_path}: corrupt shard: {problem}")
 
     for key, dtype in SHARD_DTYPES.items():
-        if key not in tensors or tensors[key].dtype != dtype:
-            raise fail(f"expected {key} as {dtype}, got {tensors[key].dtype if key in tensors else 'nothing'}")
+        allowed = (dtype, WIDE_SEMANTIC_DTYPE) if key == "semantic" else (dtype,)
+        if key not in tensors or tensors[key].dtype not in allowed:
+            raise fail(f"expected {key} as {' or '.join(map(str, allowed))}, got "
+                       f"{tensors[key].dtype if key in tensors else 'nothing'}")
     acoustic, semantic = tensors["acoustic"], tensors["semantic"]
     acoustic_lengths, semantic_lengths = tensors["acoustic_lengths"], tensors["semantic_lengths"]
     count = entry["utterances"]
@@ -385,8 +448,9 @@ def _read_shard(folder: Path, entry: dict, info: dict) -> list[TokenizedUtteranc
                                 ("semantic", semantic, info["semantic"]["num_clusters"])):
         if values.numel() and (values.min() < 0 or values.max() >= limit):
             raise fail(f"{name} ids outside [0, {limit})")
-    acoustic_parts = acoustic.long().split(acoustic_lengths.tolist())
-    semantic_parts = semantic.long().split(semantic_lengths.tolist())
+    # views of one int16 tensor per shard (int32 semantic ids of an older shard are narrowed once they are checked)
+    acoustic_parts = acoustic.split(acoustic_lengths.tolist())
+    semantic_parts = semantic.to(semantic_dtype(info["semantic"]["num_clusters"])).split(semantic_lengths.tolist())
     return [TokenizedUtterance(line["id"], line["text"], line.get("speaker"), float(line["duration"]), codes, ids)
             for line, codes, ids in zip(lines, acoustic_parts, semantic_parts)]
 

@@ -79,3 +79,54 @@ def test_checkpoint_loads_weights_and_names_bad_files(tmp_path, codec):
     torch.save({"decoder.weight": torch.zeros(1)}, wrong)
     with pytest.raises(ValueError, match="wrong.th is not an encodec_24khz"):
         EncodecCodec(checkpoint=wrong, model=tiny_codec().model)
+
+
+BATCHED_LENGTHS = [1921, 2241, 9600, 9601, 12345, 24017]  # 24 kHz: the shortest batched (7 frames), partial frames
+
+
+def noise(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [0.1 * torch.randn(length, generator=generator) for length in lengths]
+
+
+def test_batched_codes_are_the_codes_of_one_at_a_time(codec):
+    """Float rounding in a batch could flip a code where two codebook entries are as close; none flips here, for
+    waveforms that batch, waveforms too short to batch (encoded alone) and mixed sample rates."""
+    waveforms = noise([1, 319, 1920, *BATCHED_LENGTHS])
+    batched = codec.encode_batch(waveforms, 24000)
+    for waveform, codes in zip(waveforms, batched):
+        assert codes.dtype == torch.long and torch.equal(codes, codec.encode(waveform, 24000))
+    mixed = noise([22050, 16000, 9000], seed=1)
+    rates = [22050, 16000, 24000]
+    for waveform, rate, codes in zip(mixed, rates, codec.encode_batch(mixed, rates)):
+        assert torch.equal(codes, codec.encode(waveform, rate))
+    with pytest.raises(ValueError, match="3 waveforms but 2 sample rates"):
+        codec.encode_batch(mixed, rates[:2])
+
+
+def test_batched_embeddings_differ_from_one_at_a_time_by_float_rounding_only(codec):
+    """What can make a batched code differ: each utterance's encoder output is within 1e-5 of its scale of the
+    encoder's on it alone, and the same batch gives the same bits every time."""
+    waveforms = noise(BATCHED_LENGTHS)
+    embeddings, frames = codec.batch_embeddings(waveforms)
+    assert frames == [math.ceil(length / 320) for length in BATCHED_LENGTHS]
+    assert torch.equal(codec.batch_embeddings(waveforms)[0], embeddings)
+    for row, (waveform, count) in enumerate(zip(waveforms, frames)):
+        with torch.no_grad():
+            alone = codec.model.encoder(waveform[None, None])[0]  # [dimension, frames]
+        assert (embeddings[row, :, :count] - alone).abs().max() <= 1e-5 * alone.abs().max()
+    with pytest.raises(ValueError, match="at least 1921 samples"):
+        codec.batch_embeddings(noise([1920, 9600]))
+
+
+def test_random_full_size_codec_batches_within_rounding():
+    codec = EncodecCodec()
+    waveforms = noise([4000, 7777, 6400], seed=2)  # at 16 kHz
+    for waveform, codes in zip(waveforms, codec.encode_batch(waveforms, 16000)):
+        assert torch.equal(codes, codec.encode(waveform, 16000))
+    resampled = [codec._resampled(waveform, 16000) for waveform in waveforms]
+    embeddings, frames = codec.batch_embeddings(resampled)
+    for row, (waveform, count) in enumerate(zip(resampled, frames)):
+        with torch.no_grad():
+            alone = codec.model.encoder(waveform[None, None])[0]
+        assert (embeddings[row, :, :count] - alone).abs().max() <= 1e-5 * alone.abs().max()

@@ -117,3 +117,38 @@ def test_bad_layer_and_checkpoints(tmp_path):
         HubertSemanticTokenizer(checkpoint=tmp_path / "other.pth")
     with pytest.raises(RuntimeError, match="fitted k-means"):
         tiny_hubert().encode(torch.randn(1000), 16000)
+
+
+@pytest.mark.parametrize("extractor_mode", ["group_norm", "layer_norm"])
+def test_batched_features_differ_from_one_at_a_time_by_float_rounding_only(extractor_mode):
+    """hubert_base's first layer normalises over time (group_norm) and runs per utterance; with "layer_norm" (large)
+    every convolution is batched. Each utterance's features are within float rounding of its own, shorter than one
+    frame included; the same batch gives the same bits; the ids agree (here everywhere). On a CPU, by default,
+    nothing is batched: bit for bit `features`."""
+    tokenizer = tiny_hubert(extractor_mode=extractor_mode)
+    generator = torch.Generator().manual_seed(0)
+    lengths = [100, 400, 401, 719, 720, 16000, 16001, 23456]  # 16 kHz samples
+    waveforms = [0.1 * torch.randn(length, generator=generator) for length in lengths]
+    batched = tokenizer.features_batch(waveforms, 16000, batch_convolutions=True)
+    alone = [tokenizer.features(waveform, 16000) for waveform in waveforms]
+    for features, reference in zip(batched, alone):
+        assert features.shape == reference.shape
+        assert (features - reference).abs().max() <= 1e-5 * reference.abs().max()
+    again = tokenizer.features_batch(waveforms, 16000, batch_convolutions=True)
+    assert all(torch.equal(a, b) for a, b in zip(again, batched))
+    assert all(torch.equal(a, b) for a, b in zip(tokenizer.features_batch(waveforms, 16000), alone))
+    tokenizer.kmeans = KMeans(8, seed=0).fit(torch.cat(alone))
+    assert all(torch.equal(tokenizer.kmeans.predict(a), tokenizer.kmeans.predict(b)) for a, b in zip(batched, alone))
+    ids = tokenizer.encode_batch(waveforms, 16000)
+    assert all(torch.equal(a, tokenizer.encode(w, 16000)) for a, w in zip(ids, waveforms))
+    mixed = tokenizer.features_batch(waveforms[-2:], [16000, 22050], batch_convolutions=True)
+    assert mixed[1].shape == tokenizer.features(waveforms[-1], 22050).shape
+
+
+def test_random_hubert_base_batches_within_rounding():
+    tokenizer = HubertSemanticTokenizer(layer=6)
+    generator = torch.Generator().manual_seed(0)
+    waveforms = [0.1 * torch.randn(length, generator=generator) for length in (8000, 5555, 6400)]
+    for features, waveform in zip(tokenizer.features_batch(waveforms, 16000, batch_convolutions=True), waveforms):
+        reference = tokenizer.features(waveform, 16000)
+        assert (features - reference).abs().max() <= 1e-5 * reference.abs().max()

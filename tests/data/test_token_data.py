@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from pathlib import Path
 
@@ -100,7 +101,9 @@ def test_datamodule_batches_cover_the_data(tokens):
         longest = batch["frame_mask"].sum(1).max() / 75
         assert len(batch["ids"]) * longest <= 5.0 + 1 / 75
         assert batch["codes"].shape[2] == 8 and batch["codes"].max() < 1024 and batch["semantic_ids"].max() < 8
+        assert batch["codes"].dtype == batch["semantic_ids"].dtype == torch.long
     assert isinstance(TokenDataset(module.train_dataset.utterances)[0], TokenizedUtterance)
+    assert module.train_dataset[0].acoustic.dtype == module.train_dataset[0].semantic.dtype == torch.int16
 
     with pytest.raises(ValueError, match="acoustic_rate=50.0 differs .* 75"):
         TokenDataModule(tokens, SoundStormCollator(acoustic_rate=50.0), max_batch_seconds=5.0).setup()
@@ -119,3 +122,26 @@ def test_val_dir_needs_the_same_kmeans(tokens, tmp_path):
     with pytest.raises(ValueError, match="different k-means"):
         TokenDataModule(tokens, SoundStormCollator(), max_batch_seconds=5.0, val_fraction=0.0,
                         val_dir=refitted).setup()
+
+
+def test_int16_tokens_make_the_batches_of_long_ones():
+    """Shards load as int16; every collator gives the batches it gives long ids (Bark's coarse ids add offsets
+    above 10,000 to the codes, its fine windows pad with 1024, SoundStorm pads with 0)."""
+    from speechtrain.data.bark_data import bark_collator
+    from speechtrain.models.bark.tokenizer import BarkTextTokenizer
+
+    tokenizer = BarkTextTokenizer.from_pretrained(BUNDLED_DATA_DIR / "bark_text_mini")
+    generator = torch.Generator().manual_seed(0)
+    wide = [TokenizedUtterance(f"u{i}", "The cat sleeps.", None, frames / 75,
+                               torch.randint(0, 1024, (frames, 8), generator=generator),
+                               torch.randint(0, 10_000, (frames * 2 // 3,), generator=generator))
+            for i, frames in enumerate((1100, 90))]
+    narrow = [dataclasses.replace(u, acoustic=u.acoustic.short(), semantic=u.semantic.short()) for u in wide]
+    collators = [SoundStormCollator(max_frames=60).for_validation(),
+                 *(bark_collator(kind, tokenizer, seed=0).for_validation() if kind != "semantic"
+                   else bark_collator(kind, tokenizer) for kind in ("semantic", "coarse_acoustics", "fine_acoustics"))]
+    for collator in collators:
+        expected, batch = collator(wide), collator(narrow)
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), (type(collator), key)

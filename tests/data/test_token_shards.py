@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 from tiny_tokenizers import one_torch_thread, tiny_codec, tiny_hubert  # noqa: F401 (an autouse fixture)
 
@@ -20,8 +21,8 @@ KMEANS = dict(kmeans_clusters=8, kmeans_utterances=2, kmeans_iterations=10)
 
 
 def tokenize(out: Path, spec=SPEC, codec=None, semantic=None, **kwargs) -> Path:
-    return tokenize_corpus(spec, out, codec or tiny_codec(), semantic or tiny_hubert(), shard_size=2,
-                           **{**KMEANS, **kwargs})
+    return tokenize_corpus(spec, out, codec or tiny_codec(), semantic or tiny_hubert(),
+                           **{"shard_size": 2, **KMEANS, **kwargs})
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -57,7 +58,7 @@ def test_reader_returns_what_the_encoders_give(reference):
         assert utterance.duration == pytest.approx(len(waveform) / 22050, abs=1e-6)
         assert torch.equal(utterance.acoustic, codec.encode(waveform, 22050))
         assert torch.equal(utterance.semantic, semantic.encode(waveform, 22050))
-        assert utterance.acoustic.dtype == utterance.semantic.dtype == torch.long
+        assert utterance.acoustic.dtype == utterance.semantic.dtype == torch.int16  # a quarter of int64's memory
         assert len(utterance.semantic) == (round(utterance.duration * 16000) - 400) // 320 + 1
 
 
@@ -83,8 +84,8 @@ def test_interrupted_run_resumes_to_the_same_files(reference, tmp_path, monkeypa
 
     codec = tiny_codec()
     encoded = []
-    encode = codec.encode
-    codec.encode = lambda waveform, rate: encoded.append(1) or encode(waveform, rate)
+    encode_batch = codec.encode_batch
+    codec.encode_batch = lambda waveforms, rates: encoded.extend(waveforms) or encode_batch(waveforms, rates)
     tokenize(out, codec=codec)
     assert len(encoded) == 2  # shard 1 only
     assert (out / "shard-00000.safetensors").stat().st_mtime_ns == finished
@@ -182,7 +183,7 @@ def test_cli_warns_about_random_weights_and_writes_tokens(tmp_path, monkeypatch,
                         lambda checkpoint, layer, kmeans, quantizer: built.setdefault("hubert", tiny_hubert(layer)))
     cli.main(["--corpus-format", "ljspeech", "--corpus-path", str(MINI), "--limit", "2", "--out",
               str(tmp_path / "cli"), "--hubert-layer", "1", "--clusters", "4", "--kmeans-utterances", "1",
-              "--shard-size", "1", "--device", "cpu"])
+              "--shard-size", "1", "--batch-size", "2", "--device", "cpu"])
     captured = capsys.readouterr()
     assert "RANDOM EnCodec weights" in captured.err and "RANDOM HuBERT weights" in captured.err
     assert "2 utterances in 2 shards, 0 skipped" in captured.out
@@ -204,3 +205,81 @@ def test_default_kmeans_fit_size_is_a_tenth_of_the_corpus_and_logged(tmp_path, c
         assert f"on {fitted[limit]} frames" in message and f"of {limit // 10} of the {limit} utterances" in message
         assert "(10.0 %)" in message and "10 restarts" in message
     assert fitted[30] > 2 * fitted[10]  # three utterances instead of one
+
+
+@pytest.fixture
+def corpus_of_mixed_lengths(tmp_path, make_wav) -> Path:
+    """Mini clips (22.05 kHz, about 2 s) around clips that test the batching's edges: 16 kHz clips too short for
+    EnCodec to batch (50 ms) and for one HuBERT frame (20 ms), a 24 kHz clip of whole codec frames, a file that
+    fails to load, and a clip longer than max_duration only once loaded."""
+    clips = tmp_path / "clips"
+    make_wav(clips / "short.wav", 0.05)
+    make_wav(clips / "shorter.wav", 0.02)
+    make_wav(clips / "frames.wav", 100 * 320 / 24000, sample_rate=24000, frequencies=(300.0,))
+    make_wav(clips / "lies.wav", 3.0)
+    (clips / "garbage.wav").write_bytes(b"this is not audio" * 10)
+    entries = [(MINI / "wavs" / f"mini_000{i}.wav", None) for i in (1, 2, 3)]
+    entries += [(clips / "short.wav", None), (clips / "lies.wav", 0.5), (clips / "frames.wav", None),
+                (clips / "garbage.wav", None), (clips / "shorter.wav", None)]
+    entries += [(MINI / "wavs" / f"mini_000{i}.wav", None) for i in (4, 5, 6)]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"audio_filepath": str(path), "text": "x", "duration": duration}) + "\n"
+                                for path, duration in entries))
+    return manifest
+
+
+def test_batch_sizes_write_the_files_of_one_at_a_time_up_to_rounding(corpus_of_mixed_lengths, tmp_path):
+    """Batches of 3 and 8, longest first inside a shard of 6, write what one utterance at a time writes: the same
+    listings, k-means, lengths and skipped records, and the same ids but where float rounding in a batch flips one
+    (`EncodecCodec.batch_embeddings`, `HubertSemanticTokenizer.features_batch`: none flips here, so the folders are
+    byte-identical on this data). The same batch size writes the same bytes every time."""
+    spec = {"format": "manifest", "path": str(corpus_of_mixed_lengths)}
+
+    def run(name: str, size: int) -> Path:
+        return tokenize(tmp_path / name, spec=spec, shard_size=6, max_duration=2.5, batch_size=size)
+
+    one_at_a_time = folder_bytes(run("1", 1))
+    for size in (3, 8):
+        files = folder_bytes(run(str(size), size))
+        assert sorted(files) == sorted(one_at_a_time)
+        for name, content in files.items():
+            if not name.endswith(".safetensors") or name == "kmeans.safetensors":
+                assert content == one_at_a_time[name], name
+                continue
+            batched, alone = load_safetensors(content), load_safetensors(one_at_a_time[name])
+            for key in ("acoustic_lengths", "semantic_lengths"):
+                assert torch.equal(batched[key], alone[key])
+            for key in ("acoustic", "semantic"):
+                assert batched[key].dtype == alone[key].dtype == torch.int16
+                assert (batched[key] != alone[key]).float().mean() <= 0.01, (name, key)
+    assert folder_bytes(run("8 again", 8)) == folder_bytes(tmp_path / "8")
+    utterances = read_token_shards(tmp_path / "8")
+    assert [u.id for u in utterances] == ["mini_0001", "mini_0002", "mini_0003", "short", "frames", "shorter",
+                                          "mini_0004", "mini_0005", "mini_0006"]  # corpus order, not batch order
+    assert [len(u.acoustic) for u in utterances[3:6]] == [4, 100, 2] and len(utterances[5].semantic) == 1
+    reasons = {entry["id"]: entry["reason"] for entry in read_token_info(tmp_path / "8")["skipped"]}
+    assert list(reasons) == ["garbage", "lies"] and reasons["lies"].startswith("longer than 2.5 s")
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        tokenize(tmp_path / "none", spec=spec, batch_size=0)
+
+
+def test_semantic_ids_are_int16_and_older_int32_shards_still_read(reference, tmp_path):
+    assert token_shards.semantic_dtype(32768) == torch.int16 and token_shards.semantic_dtype(32769) == torch.int32
+    with safe_open(str(reference / "shard-00000.safetensors"), "pt") as handle:
+        assert handle.get_slice("semantic").get_dtype() == "I16"
+    out = tmp_path / "older"
+    shutil.copytree(reference, out)
+    shard = out / "shard-00000.safetensors"
+    with safe_open(str(shard), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(shard))
+    save_file({**tensors, "semantic": tensors["semantic"].int()}, str(shard), metadata=metadata)  # as written before
+    older, current = read_token_shards(out), read_token_shards(reference)
+    assert [u.id for u in older] == [u.id for u in current]
+    for old, new in zip(older, current):
+        assert old.semantic.dtype == torch.int16 and torch.equal(old.semantic, new.semantic)
+    save_file({**tensors, "semantic": tensors["semantic"].float()}, str(shard), metadata=metadata)
+    with pytest.raises(ValueError, match="expected semantic as torch.int16 or torch.int32, got torch.float32"):
+        read_token_shards(out)
+    with pytest.raises(ValueError, match=r"acoustic ids in \[0, 40000\] do not fit the shards' torch.int16"):
+        token_shards._narrowed(torch.tensor([0, 40000]), torch.int16, "acoustic")

@@ -37,10 +37,11 @@ def tiny_codec() -> EncodecCodec:
     return EncodecCodec(bandwidth=6.0, model=model)
 
 
-def tiny_hubert(layer: int = 2) -> HubertSemanticTokenizer:
+def tiny_hubert(layer: int = 2, extractor_mode: str = "group_norm") -> HubertSemanticTokenizer:
+    """hubert_base's feature extractor normalisation by default; "layer_norm" is large's and xlarge's."""
     torch.manual_seed(0)
     model = torchaudio.models.wav2vec2_model(
-        extractor_mode="group_norm", extractor_conv_layer_config=HUBERT_CONVS, extractor_conv_bias=False,
+        extractor_mode=extractor_mode, extractor_conv_layer_config=HUBERT_CONVS, extractor_conv_bias=False,
         encoder_embed_dim=32, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4,
         encoder_num_layers=2, encoder_num_heads=2, encoder_attention_dropout=0.0, encoder_ff_interm_features=64,
         encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=False, encoder_layer_drop=0.0,
