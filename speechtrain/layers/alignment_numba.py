@@ -11,10 +11,19 @@ not load numba; `cache=True` keeps the machine code on disk, so only the first p
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import torch
 from torch import Tensor
+
+# numba's OpenMP threading layer shares torch's OpenMP runtime, so its thread settings changed torch's intra-op
+# thread count (1 -> 2 after one call), and with it the last bits of every later CPU result: a resumed run no
+# longer computed what the uninterrupted one did. The workqueue layer keeps its own threads. A layer the user chose
+# (NUMBA_THREADING_LAYER) stands; torch's count is restored after each call either way.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 def maximum_path(log_likelihood: Tensor, text_lengths: Tensor, frame_lengths: Tensor) -> Tensor:
@@ -30,13 +39,15 @@ def maximum_path(log_likelihood: Tensor, text_lengths: Tensor, frame_lengths: Te
     path = torch.empty(batch, text_len * frames, dtype=log_likelihood.dtype)  # the storage, each item's together
     # the 1.0 of the output's dtype as bytes: one compiled kernel writes every float dtype
     one = torch.ones(1, dtype=path.dtype).view(torch.uint8).numpy()
-    threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads, torch_threads = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         _maximum_paths(values.numpy(), frames_first, text_lengths.numpy(), frame_lengths.numpy(),
                        path.view(torch.uint8).numpy(), one)
     finally:
         numba.set_num_threads(threads)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
     if frames_first:
         return path.view(batch, frames, text_len).transpose(1, 2)
     return path.view(batch, text_len, frames)

@@ -192,6 +192,20 @@ def test_backend_choice_and_its_errors(monkeypatch):
     assert torch.equal(monotonic_alignment_search(log_likelihood, mask), torch.from_numpy(expected)[None])
 
 
+@needs_numba
+def test_the_numba_backend_leaves_torchs_thread_count_alone():
+    """numba's OpenMP layer shares torch's runtime: one call used to raise torch's intra-op threads from 1 to 2,
+    changing the last bits of later CPU results (a resumed VITS run then ended elsewhere than the whole one)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        log_likelihood = torch.randn(4, 10, 30, generator=torch.Generator().manual_seed(0))
+        monotonic_alignment_search(log_likelihood, torch.ones_like(log_likelihood), backend="numba")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_importing_the_module_loads_neither_numba_nor_triton():
     code = "import sys, speechtrain.layers.alignment; print(sorted({'numba', 'triton'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
