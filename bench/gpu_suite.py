@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import transformers
+from common import torch_dtype, training_step_fn
 from torch.utils.flop_counter import FlopCounterMode
 
 from speechtrain.distributed import compile_blocks
@@ -59,32 +59,20 @@ class Case:
     peer_name: str
     items: int
     unit: str
-    flops_step: Callable[[], None]
     peer_missing: str = ""
 
 
-def _adamw_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], dtype: torch.dtype,
-                device: str) -> Callable[[], None]:
-    """forward (under autocast for bf16), backward and an AdamW step."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
+def _under_autocast(step: Callable[[], None], device: str, dtype: torch.dtype) -> Callable[[], None]:
+    """`step` run under autocast to `dtype` (as it is for fp32): for the steps that own their loss and optimizer."""
+    def run() -> None:
         with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
-            loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)  # [B*T, V] vs [B*T]
+            step()
+    return run
 
 
 def _seq2seq_case(family: str, args: argparse.Namespace, variant: Variant) -> Case:
     """Whisper or Speech2Text beside transformers' model of the same config and weights."""
-    dtype = torch.bfloat16 if variant.dtype == "bf16" else torch.float32
+    dtype = torch_dtype(variant.dtype)
     tokens, batch = (16, 1) if args.quick else (args.tokens, args.batch_size)
     if family == "whisper":
         from whisper import SIZES, hf_config
@@ -115,16 +103,12 @@ def _seq2seq_case(family: str, args: argparse.Namespace, variant: Variant) -> Ca
     labels = torch.randint(4, 9000, (batch, tokens), device=args.device)
     mask = None if frame_mask is None else frame_mask.bool()
 
-    def our_loss() -> torch.Tensor:
-        return _cross_entropy(ours(features, mask, decoder_input_ids, None), labels)
-
-    def their_loss() -> torch.Tensor:
-        return _cross_entropy(theirs(input_features=features, attention_mask=frame_mask,
-                                     decoder_input_ids=decoder_input_ids).logits, labels)
-
-    return Case(family, _adamw_step(ours, our_loss, dtype, args.device),
-                None if variant.compiled else _adamw_step(theirs, their_loss, dtype, args.device), "transformers",
-                batch * tokens, "tokens", lambda: our_loss().backward())
+    ours_step = training_step_fn(ours, lambda: ours(features, mask, decoder_input_ids, None), labels, dtype,
+                                 args.device)
+    their_step = None if variant.compiled else training_step_fn(
+        theirs, lambda: theirs(input_features=features, attention_mask=frame_mask,
+                               decoder_input_ids=decoder_input_ids).logits, labels, dtype, args.device)
+    return Case(family, ours_step, their_step, "transformers", batch * tokens, "tokens")
 
 
 def _bark_case(args: argparse.Namespace, variant: Variant) -> Case:
@@ -133,7 +117,7 @@ def _bark_case(args: argparse.Namespace, variant: Variant) -> Case:
 
     from speechtrain.models.bark import load_hf_state_dict, model_from_hf_config
 
-    dtype = torch.bfloat16 if variant.dtype == "bf16" else torch.float32
+    dtype = torch_dtype(variant.dtype)
     config_class, model_class = HF["coarse_acoustics"]
     size = dict(hidden_size=64, num_layers=1, num_heads=2) if args.quick else SIZES["small"]
     theirs = model_class(config_class(**VOCABS["coarse_acoustics"], **size, block_size=1024, dropout=0.0))
@@ -146,22 +130,17 @@ def _bark_case(args: argparse.Namespace, variant: Variant) -> Case:
     batch = batch_of("coarse_acoustics", 1 if args.quick else args.batch_size, 4.0, args.device)
     ids, labels = batch["input_ids"], batch["labels"]
 
-    def our_loss() -> torch.Tensor:
-        return _cross_entropy(ours(ids)[0], labels)
-
-    def their_loss() -> torch.Tensor:
-        return _cross_entropy(theirs(input_ids=ids, use_cache=False).logits, labels)
-
-    return Case("bark (coarse)", _adamw_step(ours, our_loss, dtype, args.device),
-                None if variant.compiled else _adamw_step(theirs, their_loss, dtype, args.device), "transformers",
-                int((labels != -100).sum()), "tokens", lambda: our_loss().backward())
+    ours_step = training_step_fn(ours, lambda: ours(ids)[0], labels, dtype, args.device)
+    their_step = None if variant.compiled else training_step_fn(
+        theirs, lambda: theirs(input_ids=ids, use_cache=False).logits, labels, dtype, args.device)
+    return Case("bark (coarse)", ours_step, their_step, "transformers", int((labels != -100).sum()), "tokens")
 
 
 def _soundstorm_case(args: argparse.Namespace, variant: Variant) -> Case:
     """SoundStorm's training step (`SoundStormTask.model_step`) beside soundstorm-pytorch's."""
     import soundstorm
 
-    dtype = torch.bfloat16 if variant.dtype == "bf16" else torch.float32
+    dtype = torch_dtype(variant.dtype)
     quick = args.quick
     options = argparse.Namespace(codebook_size=1024, levels=8, dim=64 if quick else 512, heads=2 if quick else 8,
                                  dim_head=32 if quick else 64, semantic_tokens=500,
@@ -174,16 +153,9 @@ def _soundstorm_case(args: argparse.Namespace, variant: Variant) -> Case:
     theirs = None if soundstorm.PEER_MISSING or variant.compiled else soundstorm.build_theirs(options, depth)
     steps = soundstorm.training_steps(options, ours, None if theirs is None else theirs.to(args.device), args.device)
 
-    def autocast(step: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            with torch.autocast(device_type=args.device, dtype=dtype, enabled=dtype != torch.float32):
-                step()
-        return run
-
-    peer = None if theirs is None else autocast(steps["soundstorm-pytorch"])
-    return Case("soundstorm", autocast(steps["speechtrain"]), peer, "soundstorm-pytorch",
-                options.batch_size * options.frames, "frames", autocast(steps["speechtrain"]),
-                soundstorm.PEER_MISSING or "")
+    peer = None if theirs is None else _under_autocast(steps["soundstorm-pytorch"], args.device, dtype)
+    return Case("soundstorm", _under_autocast(steps["speechtrain"], args.device, dtype), peer, "soundstorm-pytorch",
+                options.batch_size * options.frames, "frames", soundstorm.PEER_MISSING or "")
 
 
 def _vits_case(args: argparse.Namespace, variant: Variant) -> Case:
@@ -191,7 +163,7 @@ def _vits_case(args: argparse.Namespace, variant: Variant) -> Case:
     import vits
     from common import batch_to, lightning_step_fn, tts_batch
 
-    dtype = torch.bfloat16 if variant.dtype == "bf16" else torch.float32
+    dtype = torch_dtype(variant.dtype)
     size = "small" if args.quick else "ljspeech"
     ours = vits.build_ours(size, 178, variant.attention).to(args.device)
     if variant.compiled:
@@ -206,14 +178,9 @@ def _vits_case(args: argparse.Namespace, variant: Variant) -> Case:
         coqui = vits.build_coqui(size, 178).to(args.device)
         peer = vits.coqui_step_fn(coqui, batch_to(vits.coqui_batch(batch), args.device))
 
-    def autocast(step: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            with torch.autocast(device_type=args.device, dtype=dtype, enabled=dtype != torch.float32):
-                step()
-        return run
-
-    return Case("vits", autocast(ours_step), None if peer is None else autocast(peer), "coqui-tts", frames,
-                "spectrogram frames", autocast(ours_step), vits.COQUI_MISSING or "")
+    return Case("vits", _under_autocast(ours_step, args.device, dtype),
+                None if peer is None else _under_autocast(peer, args.device, dtype), "coqui-tts", frames,
+                "spectrogram frames", vits.COQUI_MISSING or "")
 
 
 FAMILIES: dict[str, Callable[[argparse.Namespace, Variant], Case]] = {
@@ -261,7 +228,8 @@ def steps_per_second(step: Callable[[], None], args: argparse.Namespace) -> floa
 
 
 def counted_flops(step: Callable[[], None]) -> int:
-    """FLOPs of one forward and backward, counted by torch's dispatcher (matmuls, convolutions, attention)."""
+    """FLOPs of one training step, counted by torch's dispatcher (matmuls, convolutions and attention of the forward
+    and backward; the optimizer's element-wise updates have no FLOP formula there)."""
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
@@ -292,7 +260,7 @@ def run_suite(args: argparse.Namespace) -> list[str]:
             torch.manual_seed(0)
             case = build(args, variant)
             if flops is None:
-                flops = counted_flops(case.flops_step)
+                flops = counted_flops(case.ours)
             ours = steps_per_second(case.ours, args)
             peak = peak_flops(args, variant.dtype)
             mfu = f"{flops * ours / peak:.1%}" if peak else "-"

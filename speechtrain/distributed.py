@@ -49,6 +49,12 @@ def block_classes(module: nn.Module) -> set[type[nn.Module]]:
     return found
 
 
+def blocks_of(module: nn.Module) -> list[nn.Module]:
+    """The block instances inside `module` (those of its `block_classes`), in module order."""
+    classes = block_classes(module)
+    return [m for m in module.modules() if type(m) in classes]
+
+
 def _recomputed_forward(block: nn.Module, forward: Any, *args: Any, **kwargs: Any) -> Any:
     if block.training and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
@@ -61,7 +67,7 @@ def checkpoint_block_activations(module: nn.Module) -> int:
     dropout masks), trading one more forward of each block for its activations. Only while training with
     gradients: evaluation and cached decoding run as before. The forward is wrapped in place, not the module, so
     parameter names, state dicts, LoRA targets and exports do not change. Returns the number of blocks."""
-    blocks = [m for m in module.modules() if type(m) in block_classes(module)]
+    blocks = blocks_of(module)
     for block in blocks:
         if not isinstance(block.forward, functools.partial):  # already wrapped: keep one level
             block.forward = functools.partial(_recomputed_forward, block, block.forward)
@@ -75,7 +81,7 @@ def compile_blocks(module: nn.Module, options: Mapping[str, Any] | None = None) 
     exports and FSDP's per-block units stay as they are (compiled before sharding, which wraps the compiled blocks).
     `options` are `torch.compile`'s (`mode`, `backend`, `dynamic`, `fullgraph`); cached decoding's growing key
     length is a dynamic dimension after the first recompile. Returns the number of blocks."""
-    blocks = [m for m in module.modules() if type(m) in block_classes(module)]
+    blocks = blocks_of(module)
     for block in blocks:
         block.compile(**dict(options or {}))
     return len(blocks)

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torchaudio
 
-from speechtrain.data.frozen_model import WrapsFrozenModel, sample_rate_of_each
+from speechtrain.data.frozen_model import WrapsFrozenModel, right_padded, sample_rate_of_each
 from speechtrain.errors import CheckpointError, ConfigError
 from speechtrain.safe_load import load_untrusted
 
@@ -176,22 +175,13 @@ class EncodecCodec(WrapsFrozenModel):
                 "num_levels": self.num_levels, "codebook_size": self.codebook_size, "bandwidth": self.bandwidth,
                 "checkpoint": self.checkpoint}
 
-    def _resampled(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """One mono waveform [samples] as float32 at 24 kHz on the model's device."""
-        if waveform.dim() != 1 or waveform.numel() == 0:
-            raise ValueError(f"expected one non-empty mono waveform [samples], got shape {tuple(waveform.shape)}")
-        waveform = waveform.to(self.device, torch.float32)
-        if sample_rate != self.sample_rate:
-            waveform = torchaudio.functional.resample(waveform, sample_rate, self.sample_rate)
-        return waveform
-
     @torch.no_grad()
     def encode(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Codes of one mono waveform [samples] at `sample_rate` (resampled to 24 kHz).
 
         Returns a LongTensor [frames, levels] on the model's device, frames = ceil(samples_24k / 320).
         """
-        return self._encode_resampled(self._resampled(waveform, sample_rate))
+        return self._encode_resampled(self.mono_at_model_rate(waveform, sample_rate))
 
     @torch.no_grad()
     def encode_batch(self, waveforms: Sequence[torch.Tensor], sample_rates: int | Sequence[int]) -> list[torch.Tensor]:
@@ -204,7 +194,7 @@ class EncodecCodec(WrapsFrozenModel):
         too short for encodec's reflect padding (80 ms at 24 kHz) encode one at a time.
         """
         rates = sample_rate_of_each(waveforms, sample_rates)
-        resampled = [self._resampled(waveform, rate) for waveform, rate in zip(waveforms, rates)]
+        resampled = [self.mono_at_model_rate(waveform, rate) for waveform, rate in zip(waveforms, rates)]
         plan = self._batch_plan
         rows = [] if plan is None else [i for i, waveform in enumerate(resampled) if len(waveform) >= plan.shortest]
         codes: dict[int, torch.Tensor] = {}
@@ -233,10 +223,7 @@ class EncodecCodec(WrapsFrozenModel):
                              f"least {getattr(plan, 'shortest', '?')} samples; encode_batch encodes others alone")
         hidden = [plan.convs(waveform[None, None])[0] for waveform in waveforms]  # each [channels, frames_i]
         frames = [part.shape[-1] for part in hidden]
-        padded = hidden[0].new_zeros(len(hidden), hidden[0].shape[0], max(frames))  # [batch, channels, max_frames]
-        for row, part in enumerate(hidden):
-            padded[row, :, : part.shape[-1]] = part
-        return plan.rest(padded), frames
+        return plan.rest(right_padded(hidden)), frames  # rest of [batch, channels, max_frames]
 
     def _encode_resampled(self, waveform: torch.Tensor) -> torch.Tensor:
         (codes, _scale), = self.model.encode(waveform[None, None])  # codes [1, levels, frames]

@@ -1,4 +1,5 @@
-"""The device handling of a tokenizer that wraps a frozen torch model (the codec, the semantic tokenizer)."""
+"""What the tokenizers that wrap a frozen torch model (the codec, the semantic tokenizer) share: device handling,
+their input waveforms at the model's rate, and batches of utterances of different lengths."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from typing import Self
 
 import torch
+import torchaudio
 from torch import nn
 
 
@@ -18,9 +20,20 @@ class WrapsFrozenModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    sample_rate: int  # what the model reads
+
     def to(self, device: str | torch.device) -> Self:
         self.model.to(device)
         return self
+
+    def mono_at_model_rate(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """One mono waveform [samples] at `sample_rate` as float32 at the model's rate, on its device."""
+        if waveform.dim() != 1 or waveform.numel() == 0:
+            raise ValueError(f"expected one non-empty mono waveform [samples], got shape {tuple(waveform.shape)}")
+        waveform = waveform.to(self.device, torch.float32)
+        if sample_rate != self.sample_rate:
+            waveform = torchaudio.functional.resample(waveform, sample_rate, self.sample_rate)
+        return waveform
 
 
 def sample_rate_of_each(waveforms: Sequence[torch.Tensor], sample_rates: int | Sequence[int]) -> list[int]:
@@ -29,3 +42,11 @@ def sample_rate_of_each(waveforms: Sequence[torch.Tensor], sample_rates: int | S
     if len(rates) != len(waveforms):
         raise ValueError(f"{len(waveforms)} waveforms but {len(rates)} sample rates")
     return rates
+
+
+def right_padded(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Tensors [channels, steps_i] as one zero-padded batch [batch, channels, max steps]."""
+    padded = parts[0].new_zeros(len(parts), parts[0].shape[0], max(part.shape[-1] for part in parts))
+    for row, part in enumerate(parts):
+        padded[row, :, : part.shape[-1]] = part
+    return padded

@@ -24,7 +24,7 @@ import torchaudio
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from speechtrain.data.frozen_model import WrapsFrozenModel, sample_rate_of_each
+from speechtrain.data.frozen_model import WrapsFrozenModel, right_padded, sample_rate_of_each
 from speechtrain.errors import CheckpointError, ConfigError
 from speechtrain.safe_load import load_untrusted
 
@@ -292,9 +292,13 @@ class HubertSemanticTokenizer(WrapsFrozenModel):
         return SAMPLE_RATE / self.hop_length
 
     @property
+    def id_head(self) -> KMeans | SemanticQuantizer | None:
+        """What turns features into ids: the quantizer when there is one, else the k-means (None before a fit)."""
+        return self.kmeans if self.quantizer is None else self.quantizer
+
+    @property
     def num_clusters(self) -> int | None:
-        head = self.kmeans if self.quantizer is None else self.quantizer
-        return None if head is None else head.num_clusters
+        return None if self.id_head is None else self.id_head.num_clusters
 
     def to(self, device: torch.device | str) -> HubertSemanticTokenizer:
         super().to(device)
@@ -316,11 +320,7 @@ class HubertSemanticTokenizer(WrapsFrozenModel):
     def _prepared(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """One mono waveform as HuBERT reads it: float32 at 16 kHz on the model's device, at least one frame long,
         layer-normed for large and xlarge."""
-        if waveform.dim() != 1 or waveform.numel() == 0:
-            raise ValueError(f"expected one non-empty mono waveform [samples], got shape {tuple(waveform.shape)}")
-        waveform = waveform.to(self.device, torch.float32)
-        if sample_rate != SAMPLE_RATE:
-            waveform = torchaudio.functional.resample(waveform, sample_rate, SAMPLE_RATE)
+        waveform = self.mono_at_model_rate(waveform, sample_rate)
         if waveform.numel() < self.receptive_field:
             waveform = F.pad(waveform, (0, self.receptive_field - waveform.numel()))
         if self.normalize_waveform:
@@ -369,9 +369,7 @@ class HubertSemanticTokenizer(WrapsFrozenModel):
                 x, _ = layer(x, None)
             starts.append(x[0])  # [channels, steps]
         lengths = torch.tensor([start.shape[-1] for start in starts], device=self.device)
-        x = starts[0].new_zeros(len(starts), starts[0].shape[0], int(lengths.max()))  # [batch, channels, steps]
-        for row, start in enumerate(starts):
-            x[row, :, : start.shape[-1]] = start
+        x = right_padded(starts)  # [batch, channels, steps]
         for layer in conv_layers[alone:]:
             x, lengths = layer(x, lengths)
         features = []
@@ -382,7 +380,7 @@ class HubertSemanticTokenizer(WrapsFrozenModel):
         return features
 
     def _head(self) -> KMeans | SemanticQuantizer:
-        head = self.kmeans if self.quantizer is None else self.quantizer
+        head = self.id_head
         if head is None:
             raise RuntimeError("HubertSemanticTokenizer.encode needs a fitted k-means or a quantizer: pass kmeans= "
                                "or quantizer=, or set .kmeans")

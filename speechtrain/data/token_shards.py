@@ -240,15 +240,13 @@ def _load_batch(utterances: list[Utterance], max_duration: float | None, strict:
 
 def _write_shard(
     out: Path, index: int, utterances: list[Utterance], codec: EncodecCodec, semantic: HubertSemanticTokenizer,
-    max_duration: float | None, strict: bool, progress: tqdm, durations: list[float] | None = None,
-    batch_size: int = 1,
+    max_duration: float | None, strict: bool, progress: tqdm, durations: list[float], batch_size: int,
 ) -> list[dict]:
     """Encodes one shard's utterances, `batch_size` at a time by `durations` (longest first), and writes its two
     files in corpus order; returns the records of what failed to load."""
     encoded: dict[int, tuple[torch.Tensor, torch.Tensor, dict]] = {}
     failures: dict[int, AudioError] = {}
-    lengths = durations if durations is not None else [0.0] * len(utterances)
-    for batch in _length_batches(lengths, batch_size):
+    for batch in _length_batches(durations, batch_size):
         loaded, failed = _load_batch([utterances[i] for i in batch], max_duration, strict)
         failures.update({batch[position]: err for position, err in failed.items()})
         if loaded:

@@ -124,7 +124,7 @@ def test_random_full_size_codec_batches_within_rounding():
     waveforms = noise([4000, 7777, 6400], seed=2)  # at 16 kHz
     for waveform, codes in zip(waveforms, codec.encode_batch(waveforms, 16000)):
         assert torch.equal(codes, codec.encode(waveform, 16000))
-    resampled = [codec._resampled(waveform, 16000) for waveform in waveforms]
+    resampled = [codec.mono_at_model_rate(waveform, 16000) for waveform in waveforms]
     embeddings, frames = codec.batch_embeddings(resampled)
     for row, (waveform, count) in enumerate(zip(resampled, frames)):
         with torch.no_grad():

@@ -119,8 +119,7 @@ def voice_main(argv: list[str] | None = None) -> None:
     try:
         info = read_token_info(args.tokens)
         where = Path(args.tokens) / INFO_FILE
-        for kind in ("semantic", "coarse_acoustics"):
-            check_token_info(info, kind, where)
+        check_token_info(info, "coarse_acoustics", where)  # the codec's 8 codebooks and the semantic ids
         if not bark_compatible_semantic_ids(info):
             logger.warning("%s: the semantic ids are not Bark's own (semantic.bark_compatible is not true): this "
                            "preset suits a model trained on this folder's ids, not the pretrained suno/bark", where)

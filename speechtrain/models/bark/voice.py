@@ -86,12 +86,10 @@ def load_voice(path: str | Path, config: BarkGenerationConfig = DEFAULTS) -> Voi
         raise FileNotFoundError(f"voice preset {path} not found")
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            missing = [key for key in PRESET_KEYS if key not in arrays.files]
-            if missing:
-                raise DataError(f"{path}: a Bark voice preset holds {', '.join(PRESET_KEYS)}; missing {missing}")
-            values = {key: torch.from_numpy(np.array(arrays[key])) for key in PRESET_KEYS}
+            values = {key: torch.from_numpy(np.array(arrays[key])) for key in PRESET_KEYS if key in arrays.files}
     except (ValueError, OSError, zipfile.BadZipFile) as err:
-        if isinstance(err, DataError):
-            raise
         raise DataError(f"{path}: not a readable .npz voice preset ({err})") from err
+    missing = [key for key in PRESET_KEYS if key not in values]
+    if missing:
+        raise DataError(f"{path}: a Bark voice preset holds {', '.join(PRESET_KEYS)}; missing {missing}")
     return VoicePreset(**values).check(path, config)
